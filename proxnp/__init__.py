@@ -1,0 +1,18 @@
+"""proxnp: Proximal Backpropagation (Frerix et al., ICLR 2018) in NumPy and CuPy.
+
+Read in this order to meet every equation of the paper once:
+functional -> layers -> model -> penalty -> prox -> proxprop.
+"""
+from . import functional, gradcheck
+from .backend import get_xp, gpu_available, to_device, to_numpy
+from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
+from .losses import MeanSquaredError, SoftmaxCrossEntropy
+from .model import Sequential
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Conv2d", "Flatten", "Linear", "MaxPool2d", "MeanSquaredError", "ReLU", "Sequential",
+    "Sigmoid", "SoftmaxCrossEntropy", "Tanh", "functional", "get_xp", "gpu_available",
+    "gradcheck", "to_device", "to_numpy",
+]

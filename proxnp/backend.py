@@ -1,0 +1,121 @@
+"""Array backend: NumPy on the CPU, CuPy on an NVIDIA GPU, one code path for both.
+
+Every numeric function in proxnp starts with ``xp = get_xp(*arrays)``: the array
+namespace follows the arrays, there is no global switch.  This is the only module
+that imports CuPy, and it does so lazily, so a machine without CuPy (or without a
+working GPU) never fails because of it.
+
+    xp = get_xp(x, W)          # numpy, or cupy if x and W live on the GPU
+    x_gpu = to_device(x, "gpu")
+    x_cpu = to_numpy(x_gpu)
+"""
+import functools
+
+import numpy as np
+
+DEVICES = ("cpu", "gpu")
+
+
+def _cupy_module():
+    """Return the cupy module if it is already imported or importable, else None."""
+    try:
+        import cupy  # noqa: PLC0415 - the one lazy cupy import of the package
+    except Exception:  # ImportError, or a broken CUDA install raising at import
+        return None
+    return cupy
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_status():
+    """(usable, reason): whether CuPy and a CUDA device work, and why not.
+
+    Any exception (no CuPy, no driver, no device, a broken runtime) means "no GPU".
+    The answer is cached for the life of the process.
+    """
+    cupy = _cupy_module()
+    if cupy is None:
+        return False, "CuPy is not installed (pip install 'proxnp[gpu-cuda12]')"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+        if n < 1:
+            return False, "CuPy found no CUDA device"
+        # A tiny kernel proves the runtime, the driver and the compiler all work.
+        value = float((cupy.arange(4, dtype=cupy.float32) * 2).sum())
+        if value != 12.0:
+            return False, "CuPy computed a wrong test value"
+    except Exception as exc:  # any failure means: no usable GPU
+        return False, f"CuPy cannot use a GPU: {type(exc).__name__}: {exc}"
+    return True, f"{n} CUDA device(s) usable"
+
+
+def gpu_available():
+    """True when CuPy is installed and a CUDA device runs a kernel."""
+    return gpu_status()[0]
+
+
+def is_cupy_array(x):
+    """True if ``x`` is a CuPy ndarray (checked without importing CuPy)."""
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def get_xp(*arrays):
+    """The array namespace of the arguments: ``numpy`` or ``cupy``.
+
+    Non-array arguments (None, Python scalars) are ignored.  Mixing NumPy and
+    CuPy arrays raises ``TypeError``: arrays cross devices only at explicit calls.
+    """
+    n_cupy = n_numpy = 0
+    for a in arrays:
+        if a is None:
+            continue
+        if is_cupy_array(a):
+            n_cupy += 1
+        elif isinstance(a, np.ndarray):
+            n_numpy += 1
+    if n_cupy and n_numpy:
+        raise TypeError(
+            "proxnp: mixed NumPy and CuPy arrays in one operation; move them to one "
+            "device first (to_device(x, 'gpu') or to_numpy(x))")
+    if n_cupy:
+        return _cupy_module()
+    return np
+
+
+def device_of(x):
+    """'gpu' for a CuPy array, 'cpu' otherwise."""
+    return "gpu" if is_cupy_array(x) else "cpu"
+
+
+def to_device(x, device):
+    """Return ``x`` as an array on ``device`` ('cpu' or 'gpu'); no copy if it is there."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
+    if device == "cpu":
+        return to_numpy(x)
+    ok, why = gpu_status()
+    if not ok:
+        raise RuntimeError(f"--device gpu requested but no GPU is usable: {why}")
+    cupy = _cupy_module()
+    return cupy.asarray(x)
+
+
+def to_numpy(x):
+    """Return ``x`` as a NumPy array (copying from the GPU when needed)."""
+    if is_cupy_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def scatter_add(xp, target, index, values):
+    """In-place ``target[index] += values`` with repeated indices accumulated.
+
+    NumPy spells it ``np.add.at``, CuPy ``cupyx.scatter_add``; both are reached
+    through the namespace so callers keep one code path.
+    """
+    if xp is np:
+        np.add.at(target, index, values)
+    else:
+        import cupyx  # noqa: PLC0415 - only reached with CuPy arrays
+
+        cupyx.scatter_add(target, index, values)
+    return target

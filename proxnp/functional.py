@@ -1,0 +1,271 @@
+"""Pure forward/backward pairs: the whole of backpropagation, one operation at a time.
+
+Every operation comes as two functions::
+
+    out, cache = op_forward(inputs..., params...)
+    grads      = op_backward(dout, cache)
+
+``cache`` is a NamedTuple holding exactly what the backward pass needs.  Batch
+first everywhere: fully connected data is (N, D), images are NCHW.  In the
+paper's notation an affine operation is the linear transfer function
+phi(theta, a_prev) = a_prev @ W + b, and an elementwise nonlinearity is sigma.
+The namespace ``xp`` (NumPy or CuPy) is taken from the arrays.
+"""
+from typing import NamedTuple
+
+from .backend import get_xp
+
+
+# --------------------------------------------------------------------------- affine
+class AffineCache(NamedTuple):
+    a_prev: object  # (N, in)
+    W: object       # (in, out)
+
+
+def affine_forward(a_prev, W, b):
+    """z = phi(theta, a_prev) = a_prev @ W + b.
+
+    a_prev (N, in), W (in, out), b (out,)  ->  z (N, out).
+    """
+    z = a_prev @ W + b
+    return z, AffineCache(a_prev, W)
+
+
+def affine_backward(dz, cache, need_da=True):
+    """Gradients of the affine map for upstream dz (N, out).
+
+    da_prev = dz @ W^T (N, in);  dW = a_prev^T @ dz (in, out);  db = sum_n dz (out,).
+    ``need_da=False`` skips da_prev (returns None), e.g. for the first layer.
+    """
+    a_prev, W = cache
+    dW = a_prev.T @ dz
+    db = dz.sum(axis=0)
+    da_prev = dz @ W.T if need_da else None
+    return da_prev, dW, db
+
+
+# --------------------------------------------------------------------------- conv2d
+class Conv2dCache(NamedTuple):
+    cols: object        # im2col patch matrix (N*Ho*Wo, C*kh*kw)
+    W: object           # (F, C, kh, kw)
+    x_shape: tuple      # (N, C, H, W)
+    stride: int
+    padding: int
+
+
+def conv_out_size(size, k, stride, padding):
+    """Output length of a convolution or pooling window along one axis."""
+    return (size + 2 * padding - k) // stride + 1
+
+
+def im2col(x, kh, kw, stride=1, padding=0):
+    """Patch matrix of an NCHW batch: one row per output pixel, one column per (c, i, j).
+
+    x (N, C, H, W)  ->  cols (N*Ho*Wo, C*kh*kw), rows ordered (n, ho, wo) and
+    columns ordered (c, i, j) to match ``W.reshape(F, -1)``.
+    """
+    xp = get_xp(x)
+    N, C, H, Wd = x.shape
+    Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
+    if padding:
+        x = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    cols = xp.empty((N, Ho, Wo, C, kh, kw), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            window = x[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+            cols[:, :, :, :, i, j] = window.transpose(0, 2, 3, 1)
+    return cols.reshape(N * Ho * Wo, C * kh * kw)
+
+
+def col2im(dcols, x_shape, kh, kw, stride=1, padding=0):
+    """Adjoint of :func:`im2col`: add every patch gradient back to its pixels.
+
+    dcols (N*Ho*Wo, C*kh*kw)  ->  dx (N, C, H, W).  Overlapping windows accumulate.
+    """
+    xp = get_xp(dcols)
+    N, C, H, Wd = x_shape
+    Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
+    d = dcols.reshape(N, Ho, Wo, C, kh, kw)
+    dx = xp.zeros((N, C, H + 2 * padding, Wd + 2 * padding), dtype=dcols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += \
+                d[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    if padding:
+        dx = dx[:, :, padding:-padding, padding:-padding]
+    return dx
+
+
+def conv2d_forward(x, W, b, stride=1, padding=0):
+    """z = phi(theta, x): 2-D cross-correlation with zero padding, as in every DL framework.
+
+    x (N, C, H, W), W (F, C, kh, kw), b (F,)  ->  z (N, F, Ho, Wo),
+    Ho = (H + 2*padding - kh) // stride + 1.  Computed as cols @ W_mat^T + b.
+    """
+    N = x.shape[0]
+    F, C, kh, kw = W.shape
+    cols = im2col(x, kh, kw, stride, padding)
+    Ho = conv_out_size(x.shape[2], kh, stride, padding)
+    Wo = conv_out_size(x.shape[3], kw, stride, padding)
+    z = cols @ W.reshape(F, -1).T + b                      # (N*Ho*Wo, F)
+    z = z.reshape(N, Ho, Wo, F).transpose(0, 3, 1, 2)
+    return z, Conv2dCache(cols, W, x.shape, stride, padding)
+
+
+def conv_rows(dz):
+    """(N, F, Ho, Wo) -> (N*Ho*Wo, F): a conv output as rows matching the patch matrix."""
+    return dz.transpose(0, 2, 3, 1).reshape(-1, dz.shape[1])
+
+
+def conv2d_backward(dz, cache, need_dx=True):
+    """Gradients of the convolution for upstream dz (N, F, Ho, Wo).
+
+    dW = dz_rows^T @ cols (reshaped to W), db = sum over n, ho, wo,
+    dx = col2im(dz_rows @ W_mat).  ``need_dx=False`` skips dx (returns None).
+    """
+    cols, W, x_shape, stride, padding = cache
+    F, C, kh, kw = W.shape
+    dz_rows = conv_rows(dz)                                 # (N*Ho*Wo, F)
+    dW = (dz_rows.T @ cols).reshape(W.shape)
+    db = dz_rows.sum(axis=0)
+    dx = None
+    if need_dx:
+        dx = col2im(dz_rows @ W.reshape(F, -1), x_shape, kh, kw, stride, padding)
+    return dx, dW, db
+
+
+# --------------------------------------------------------------------- nonlinearities
+class ActivationCache(NamedTuple):
+    z: object   # the pre-activation
+    a: object   # sigma(z)
+
+
+def relu_forward(z):
+    """a = sigma(z) = max(0, z), elementwise."""
+    xp = get_xp(z)
+    a = xp.maximum(z, 0)
+    return a, ActivationCache(z, a)
+
+
+def relu_backward(da, cache):
+    """dz = da * sigma'(z), sigma'(z) = [z > 0] (0 at z = 0, as in PyTorch)."""
+    return da * (cache.z > 0)
+
+
+def tanh_forward(z):
+    """a = tanh(z)."""
+    xp = get_xp(z)
+    a = xp.tanh(z)
+    return a, ActivationCache(z, a)
+
+
+def tanh_backward(da, cache):
+    """dz = da * (1 - a^2)."""
+    return da * (1 - cache.a * cache.a)
+
+
+def sigmoid_forward(z):
+    """a = 1 / (1 + exp(-z)), computed without overflow for large |z|."""
+    xp = get_xp(z)
+    e = xp.exp(-xp.abs(z))                     # in (0, 1], never overflows
+    a = xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+    return a, ActivationCache(z, a)
+
+
+def sigmoid_backward(da, cache):
+    """dz = da * a * (1 - a)."""
+    return da * cache.a * (1 - cache.a)
+
+
+# --------------------------------------------------------------------- max pooling
+class MaxPoolCache(NamedTuple):
+    argmax: object     # (N, C, Ho, Wo) index into the k*k window of the chosen input
+    x_shape: tuple
+    kernel: int
+    stride: int
+
+
+def max_pool2d_forward(x, kernel=2, stride=None):
+    """Max over kernel x kernel windows with the given stride (default: kernel).
+
+    x (N, C, H, W) -> out (N, C, Ho, Wo).  Ties go to the first window position.
+    """
+    xp = get_xp(x)
+    stride = kernel if stride is None else stride
+    N, C, H, Wd = x.shape
+    Ho, Wo = conv_out_size(H, kernel, stride, 0), conv_out_size(Wd, kernel, stride, 0)
+    windows = xp.stack([x[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+                        for i in range(kernel) for j in range(kernel)])
+    argmax = windows.argmax(axis=0)
+    out = xp.take_along_axis(windows, argmax[None], axis=0)[0]
+    return out, MaxPoolCache(argmax, x.shape, kernel, stride)
+
+
+def max_pool2d_backward(dout, cache):
+    """Route each output gradient to the one arg-max input of its window."""
+    xp = get_xp(dout)
+    argmax, x_shape, k, s = cache
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    dx = xp.zeros(x_shape, dtype=dout.dtype)
+    for idx in range(k * k):
+        i, j = divmod(idx, k)
+        dx[:, :, i:i + s * Ho:s, j:j + s * Wo:s] += dout * (argmax == idx)
+    return dx
+
+
+# --------------------------------------------------------------------------- flatten
+def flatten_forward(x):
+    """(N, ...) -> (N, prod(...)); the cache is the input shape."""
+    return x.reshape(x.shape[0], -1), x.shape
+
+
+def flatten_backward(dout, x_shape):
+    return dout.reshape(x_shape)
+
+
+# ---------------------------------------------------------------------------- losses
+class SoftmaxCECache(NamedTuple):
+    p: object        # softmax probabilities (N, K)
+    y: object        # integer labels (N,)
+
+
+def softmax_cross_entropy_forward(logits, y):
+    """L_y = mean_n [ logsumexp(logits_n) - logits_n[y_n] ]  (batch mean).
+
+    logits (N, K), y (N,) integers in [0, K).  Stable for logits of +-1e4:
+    the row maximum is subtracted before exponentiating.
+    """
+    xp = get_xp(logits, y)
+    N = logits.shape[0]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = xp.exp(shifted)
+    sum_exp = exp.sum(axis=1, keepdims=True)
+    log_p = shifted - xp.log(sum_exp)
+    loss = -log_p[xp.arange(N), y].mean()
+    return loss, SoftmaxCECache(exp / sum_exp, y)
+
+
+def softmax_cross_entropy_backward(cache, dloss=1.0):
+    """dlogits = (softmax(logits) - onehot(y)) / N."""
+    xp = get_xp(cache.p)
+    p, y = cache
+    N = p.shape[0]
+    dlogits = p.copy()
+    dlogits[xp.arange(N), y] -= 1
+    return dlogits * (dloss / N)
+
+
+class MSECache(NamedTuple):
+    diff: object     # prediction - target (N, ...)
+
+
+def mse_forward(pred, target):
+    """L = (1/N) sum_n 1/2 ||pred_n - target_n||^2  (batch mean of half squared errors)."""
+    diff = pred - target
+    loss = 0.5 * (diff * diff).sum() / pred.shape[0]
+    return loss, MSECache(diff)
+
+
+def mse_backward(cache, dloss=1.0):
+    """dpred = (pred - target) / N."""
+    return cache.diff * (dloss / cache.diff.shape[0])

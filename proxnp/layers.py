@@ -1,0 +1,215 @@
+"""Layers: thin stateful shells over :mod:`proxnp.functional`.
+
+Each layer holds ``params`` and ``grads`` (dicts with the same keys; empty for
+parameter-free layers) and the cache of its last forward pass.
+
+    y  = layer.forward(x)      # stores the cache
+    dx = layer.backward(dy)    # *assigns* layer.grads, returns the input gradient
+
+Parametrised layers (:class:`Linear`, :class:`Conv2d`) are the linear transfer
+functions phi_l of the paper; the others make up the nonlinearities sigma_l.
+Default initialisation is U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b (the
+PyTorch default the paper used), drawn with a NumPy Generator on the host and then
+moved to the device, so CPU and GPU runs start bit-identical.
+"""
+import numpy as np
+
+from . import functional as F
+from .backend import device_of, get_xp, to_device
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _check_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype}; proxnp layers use float32 or float64")
+    return dtype
+
+
+def _uniform_init(rng, shape, fan_in, dtype):
+    bound = 1.0 / np.sqrt(fan_in)
+    rng = np.random.default_rng(0) if rng is None else rng
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Layer:
+    """Base of all layers: no parameters, identity bookkeeping, device moves."""
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self.cache = None
+
+    def to(self, device):
+        """Move parameters and gradients to 'cpu' or 'gpu' (in place); returns self."""
+        self.params = {k: to_device(v, device) for k, v in self.params.items()}
+        self.grads = {k: to_device(v, device) for k, v in self.grads.items()}
+        self.cache = None
+        return self
+
+    def _check_input(self, x, expected, ndim):
+        """Raise ValueError naming the layer if x has the wrong rank, shape or dtype."""
+        if not hasattr(x, "shape") or x.ndim != ndim or any(
+                e is not None and e != s for e, s in zip(expected, x.shape)):
+            want = "(" + ", ".join("N" if e is None else str(e) for e in expected) + ")"
+            got = getattr(x, "shape", type(x).__name__)
+            if hasattr(x, "shape") and x.ndim == ndim:
+                got = "(" + ", ".join(["N"] + [str(s) for s in x.shape[1:]]) + ")"
+            raise ValueError(f"{self}: expected input {want}, got {got}")
+        if self.params:
+            dtype = next(iter(self.params.values())).dtype
+            if x.dtype != dtype:
+                raise ValueError(f"{self}: expected input dtype {dtype}, got {x.dtype} "
+                                 f"(cast the data, or build the model with dtype={x.dtype})")
+            if device_of(x) != device_of(next(iter(self.params.values()))):
+                raise ValueError(f"{self}: input is on {device_of(x)} but the parameters are on "
+                                 f"{device_of(next(iter(self.params.values())))}")
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class Linear(Layer):
+    """Fully connected layer z = a_prev @ W + b, W (in, out), b (out,)."""
+
+    def __init__(self, in_features, out_features, *, rng=None, dtype=np.float32):
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
+        dtype = _check_dtype(dtype)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.params["W"] = _uniform_init(rng, (in_features, out_features), in_features, dtype)
+        self.params["b"] = _uniform_init(rng, (out_features,), in_features, dtype)
+        self.need_input_grad = True
+
+    def forward(self, a_prev):
+        self._check_input(a_prev, (None, self.in_features), 2)
+        z, self.cache = F.affine_forward(a_prev, self.params["W"], self.params["b"])
+        return z
+
+    def backward(self, dz):
+        da_prev, self.grads["W"], self.grads["b"] = F.affine_backward(
+            dz, self.cache, need_da=self.need_input_grad)
+        return da_prev
+
+    def __repr__(self):
+        return f"Linear({self.in_features}\u2192{self.out_features})"
+
+
+class Conv2d(Layer):
+    """2-D convolution (NCHW), W (out, in, kh, kw), b (out,), zero padding."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
+                 rng=None, dtype=np.float32):
+        super().__init__()
+        kh, kw = (kernel_size, kernel_size) if np.isscalar(kernel_size) else kernel_size
+        if min(in_channels, out_channels, kh, kw, stride) < 1 or padding < 0:
+            raise ValueError("Conv2d needs positive channels, kernel and stride and padding >= 0")
+        dtype = _check_dtype(dtype)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.padding = (int(kh), int(kw)), int(stride), int(padding)
+        fan_in = in_channels * kh * kw
+        self.params["W"] = _uniform_init(rng, (out_channels, in_channels, kh, kw), fan_in, dtype)
+        self.params["b"] = _uniform_init(rng, (out_channels,), fan_in, dtype)
+        self.need_input_grad = True
+
+    def forward(self, x):
+        self._check_input(x, (None, self.in_channels, None, None), 4)
+        kh, kw = self.kernel_size
+        if x.shape[2] + 2 * self.padding < kh or x.shape[3] + 2 * self.padding < kw:
+            raise ValueError(f"{self}: input {x.shape[2]}x{x.shape[3]} is smaller than the kernel")
+        z, self.cache = F.conv2d_forward(x, self.params["W"], self.params["b"],
+                                         self.stride, self.padding)
+        return z
+
+    def backward(self, dz):
+        dx, self.grads["W"], self.grads["b"] = F.conv2d_backward(
+            dz, self.cache, need_dx=self.need_input_grad)
+        return dx
+
+    def __repr__(self):
+        kh, kw = self.kernel_size
+        return (f"Conv2d({self.in_channels}\u2192{self.out_channels}, {kh}x{kw}, "
+                f"stride={self.stride}, padding={self.padding})")
+
+
+class ReLU(Layer):
+    """a = max(0, z)."""
+
+    def forward(self, z):
+        a, self.cache = F.relu_forward(z)
+        return a
+
+    def backward(self, da):
+        return F.relu_backward(da, self.cache)
+
+
+class Tanh(Layer):
+    """a = tanh(z)."""
+
+    def forward(self, z):
+        a, self.cache = F.tanh_forward(z)
+        return a
+
+    def backward(self, da):
+        return F.tanh_backward(da, self.cache)
+
+
+class Sigmoid(Layer):
+    """a = 1 / (1 + exp(-z))."""
+
+    def forward(self, z):
+        a, self.cache = F.sigmoid_forward(z)
+        return a
+
+    def backward(self, da):
+        return F.sigmoid_backward(da, self.cache)
+
+
+class MaxPool2d(Layer):
+    """Max pooling over kernel x kernel windows (stride defaults to the kernel)."""
+
+    def __init__(self, kernel_size=2, stride=None):
+        super().__init__()
+        self.kernel_size = int(kernel_size)
+        self.stride = self.kernel_size if stride is None else int(stride)
+        if self.kernel_size < 1 or self.stride < 1:
+            raise ValueError("MaxPool2d needs kernel_size >= 1 and stride >= 1")
+
+    def forward(self, x):
+        self._check_input(x, (None, None, None, None), 4)
+        if min(x.shape[2], x.shape[3]) < self.kernel_size:
+            raise ValueError(f"{self}: input {x.shape[2]}x{x.shape[3]} is smaller than the window")
+        out, self.cache = F.max_pool2d_forward(x, self.kernel_size, self.stride)
+        return out
+
+    def backward(self, dout):
+        return F.max_pool2d_backward(dout, self.cache)
+
+    def __repr__(self):
+        return f"MaxPool2d({self.kernel_size}, stride={self.stride})"
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W)."""
+
+    def forward(self, x):
+        out, self.cache = F.flatten_forward(x)
+        return out
+
+    def backward(self, dout):
+        return F.flatten_backward(dout, self.cache)
+
+
+PARAMETRISED = (Linear, Conv2d)
+
+
+def is_parametrised(layer):
+    """True for the linear transfer functions phi_l (Linear, Conv2d)."""
+    return isinstance(layer, PARAMETRISED)
+
+
+def xp_of(layer):
+    """The array namespace of a layer's parameters."""
+    return get_xp(*layer.params.values())

@@ -1,0 +1,137 @@
+"""Sequential: a stack of layers that records the activations of the paper.
+
+``forward`` stores every layer's input and output, so after ``model.forward(x)``
+``model.acts[i]`` is the input of layer i and ``model.acts[i + 1]`` its output.
+For a parametrised layer phi_l at index i these are a_{l-1} and z_l (Fig. 1).
+"""
+import io
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .backend import device_of, to_device, to_numpy
+from .layers import is_parametrised
+
+
+class Sequential:
+    """Layers applied in order: y = layer_n(... layer_1(x))."""
+
+    def __init__(self, *layers):
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        self.layers = list(layers)
+        self.acts = []
+        # The first layer's input gradient is never used: skip computing it.
+        for layer in self.layers:
+            if hasattr(layer, "need_input_grad"):
+                layer.need_input_grad = layer is not self.layers[0]
+
+    def forward(self, x):
+        """Run the layers, recording acts = [x, out_1, ..., out_n]; return out_n."""
+        self.acts = [x]
+        for layer in self.layers:
+            x = layer.forward(x)
+            self.acts.append(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy):
+        """Backpropagate dy through every layer (each assigns its grads); return dx or None."""
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def parametrised(self):
+        """Indices of the parametrised layers (Linear, Conv2d), bottom to top."""
+        return [i for i, layer in enumerate(self.layers) if is_parametrised(layer)]
+
+    @property
+    def dtype(self):
+        for layer in self.layers:
+            for v in layer.params.values():
+                return v.dtype
+        return None
+
+    def to(self, device):
+        """Move every layer's parameters to 'cpu' or 'gpu'; returns self."""
+        for layer in self.layers:
+            layer.to(device)
+        self.acts = []
+        return self
+
+    def state_dict(self):
+        """{'<index>.<name>': numpy array} for every parameter (copied to the host)."""
+        return {f"{i}.{k}": to_numpy(v) for i, layer in enumerate(self.layers)
+                for k, v in layer.params.items()}
+
+    def load_state_dict(self, state):
+        """Copy arrays into the parameters; keys, shapes and dtypes must match exactly."""
+        own = {f"{i}.{k}": (layer, k) for i, layer in enumerate(self.layers)
+               for k in layer.params}
+        missing, unexpected = set(own) - set(state), set(state) - set(own)
+        if missing or unexpected:
+            raise ValueError(f"state does not fit this model: missing {sorted(missing)}, "
+                             f"unexpected {sorted(unexpected)}")
+        for key, (layer, k) in own.items():
+            old, new = layer.params[k], state[key]
+            if new.shape != old.shape or new.dtype != old.dtype:
+                raise ValueError(f"parameter {key}: expected {old.dtype}{old.shape}, "
+                                 f"got {new.dtype}{new.shape}")
+        for key, (layer, k) in own.items():
+            layer.params[k] = _like(layer.params[k], state[key])
+
+    def save(self, path):
+        """Write the parameters to ``path`` as .npz, atomically (temp file + rename)."""
+        atomic_savez(path, self.state_dict())
+
+    def load(self, path):
+        """Read parameters written by :meth:`save` (no pickles are ever loaded)."""
+        self.load_state_dict(load_npz(path))
+        return self
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential(\n  {inner}\n)"
+
+
+def _like(old, new):
+    """A copy of ``new`` (host array) placed where ``old`` lives."""
+    return to_device(np.array(new, copy=True), device_of(old))
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` via a temp file in the same folder and os.replace."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_savez(path, arrays):
+    """np.savez to ``path`` atomically; ``arrays`` maps names to host arrays."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_npz(path):
+    """Read an .npz into a dict, refusing pickles; errors name the file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable proxnp .npz file ({exc})") from None

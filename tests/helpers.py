@@ -1,0 +1,29 @@
+"""Small model builders shared by the tests."""
+import numpy as np
+
+import proxnp as pn
+
+
+def mlp(sizes, act=pn.ReLU, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(pn.Linear(n_in, n_out, rng=rng, dtype=dtype))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return pn.Sequential(*layers)
+
+
+def small_convnet(seed=0, dtype=np.float64, channels=(3, 4, 5), hw=8, n_classes=3):
+    rng = np.random.default_rng(seed)
+    c0, c1, c2 = channels
+    return pn.Sequential(
+        pn.Conv2d(c0, c1, 3, padding=1, rng=rng, dtype=dtype), pn.ReLU(), pn.MaxPool2d(2),
+        pn.Conv2d(c1, c2, 3, stride=1, padding=1, rng=rng, dtype=dtype), pn.ReLU(), pn.MaxPool2d(2),
+        pn.Flatten(), pn.Linear(c2 * (hw // 4) ** 2, n_classes, rng=rng, dtype=dtype))
+
+
+def batch(rng, shape, n_classes, dtype=np.float64):
+    x = rng.standard_normal(shape).astype(dtype)
+    y = rng.integers(0, n_classes, size=shape[0])
+    return x, y

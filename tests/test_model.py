@@ -1,0 +1,53 @@
+"""Sequential: recorded activations, save/load round trips, bad files."""
+import numpy as np
+import pytest
+from helpers import mlp
+
+import proxnp as pn
+
+
+def test_forward_records_activations(rng):
+    model = mlp([5, 4, 3])
+    x = rng.standard_normal((2, 5))
+    out = model.forward(x)
+    assert len(model.acts) == 4 and model.acts[0] is x and model.acts[-1] is out
+    assert model.parametrised() == [0, 2]
+
+
+def test_save_load_roundtrip_bit_exact(tmp_path, rng):
+    model = mlp([5, 4, 3], seed=1, dtype=np.float32)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    other = mlp([5, 4, 3], seed=2, dtype=np.float32)
+    other.load(path)
+    for a, b in zip(model.layers, other.layers):
+        for k in a.params:
+            assert a.params[k].dtype == b.params[k].dtype
+            assert np.array_equal(a.params[k], b.params[k])
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]    # no temp files left
+
+
+def test_load_rejects_bad_files(tmp_path):
+    model = mlp([5, 4, 3])
+    path = tmp_path / "m.npz"
+    model.save(path)
+    data = path.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="trunc.npz: not a readable proxnp .npz"):
+        model.load(tmp_path / "trunc.npz")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(ValueError, match="text.npz"):
+        model.load(tmp_path / "text.npz")
+    with pytest.raises(FileNotFoundError, match="nothere.npz"):
+        model.load(tmp_path / "nothere.npz")
+    with pytest.raises(ValueError, match="does not fit this model"):
+        mlp([5, 4, 4, 3]).load(path)
+    with pytest.raises(ValueError, match=r"parameter 0.W: expected float64\(5, 6\)"):
+        mlp([5, 6, 3]).load(path)
+
+
+def test_load_refuses_pickled_arrays(tmp_path):
+    path = tmp_path / "obj.npz"
+    np.savez(path, **{"0.W": np.array([object()], dtype=object)})
+    with pytest.raises(ValueError, match="obj.npz"):
+        mlp([5, 4, 3]).load(path)
