@@ -16,3 +16,8 @@ __all__ = [
     "Sigmoid", "SoftmaxCrossEntropy", "Tanh", "functional", "get_xp", "gpu_available",
     "gradcheck", "to_device", "to_numpy",
 ]
+
+from . import optim  # noqa: E402
+from .proxprop import backprop, proxprop  # noqa: E402
+
+__all__ += ["backprop", "optim", "proxprop"]

@@ -119,3 +119,22 @@ def scatter_add(xp, target, index, values):
 
         cupyx.scatter_add(target, index, values)
     return target
+
+
+def sparse_linalg(xp):
+    """(LinearOperator, cg) of ``scipy.sparse.linalg`` or ``cupyx.scipy.sparse.linalg``."""
+    if xp is np:
+        from scipy.sparse.linalg import LinearOperator, cg  # noqa: PLC0415
+    else:
+        from cupyx.scipy.sparse.linalg import LinearOperator, cg  # noqa: PLC0415
+    return LinearOperator, cg
+
+
+def spd_solve(xp, M, B):
+    """Solve M X = B for symmetric positive definite M by Cholesky (LAPACK or cuSOLVER)."""
+    if xp is np:
+        import scipy.linalg  # noqa: PLC0415
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(M, lower=True), B)
+    from cupyx.scipy.linalg import solve_triangular  # noqa: PLC0415
+    L = xp.linalg.cholesky(M)
+    return solve_triangular(L, solve_triangular(L, B, lower=True), lower=True, trans="T")

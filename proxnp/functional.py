@@ -40,8 +40,13 @@ def affine_backward(dz, cache, need_da=True):
     a_prev, W = cache
     dW = a_prev.T @ dz
     db = dz.sum(axis=0)
-    da_prev = dz @ W.T if need_da else None
+    da_prev = affine_input_grad(dz, cache) if need_da else None
     return da_prev, dW, db
+
+
+def affine_input_grad(dz, cache):
+    """da_prev = dz @ W^T: eq. (10) of the paper for a linear layer (tau = 1)."""
+    return dz @ cache.W.T
 
 
 # --------------------------------------------------------------------------- conv2d
@@ -123,15 +128,19 @@ def conv2d_backward(dz, cache, need_dx=True):
     dW = dz_rows^T @ cols (reshaped to W), db = sum over n, ho, wo,
     dx = col2im(dz_rows @ W_mat).  ``need_dx=False`` skips dx (returns None).
     """
-    cols, W, x_shape, stride, padding = cache
-    F, C, kh, kw = W.shape
+    cols, W = cache.cols, cache.W
     dz_rows = conv_rows(dz)                                 # (N*Ho*Wo, F)
     dW = (dz_rows.T @ cols).reshape(W.shape)
     db = dz_rows.sum(axis=0)
-    dx = None
-    if need_dx:
-        dx = col2im(dz_rows @ W.reshape(F, -1), x_shape, kh, kw, stride, padding)
+    dx = conv2d_input_grad(dz_rows, cache) if need_dx else None
     return dx, dW, db
+
+
+def conv2d_input_grad(dz_rows, cache):
+    """dx = col2im(dz_rows @ W_mat): eq. (10) for a convolution; dz_rows (N*Ho*Wo, F)."""
+    F, C, kh, kw = cache.W.shape
+    return col2im(dz_rows @ cache.W.reshape(F, -1), cache.x_shape, kh, kw,
+                  cache.stride, cache.padding)
 
 
 # --------------------------------------------------------------------- nonlinearities

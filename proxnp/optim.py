@@ -1,0 +1,115 @@
+"""Optimizers that read ``layer.grads`` -- a gradient or a ProxProp direction alike.
+
+The paper uses ProxProp as a first-order oracle: the optimizer cannot tell
+nabla_theta J from the preconditioned direction (M^k)^{-1} nabla_theta J.  The learning
+rate ``lr`` plays the paper's tau (PAPER §3.5, §7.5).
+
+* :class:`SGD` -- momentum and Nesterov exactly as PyTorch defines them
+  (buffer b <- mu b + g, Nesterov step g + mu b, theta <- theta - lr * step).
+* :class:`Adam` -- Kingma & Ba with PyTorch's defaults and bias correction.
+
+Both update the parameters in place and keep their state as arrays on the
+parameters' device; ``state_dict``/``load_state_dict`` make checkpoints exact.
+"""
+from .backend import get_xp, to_device, device_of, to_numpy
+
+
+class Optimizer:
+    """Base: the (layer, name) pairs of every parameter and a step counter."""
+
+    def __init__(self, model, lr):
+        if not lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {lr}")
+        self.model, self.lr, self.t = model, float(lr), 0
+        self.keys = [(i, k) for i, layer in enumerate(model.layers) for k in layer.params]
+        self.state = {}        # name -> {key: array}
+
+    def _pairs(self):
+        for i, k in self.keys:
+            layer = self.model.layers[i]
+            if k not in layer.grads:
+                raise RuntimeError(f"layer {i} ({layer}) has no grads[{k!r}]: run "
+                                   "backprop(...) or proxprop(...) before opt.step()")
+            yield f"{i}.{k}", layer.params[k], layer.grads[k]
+
+    def _buffer(self, name, key, like):
+        buf = self.state.setdefault(name, {})
+        if key not in buf:
+            buf[key] = get_xp(like).zeros_like(like)
+        return buf[key]
+
+    def state_dict(self):
+        """Host copies of the state, flat: {'t': t, '<name>/<key>': array}."""
+        out = {"t": self.t}
+        for name, bufs in self.state.items():
+            for key, arr in bufs.items():
+                out[f"{name}/{key}"] = to_numpy(arr)
+        return out
+
+    def load_state_dict(self, state):
+        self.t = int(state["t"])
+        self.state = {}
+        for flat, arr in state.items():
+            if flat == "t":
+                continue
+            name, key = flat.split("/", 1)
+            i, k = key.split(".")
+            like = self.model.layers[int(i)].params[k]
+            self.state.setdefault(name, {})[key] = to_device(arr.astype(like.dtype), device_of(like))
+
+
+class SGD(Optimizer):
+    """theta <- theta - lr * step, PyTorch's SGD.
+
+    g = grad + weight_decay * theta;  b <- mu b + g (b = g at the first step);
+    step = g + mu b (Nesterov) or b (heavy ball) or g (mu = 0).
+    """
+
+    def __init__(self, model, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(model, lr)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError("momentum and weight_decay must be >= 0")
+        if nesterov and momentum == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+
+    def step(self):
+        mu = self.momentum
+        for key, p, g in self._pairs():
+            if self.weight_decay:
+                g = g + self.weight_decay * p
+            if mu:
+                bufs = self.state.setdefault("momentum", {})
+                if key not in bufs:
+                    bufs[key] = g.copy()                 # PyTorch: b_1 = g_1
+                else:
+                    bufs[key] *= mu
+                    bufs[key] += g
+                g = g + mu * bufs[key] if self.nesterov else bufs[key]
+            p -= self.lr * g
+        self.t += 1
+
+
+class Adam(Optimizer):
+    """Adam: m <- b1 m + (1-b1) g, v <- b2 v + (1-b2) g^2,
+    theta <- theta - lr * m_hat / (sqrt(v_hat) + eps) with bias-corrected m_hat, v_hat."""
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(model, lr)
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or eps <= 0:
+            raise ValueError(f"Adam needs betas in [0, 1) and eps > 0, got {betas}, {eps}")
+        self.betas, self.eps = betas, eps
+
+    def step(self):
+        b1, b2 = self.betas
+        self.t += 1
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for key, p, g in self._pairs():
+            xp = get_xp(p, g)
+            m = self._buffer("m", key, p)
+            v = self._buffer("v", key, p)
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            p -= self.lr * (m / c1) / (xp.sqrt(v / c2) + self.eps)

@@ -1,0 +1,212 @@
+"""The proximal step of one affine layer (eq. 11) -- exact and by conjugate gradient.
+
+For a hidden Linear or Conv2d layer with forward input a_prev^k, output z^k and
+backpropagated error g = dJ/dz (batch-mean loss), ProxProp takes
+
+    theta^{k+1} = argmin_theta 1/2 ||phi(theta, a_prev^k) - z_half||^2
+                               + 1/(2 tau_theta) ||theta - theta^k||^2,      (11)
+    z_half = z^k - g                                                            (9)
+
+Both layers are affine in theta: phi(theta, a_prev) = A Theta, where
+
+* Linear: A = [a_prev, 1] (N, in+1), Theta = [W; b^T] (in+1, out);
+* Conv2d: A = [P, 1] with P the im2col patch matrix (N*Ho*Wo, C*kh*kw), one row
+  per output pixel, Theta = [W_mat^T; b^T] (C*kh*kw+1, F).
+
+So (11) is ridge regression.  With beta = 1/tau_theta and the *update*
+delta = Theta^{k+1} - Theta^k (since A Theta^k - z_half = g):
+
+    M delta = -A^T g,   M = A^T A + beta I                                     (14)
+
+and the direction handed to the optimizer is d = -delta = M^{-1} A^T g = M^{-1} grad J
+(Proposition 2, tau = 1).  Solving for delta rather than Theta^{k+1} keeps float32
+accurate: Theta^{k+1} = Theta^k + small, and the direct form loses the small part.
+
+Three ways to apply M, chosen by cost (:func:`choose_space`), with R rows, D+1 columns:
+
+* ``"row"`` (R < D+1, the paper's MLP: N = 500 < 3073): by the push-through identity
+  M^{-1} A^T = A^T (K + beta I)^{-1}, K = A A^T (R x R).  Exact: Cholesky of K + beta I
+  (Woodbury).  CG: every iterate from delta = 0 lies in range(A^T), delta = A^T u, so
+  CG runs on u with the inner products <A^T x, A^T y> = x^T K y and M A^T = A^T (K + beta I):
+  the *same iterates* at R^2 * out per iteration, A^T applied once at the end.
+* ``"gram"``: form A^T A ((D+1)^2) once; exact by Cholesky, CG on the small matrix.
+* ``"matfree"`` (CG only): M X = A^T (A X) + beta X with the layer's own patch
+  matrix -- one convolution and one weight-adjoint per iteration.
+
+The bias column of ones is never materialised: A x = P x[:-1] + x[-1], and the
+Gram matrices get their ones terms added analytically.
+"""
+from typing import NamedTuple
+
+from . import functional as F
+from .backend import get_xp, spd_solve
+from .cg import block_cg, scipy_cg, CGInfo
+from .layers import Conv2d, Linear
+
+SOLVERS = ("exact", "cg", "gradient")
+SPACES = ("auto", "row", "gram", "matfree")
+CG_BACKENDS = ("proxnp", "scipy")
+
+
+class AffineProblem(NamedTuple):
+    """The ridge problem of one layer: A = [P, 1] and the error rows g."""
+    P: object   # (R, D) design matrix without the ones column
+    g: object   # (R, out) backpropagated error dJ/dz as rows
+
+
+def affine_problem(layer, dz):
+    """Extract (P, g) from a layer after its forward pass and the upstream error dz."""
+    if isinstance(layer, Linear):
+        return AffineProblem(layer.cache.a_prev, dz)
+    if isinstance(layer, Conv2d):
+        return AffineProblem(layer.cache.cols, F.conv_rows(dz))
+    raise TypeError(f"no proximal step for {layer!r}: only Linear and Conv2d are affine layers")
+
+
+def theta_to_params(layer, Theta):
+    """Theta (D+1, out) -> {'W': ..., 'b': ...} in the layer's own shapes."""
+    W_rows, b = Theta[:-1], Theta[-1]
+    if isinstance(layer, Conv2d):
+        return {"W": W_rows.T.reshape(layer.params["W"].shape), "b": b}
+    return {"W": W_rows, "b": b}
+
+
+def params_to_theta(layer):
+    """{'W', 'b'} -> Theta = [W_mat; b^T] (D+1, out)."""
+    xp = get_xp(layer.params["W"])
+    W = layer.params["W"]
+    W_rows = W.reshape(W.shape[0], -1).T if isinstance(layer, Conv2d) else W
+    return xp.concatenate([W_rows, layer.params["b"][None, :]], axis=0)
+
+
+# ------------------------------------------------------------ A, A^T and Gram matrices
+def apply_A(P, X):
+    """A X = [P, 1] X = P X[:-1] + X[-1]   (R, s)."""
+    return P @ X[:-1] + X[-1]
+
+
+def apply_At(P, Y):
+    """A^T Y = [P^T Y; 1^T Y]   (D+1, s)."""
+    xp = get_xp(P, Y)
+    return xp.concatenate([P.T @ Y, Y.sum(axis=0, keepdims=True)], axis=0)
+
+
+def row_gram(P):
+    """K = A A^T = P P^T + 1 1^T   (R, R)."""
+    return P @ P.T + 1
+
+
+def col_gram(P):
+    """A^T A = [[P^T P, P^T 1], [1^T P, R]]   (D+1, D+1)."""
+    xp = get_xp(P)
+    colsum = P.sum(axis=0)
+    top = xp.concatenate([P.T @ P, colsum[:, None]], axis=1)
+    bottom = xp.concatenate([colsum, xp.asarray([P.shape[0]], dtype=P.dtype)])[None, :]
+    return xp.concatenate([top, bottom], axis=0)
+
+
+def choose_space(R, D1, out, solver, cg_iters):
+    """The cheapest way to apply M, by multiply-add counts (see the module docstring)."""
+    cost = {"row": R * R * D1 + (R * R * out if solver == "exact" else cg_iters * R * R * out),
+            "gram": R * D1 * D1 + (D1 * D1 * out if solver == "exact" else cg_iters * D1 * D1 * out)}
+    if solver == "cg":
+        cost["matfree"] = cg_iters * 2 * R * D1 * out
+    return min(cost, key=cost.get)
+
+
+# ------------------------------------------------------------------------- solvers
+def range_space_cg(K, g, beta, iters, tol=None, variant="textbook"):
+    """Block CG on M delta = A^T g from delta = 0, run in u with delta = A^T u.
+
+    Iterates, steps and coefficients equal those of :func:`proxnp.cg.block_cg` on
+    M = A^T A + beta I; only the arithmetic differs:  with q = (K + beta I) p,
+    <R, R> = r^T K r and <P, M P> = (K p)^T q, and K p follows p by the same
+    recursion, so each iteration costs one product with K (R^2 * out).
+    Returns (u, CGInfo); delta = A^T u.
+    """
+    xp = get_xp(K, g)
+    eps = 1e-6 if variant == "authors" else 0.0
+    u = xp.zeros_like(g)
+    r = g.copy()
+    Kr = K @ r
+    p, Kp = r.copy(), Kr.copy()
+    rs_old = (r * Kr).sum(axis=0)
+    norms = [xp.sqrt(rs_old)]
+    tol_scale = rs_old.mean() if tol is not None else None
+    k = 0
+    for k in range(1, int(iters) + 1):
+        q = Kp + beta * p                                     # (K + beta I) p
+        den = (Kp * q).sum(axis=0) + eps                      # <P, M P>
+        ok = den > 0
+        alpha = xp.where(ok, rs_old / xp.where(ok, den, 1), 0)
+        u += alpha * p
+        if k == iters:                                        # the last residual is not needed
+            break
+        r -= alpha * q
+        Kr = K @ r
+        rs_new = (r * Kr).sum(axis=0)                         # <R, R>
+        norms.append(xp.sqrt(xp.maximum(rs_new, 0)))
+        if tol is not None and float(rs_new.max()) < tol ** 2 * float(tol_scale):
+            break
+        ok = rs_old + eps > 0
+        b = xp.where(ok, rs_new / xp.where(ok, rs_old + eps, 1), 0)
+        if variant == "authors" and k == 1:
+            p, Kp = (1 + b) * r, (1 + b) * Kr
+        else:
+            p, Kp = r + b * p, Kr + b * Kp
+        rs_old = rs_new
+    return u, CGInfo(k, xp.stack(norms))
+
+
+def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
+                   cg_backend="proxnp", cg_variant="textbook", cg_tol=None):
+    """The ProxProp direction d = Theta^k - Theta^{k+1} = M^{-1} A^T g (D+1, out).
+
+    P (R, D) and g (R, out) as in :class:`AffineProblem`.  ``solver``: "exact",
+    "cg" (``cg_iters`` iterations of block CG from delta = 0, one column per output
+    unit) or "gradient" (d = A^T g, the explicit step).  ``space``: "auto" picks
+    the cheapest of "row", "gram" and "matfree".  Returns (d, info or None).
+    """
+    xp = get_xp(P, g)
+    beta = 1.0 / tau_theta
+    R, D1, out = P.shape[0], P.shape[1] + 1, g.shape[1]
+    if solver == "gradient":
+        return apply_At(P, g), None                           # explicit step: grad J
+    if space == "auto":
+        space = choose_space(R, D1, out, solver, cg_iters)
+    if cg_backend == "scipy" and space == "row":
+        space = "gram"                                        # SciPy's cg works on theta
+    if space == "row":
+        K_beta = row_gram(P)
+        if solver == "exact":                                 # Woodbury / push-through
+            K_beta[xp.diag_indices(R)] += beta
+            return apply_At(P, spd_solve(xp, K_beta, g)), None
+        u, info = range_space_cg(K_beta, g, beta, cg_iters, cg_tol, cg_variant)
+        return apply_At(P, u), info
+    if space == "gram":
+        M = col_gram(P)
+        M[xp.diag_indices(D1)] += beta
+        if solver == "exact":
+            return spd_solve(xp, M, apply_At(P, g)), None
+
+        def apply_M(X):
+            return M @ X
+    elif space == "matfree":
+        if solver == "exact":
+            raise ValueError("the exact solver needs space 'row' or 'gram', not 'matfree'")
+
+        def apply_M(X):
+            return apply_At(P, apply_A(P, X)) + beta * X
+    else:
+        raise ValueError(f"unknown space {space!r}; expected one of {SPACES}")
+    rhs = apply_At(P, g)                                      # = grad_Theta J
+    if cg_backend == "scipy":
+        return scipy_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol), None
+    return block_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol, variant=cg_variant)
+
+
+def prox_objective(P, z_half, Theta, Theta_k, tau_theta):
+    """1/2 ||A Theta - z_half||^2 + 1/(2 tau_theta) ||Theta - Theta_k||^2   (eq. 11)."""
+    res = apply_A(P, Theta) - z_half
+    diff = Theta - Theta_k
+    return 0.5 * (res * res).sum() + 0.5 / tau_theta * (diff * diff).sum()

@@ -1,0 +1,256 @@
+"""ProxProp directions: closed forms (Prop. 2), CG, descent (Props. 4-5), limits."""
+import numpy as np
+import pytest
+from helpers import batch, mlp, small_convnet
+
+import proxnp as pn
+from proxnp import prox
+from proxnp.cg import block_cg, scipy_cg
+from proxnp.gradcheck import rel_error
+
+
+def grads_of(model):
+    return {i: {k: v.copy() for k, v in model.layers[i].grads.items()}
+            for i in model.parametrised()}
+
+
+def flat(d):
+    return np.concatenate([d["W"].ravel(), d["b"].ravel()])
+
+
+def net_and_batch(kind, seed=0):
+    rng = np.random.default_rng(seed)
+    if kind == "mlp":
+        return mlp([12, 9, 7, 4], seed=seed), *batch(rng, (6, 12), 4)    # N=6 < in+1: row space
+    if kind == "mlp_tall":
+        return mlp([5, 6, 4, 3], seed=seed), *batch(rng, (20, 5), 3)     # N=20 > in+1: gram
+    return small_convnet(seed=seed), *batch(rng, (2, 3, 8, 8), 3)
+
+
+def dense_closed_form(layer, dz, tau_theta):
+    """Theta^k - (A^T A + I/tau)^{-1} A^T g with A built explicitly."""
+    P, g = prox.affine_problem(layer, dz)
+    A = np.hstack([P, np.ones((P.shape[0], 1))])
+    M = A.T @ A + np.eye(A.shape[1]) / tau_theta
+    return np.linalg.solve(M, A.T @ g), A, g
+
+
+def upstream_errors(model, loss_fn, x, y):
+    """dJ/dz for every parametrised layer (from backprop)."""
+    dz = {}
+    out = model.forward(x)
+    loss_fn.forward(out, y)
+    d = loss_fn.backward()
+    for i in reversed(range(len(model.layers))):
+        if i in model.parametrised():
+            dz[i] = d
+        d = model.layers[i].backward(d)
+    return dz
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convnet"])
+def test_gradient_solver_reproduces_backprop(kind):
+    model, x, y = net_and_batch(kind)
+    loss_fn = pn.SoftmaxCrossEntropy()
+    l1 = pn.backprop(model, loss_fn, x, y)
+    ref = grads_of(model)
+    l2 = pn.proxprop(model, loss_fn, x, y, solver="gradient")
+    assert l1 == l2
+    for i, g in grads_of(model).items():
+        for k in g:
+            assert rel_error(g[k], ref[i][k]) <= 1e-12
+
+
+@pytest.mark.parametrize("kind,space", [("mlp", "row"), ("mlp", "gram"), ("mlp_tall", "gram"),
+                                        ("mlp_tall", "row"), ("convnet", "gram"),
+                                        ("convnet", "row")])
+def test_exact_equals_dense_closed_form(kind, space):
+    """Proposition 2: theta^k - theta^{k+1} = (A^T A + I/tau_theta)^{-1} grad J, bias included."""
+    model, x, y = net_and_batch(kind)
+    loss_fn = pn.SoftmaxCrossEntropy()
+    tau_theta = 0.7
+    dz = upstream_errors(model, loss_fn, x, y)
+    pn.proxprop(model, loss_fn, x, y, solver="exact", tau_theta=tau_theta, space=space)
+    for i in model.parametrised()[:-1]:
+        layer = model.layers[i]
+        d_ref, A, g = dense_closed_form(layer, dz[i], tau_theta)
+        got = prox.params_to_theta(_as_param_layer(layer, layer.grads))
+        assert rel_error(got, d_ref) < 1e-12, (i, space)
+        # the prox objective's gradient vanishes at theta^{k+1} = theta^k - d
+        Theta_k = prox.params_to_theta(layer)
+        Theta = Theta_k - got
+        z_half = A @ Theta_k - g
+        grad_obj = A.T @ (A @ Theta - z_half) + (Theta - Theta_k) / tau_theta
+        assert np.abs(grad_obj).max() < 1e-12 * np.abs(A.T @ g).max() * 1e3
+
+
+def _as_param_layer(layer, params):
+    """A shallow stand-in with the same type and the given params (for params_to_theta)."""
+    clone = object.__new__(type(layer))
+    clone.params = params
+    return clone
+
+
+def test_last_layer_gets_the_plain_gradient():
+    model, x, y = net_and_batch("mlp")
+    loss_fn = pn.SoftmaxCrossEntropy()
+    pn.backprop(model, loss_fn, x, y)
+    ref = grads_of(model)
+    pn.proxprop(model, loss_fn, x, y, solver="exact", tau_theta=0.3)
+    last = model.parametrised()[-1]
+    assert rel_error(model.layers[last].grads["W"], ref[last]["W"]) == 0
+    assert rel_error(model.layers[0].grads["W"], ref[0]["W"]) > 1e-3   # really preconditioned
+
+
+@pytest.mark.parametrize("kind", ["mlp", "mlp_tall", "convnet"])
+@pytest.mark.parametrize("space", ["row", "gram", "matfree"])
+def test_cg_with_enough_iterations_equals_exact(kind, space):
+    model, x, y = net_and_batch(kind)
+    loss_fn = pn.SoftmaxCrossEntropy()
+    pn.proxprop(model, loss_fn, x, y, solver="exact", tau_theta=0.5)
+    exact = grads_of(model)
+    n_unknowns = max(model.layers[i].params["W"][0].size + 1 for i in model.parametrised())
+    if kind == "convnet":
+        n_unknowns = max(model.layers[i].params["W"][0].size + 1 for i in model.parametrised()[:-1])
+    pn.proxprop(model, loss_fn, x, y, solver="cg", cg_iters=n_unknowns + 5, tau_theta=0.5,
+                space=space)
+    for i, g in grads_of(model).items():
+        assert rel_error(flat(g), flat(exact[i])) < 1e-8, (i, space)
+
+
+def test_range_space_cg_has_the_same_iterates_as_parameter_space_cg():
+    rng = np.random.default_rng(3)
+    P, g = rng.standard_normal((8, 30)), rng.standard_normal((8, 5))
+    beta = 2.0
+    M = prox.col_gram(P) + beta * np.eye(31)
+    for iters in range(1, 8):
+        for variant in ("textbook", "authors"):
+            u, info_u = prox.range_space_cg(prox.row_gram(P), g, beta, iters, variant=variant)
+            X, info = block_cg(lambda v: M @ v, prox.apply_At(P, g), iters=iters, variant=variant)
+            assert rel_error(prox.apply_At(P, u), X) < 1e-10, (iters, variant)
+            n = info_u.residual_norms.shape[0]
+            assert rel_error(info_u.residual_norms, info.residual_norms[:n]) < 1e-10
+
+
+def test_scipy_cg_agrees_with_block_cg():
+    rng = np.random.default_rng(4)
+    P, g = rng.standard_normal((40, 9)), rng.standard_normal((40, 3))
+    M = prox.col_gram(P) + 0.5 * np.eye(10)
+    rhs = prox.apply_At(P, g)
+    for iters in (1, 3, 6):
+        X, _ = block_cg(lambda v: M @ v, rhs, iters=iters)
+        Xs = scipy_cg(lambda v: M @ v, rhs, iters=iters)
+        assert rel_error(X, Xs) < 1e-10
+    model, x, y = net_and_batch("mlp")
+    loss_fn = pn.SoftmaxCrossEntropy()
+    pn.proxprop(model, loss_fn, x, y, cg_iters=2, tau_theta=0.5)
+    ours = grads_of(model)
+    pn.proxprop(model, loss_fn, x, y, cg_iters=2, tau_theta=0.5, cg_backend="scipy")
+    for i, g2 in grads_of(model).items():
+        assert rel_error(flat(g2), flat(ours[i])) < 1e-10
+
+
+def test_cg_error_in_M_norm_decreases_monotonically():
+    rng = np.random.default_rng(5)
+    P, g = rng.random((30, 20)), rng.standard_normal((30, 4))
+    beta = 0.05
+    M = prox.col_gram(P) + beta * np.eye(21)
+    rhs = prox.apply_At(P, g)
+    exact = np.linalg.solve(M, rhs)
+    errs = []
+    for iters in range(1, 15):
+        d, _ = prox.prox_direction(P, g, 1 / beta, "cg", iters, space="gram")
+        e = d - exact
+        errs.append((e * (M @ e)).sum(axis=0))
+    errs = np.array(errs)
+    assert np.all(np.diff(errs, axis=0) <= 1e-12 * errs[0]), errs
+    assert errs[-1].max() < 1e-3 * errs[0].max()
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convnet"])
+def test_directions_are_descent_directions(kind):
+    """Propositions 4-5: <d, grad J> > 0 for exact and every CG(1..10), every layer."""
+    for seed in range(3):
+        model, x, y = net_and_batch(kind, seed)
+        loss_fn = pn.SoftmaxCrossEntropy()
+        pn.backprop(model, loss_fn, x, y)
+        grad = grads_of(model)
+        for solver, iters in [("exact", 1)] + [("cg", k) for k in range(1, 11)]:
+            pn.proxprop(model, loss_fn, x, y, solver=solver, cg_iters=iters, tau_theta=1.0)
+            for i, d in grads_of(model).items():
+                assert flat(d) @ flat(grad[i]) > 0, (seed, solver, iters, i)
+
+
+def test_small_tau_theta_limit_is_scaled_gradient():
+    model, x, y = net_and_batch("mlp")
+    loss_fn = pn.SoftmaxCrossEntropy()
+    pn.backprop(model, loss_fn, x, y)
+    grad = grads_of(model)
+    for tau_theta, tol in [(1e-3, 1e-1), (1e-6, 1e-4), (1e-9, 1e-7)]:
+        pn.proxprop(model, loss_fn, x, y, solver="exact", tau_theta=tau_theta)
+        err = rel_error(flat(model.layers[0].grads) / tau_theta, flat(grad[0]))
+        assert err < tol, (tau_theta, err)
+
+
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_float32_matches_float64_on_paper_mlp_shapes(solver):
+    rng = np.random.default_rng(0)
+    x = rng.random((48, 3072))
+    y = rng.integers(0, 10, 48)
+    results = {}
+    for dtype in (np.float64, np.float32):
+        model = mlp([3072, 4000, 1000, 4000, 10], seed=1, dtype=np.float64)
+        if dtype == np.float32:
+            for layer in model.layers:
+                layer.params = {k: v.astype(np.float32) for k, v in layer.params.items()}
+        pn.proxprop(model, pn.SoftmaxCrossEntropy(), x.astype(dtype), y,
+                    solver=solver, cg_iters=3, tau_theta=0.05)
+        results[dtype] = grads_of(model)
+    for i in results[np.float64]:
+        d64, d32 = flat(results[np.float64][i]), flat(results[np.float32][i])
+        assert d32.dtype == np.float32
+        err = np.linalg.norm(d32 - d64) / np.linalg.norm(d64)
+        assert err <= 1e-4, (i, err)
+
+
+def test_bad_options_raise():
+    model, x, y = net_and_batch("mlp")
+    loss_fn = pn.SoftmaxCrossEntropy()
+    with pytest.raises(ValueError, match="unknown solver 'newton'; allowed: exact, cg, gradient"):
+        pn.proxprop(model, loss_fn, x, y, solver="newton")
+    with pytest.raises(ValueError, match="cg_iters must be an integer >= 1"):
+        pn.proxprop(model, loss_fn, x, y, cg_iters=0)
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tau_theta must be a finite number > 0"):
+            pn.proxprop(model, loss_fn, x, y, tau_theta=bad)
+    with pytest.raises(ValueError, match="unknown cg_backend"):
+        pn.proxprop(model, loss_fn, x, y, cg_backend="torch")
+    with pytest.raises(ValueError, match="unknown space"):
+        pn.proxprop(model, loss_fn, x, y, space="fourier")
+
+
+def test_block_cg_edge_cases():
+    M = np.diag([1.0, 2.0, 3.0])
+    B = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])       # second column: zero rhs
+    X0 = np.zeros((3, 2))
+    X, info = block_cg(lambda v: M @ v, B, X0=X0, iters=5)
+    assert np.all(np.isfinite(X)) and np.all(X0 == 0)
+    assert np.allclose(X[:, 0], [1, 0.5, 1 / 3]) and np.all(X[:, 1] == 0)
+    assert info.iterations == 5 and info.residual_norms.shape == (6, 2)
+    X, info = block_cg(lambda v: M @ v, B, iters=50, tol=1e-8)
+    assert info.iterations <= 4
+    with pytest.raises(ValueError, match="unknown CG variant"):
+        block_cg(lambda v: M @ v, B, variant="fast")
+
+
+def test_authors_variant_differs_from_textbook_after_one_iteration():
+    rng = np.random.default_rng(6)
+    A = rng.standard_normal((10, 10))
+    M = A @ A.T + np.eye(10)
+    B = rng.standard_normal((10, 2))
+    t1, _ = block_cg(lambda v: M @ v, B, iters=1)
+    a1, _ = block_cg(lambda v: M @ v, B, iters=1, variant="authors")
+    assert rel_error(t1, a1) < 1e-6                          # only eps differs
+    t3, _ = block_cg(lambda v: M @ v, B, iters=3)
+    a3, _ = block_cg(lambda v: M @ v, B, iters=3, variant="authors")
+    assert rel_error(t3, a3) > 1e-3
