@@ -11,7 +11,7 @@ rate ``lr`` plays the paper's tau (PAPER §3.5, §7.5).
 Both update the parameters in place and keep their state as arrays on the
 parameters' device; ``state_dict``/``load_state_dict`` make checkpoints exact.
 """
-from .backend import get_xp, to_device, device_of, to_numpy
+from .backend import axpy, device_of, get_xp, to_device, to_numpy
 
 
 class Optimizer:
@@ -23,6 +23,7 @@ class Optimizer:
         self.model, self.lr, self.t = model, float(lr), 0
         self.keys = [(i, k) for i, layer in enumerate(model.layers) for k in layer.params]
         self.state = {}        # name -> {key: array}
+        self.scratch = {}      # (shape, dtype) -> work array
 
     def _pairs(self):
         for i, k in self.keys:
@@ -37,6 +38,13 @@ class Optimizer:
         if key not in buf:
             buf[key] = get_xp(like).zeros_like(like)
         return buf[key]
+
+    def _scratch(self, like):
+        """A reusable work array of like's shape and dtype (not part of the state)."""
+        key = (like.shape, like.dtype.str)
+        if key not in self.scratch:
+            self.scratch[key] = get_xp(like).empty_like(like)
+        return self.scratch[key]
 
     def state_dict(self):
         """Host copies of the state, flat: {'t': t, '<name>/<key>': array}."""
@@ -74,7 +82,7 @@ class SGD(Optimizer):
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
     def step(self):
-        mu = self.momentum
+        mu, lr = self.momentum, self.lr
         for key, p, g in self._pairs():
             if self.weight_decay:
                 g = g + self.weight_decay * p
@@ -84,9 +92,12 @@ class SGD(Optimizer):
                     bufs[key] = g.copy()                 # PyTorch: b_1 = g_1
                 else:
                     bufs[key] *= mu
-                    bufs[key] += g
-                g = g + mu * bufs[key] if self.nesterov else bufs[key]
-            p -= self.lr * g
+                    axpy(1.0, g, bufs[key])              # b <- mu b + g
+                if self.nesterov:                        # theta -= lr * (g + mu * b)
+                    axpy(-lr * mu, bufs[key], p)
+                else:
+                    g = bufs[key]
+            axpy(-lr, g, p)
         self.t += 1
 
 
@@ -108,8 +119,14 @@ class Adam(Optimizer):
             xp = get_xp(p, g)
             m = self._buffer("m", key, p)
             v = self._buffer("v", key, p)
+            tmp = self._scratch(p)
             m *= b1
-            m += (1 - b1) * g
+            axpy(1 - b1, g, m)                           # m <- b1 m + (1 - b1) g
             v *= b2
-            v += (1 - b2) * g * g
-            p -= self.lr * (m / c1) / (xp.sqrt(v / c2) + self.eps)
+            xp.multiply(g, g, out=tmp)
+            axpy(1 - b2, tmp, v)                         # v <- b2 v + (1 - b2) g^2
+            xp.sqrt(v, out=tmp)                          # sqrt(v_hat) + eps
+            tmp *= 1 / c2 ** 0.5
+            tmp += self.eps
+            xp.divide(m, tmp, out=tmp)
+            axpy(-self.lr / c1, tmp, p)                  # theta -= lr m_hat / (...)

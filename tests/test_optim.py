@@ -79,3 +79,15 @@ def test_bad_optimizer_arguments():
         pn.optim.SGD(model, lr=1, nesterov=True)
     with pytest.raises(RuntimeError, match="run backprop"):
         pn.optim.SGD(model, lr=1).step()
+
+
+def test_axpy_in_place_contiguous_and_strided():
+    from proxnp.backend import axpy
+    for dtype in (np.float32, np.float64):
+        x = np.arange(12, dtype=dtype).reshape(3, 4)
+        y = np.ones((3, 4), dtype=dtype)
+        out = axpy(0.5, x, y)
+        assert out is y and np.array_equal(y, 1 + 0.5 * np.arange(12).reshape(3, 4))
+        y2 = np.ones((4, 3), dtype=dtype).T                  # not C-contiguous
+        axpy(2.0, x, y2)
+        assert np.array_equal(y2, 1 + 2 * x)

@@ -1,0 +1,177 @@
+"""One training step of the paper's networks: proxnp BackProp/ProxProp vs floors and PyTorch.
+
+    python bench/step.py [--steps 10] [--batch 500] [--skip-conv] [--device cpu|gpu]
+
+Prints two tables of median step times (after one warm-up step):
+
+* MLP 3072-4000-1000-4000-10, batch 500, float32, Nesterov SGD: the proxnp
+  backprop step beside the time of the same step's matrix products alone (the
+  framework's floor) and a PyTorch step with the same thread count (if importable);
+  ProxProp exact, cg3 and cg10 as ratios to proxnp's own backprop step.
+* The authors' ConvNet (no third pooling, FC 1280 -> 10) at the same batch, Adam.
+
+Targets (issues 2 and 4): backprop <= 1.15x the matmul floor, ConvNet backprop
+<= 1.5x PyTorch, ProxProp MLP <= 1.3x backprop, ConvNet <= 2x backprop.
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import proxnp as pn
+from proxnp.backend import get_xp, to_device
+from proxnp.experiments import PAPER_MLP, convnet, mlp
+
+
+def sync(xp):
+    if xp is not np:
+        xp.cuda.Stream.null.synchronize()
+
+
+def median_time(fn, steps, xp=np):
+    fn()                                      # warm-up
+    sync(xp)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        sync(xp)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def proxnp_step(model, opt, x, y, method, **kw):
+    loss_fn = pn.SoftmaxCrossEntropy()
+
+    def step():
+        if method == "backprop":
+            pn.backprop(model, loss_fn, x, y)
+        else:
+            pn.proxprop(model, loss_fn, x, y, **kw)
+        opt.step()
+    return step
+
+
+def matmul_floor(model, x):
+    """The MLP step's matrix products alone: forward, dW and (except layer 1) dA."""
+    Ws = [layer.params["W"] for layer in model.layers if layer.params]
+    acts = [x]
+    for W in Ws[:-1]:
+        acts.append(acts[-1] @ W)
+    xp = get_xp(x)
+    dz = [xp.ones((x.shape[0], W.shape[1]), dtype=x.dtype) for W in Ws]
+
+    def step():
+        for a, W in zip(acts, Ws):
+            a @ W
+        for i, (a, W) in enumerate(zip(acts, Ws)):
+            a.T @ dz[i]
+            if i:
+                dz[i] @ W.T
+    return step
+
+
+def torch_step(kind, x, y, threads):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    nn = torch.nn
+    if kind == "mlp":
+        sizes, layers = PAPER_MLP, []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
+        net = nn.Sequential(*layers)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.95, nesterov=True)
+    else:
+        net = nn.Sequential(nn.Conv2d(3, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(16, 20, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(20, 20, 5, padding=2), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(1280, 10))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss_fn(net(xt), yt).backward()
+        opt.step()
+    return step
+
+
+def threads():
+    try:
+        from threadpoolctl import threadpool_info
+        return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+    except Exception:
+        import os
+        return os.cpu_count() or 1
+
+
+def table(title, rows):
+    print(f"\n{title}")
+    print(f"{'step':<34}{'median s':>10}{'ratio':>9}  vs")
+    for name, t, base, base_name in rows:
+        ratio = "" if base is None else f"{t / base:9.2f}"
+        print(f"{name:<34}{t:10.4f}{ratio:>9}  {base_name or ''}")
+
+
+def bench(kind, args):
+    rng = np.random.default_rng(0)
+    if kind == "mlp":
+        x = rng.random((args.batch, PAPER_MLP[0]), dtype=np.float32)
+        build = lambda: mlp(PAPER_MLP, rng=np.random.default_rng(1))      # noqa: E731
+        make_opt = lambda m: pn.optim.SGD(m, lr=1e-3, momentum=0.95, nesterov=True)  # noqa: E731
+        tau_theta = 0.05
+        variants = [("exact", {}), ("cg", {"cg_iters": 3}), ("cg", {"cg_iters": 10})]
+    else:
+        x = rng.random((args.batch, 3, 32, 32), dtype=np.float32)
+        build = lambda: convnet(rng=np.random.default_rng(1))             # noqa: E731
+        make_opt = lambda m: pn.optim.Adam(m, lr=1e-3)                    # noqa: E731
+        tau_theta = 1.0
+        variants = [("cg", {"cg_iters": 3}), ("cg", {"cg_iters": 10}), ("exact", {})]
+    y = rng.integers(0, 10, args.batch)
+    xd, yd = to_device(x, args.device), to_device(y, args.device)
+    xp = get_xp(xd)
+    model = build().to(args.device)
+    t_bp = median_time(proxnp_step(model, make_opt(model), xd, yd, "backprop"), args.steps, xp)
+    rows = [("proxnp backprop", t_bp, None, None)]
+    if kind == "mlp":
+        t_floor = median_time(matmul_floor(model, xd), args.steps, xp)
+        rows[0] = ("proxnp backprop", t_bp, t_floor, "matmul floor")
+        rows.append(("matmul floor (products only)", t_floor, None, None))
+    ts = torch_step(kind, x, y, threads()) if args.device == "cpu" else None
+    if ts is not None:
+        t_torch = median_time(ts, args.steps)
+        rows.append(("PyTorch CPU backprop", t_torch, None, None))
+        rows.append(("proxnp backprop / PyTorch", t_bp, t_torch, "PyTorch"))
+    for solver, kw in variants:
+        model = build().to(args.device)
+        t = median_time(proxnp_step(model, make_opt(model), xd, yd, "proxprop", solver=solver,
+                                    tau_theta=tau_theta, **kw), args.steps, xp)
+        name = "proxprop " + (solver if solver == "exact" else f"cg{kw['cg_iters']}")
+        rows.append((name, t, t_bp, "proxnp backprop"))
+    title = (f"{'MLP 3072-4000-1000-4000-10' if kind == 'mlp' else 'ConvNet (authors code)'}, "
+             f"batch {args.batch}, float32, {args.device}, {threads()} BLAS threads, "
+             f"median of {args.steps}")
+    table(title, rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--skip-conv", action="store_true")
+    p.add_argument("--skip-mlp", action="store_true")
+    args = p.parse_args()
+    if not args.skip_mlp:
+        bench("mlp", args)
+    if not args.skip_conv:
+        bench("conv", args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Named configurations: the paper's architectures and experiments, and the default comparison.
+
+Architectures (PAPER §6):
+
+* :func:`mlp` -- fully connected ReLU network, e.g. the paper's 3072-4000-1000-4000-10.
+* :func:`convnet` -- three Conv(5x5, padding 2) -> ReLU -> MaxPool(2) blocks and a final
+  Linear.  The paper draws a third pooling layer (FC 320 -> 10 on CIFAR-10); the
+  authors' code has none (FC 1280 -> 10).  ``third_pool=False`` (the default)
+  follows the code, which produced the paper's numbers; ``True`` follows the text.
+"""
+import numpy as np
+
+from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
+from .model import Sequential
+
+ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
+PAPER_MLP = (3072, 4000, 1000, 4000, 10)
+
+
+def mlp(sizes, act="relu", rng=None, dtype=np.float32):
+    """Linear -> act -> ... -> Linear with the given layer sizes (first = input size)."""
+    if len(sizes) < 2:
+        raise ValueError(f"an MLP needs at least an input and an output size, got {sizes}")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; allowed: {', '.join(ACTIVATIONS)}")
+    rng = np.random.default_rng(0) if rng is None else rng
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(Linear(n_in, n_out, rng=rng, dtype=dtype))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[act]())
+    return Sequential(*layers)
+
+
+def convnet(in_shape=(3, 32, 32), n_classes=10, channels=(16, 20, 20), third_pool=False,
+            rng=None, dtype=np.float32):
+    """The paper's ConvNet (§5.3): [Conv5x5(p=2) -> ReLU -> Pool2] x 3 -> FC.
+
+    in_shape (C, H, W).  With ``third_pool=False`` (authors' code) the last block
+    has no pooling.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    c, h, w = in_shape
+    layers = []
+    for i, out_c in enumerate(channels):
+        layers += [Conv2d(c, out_c, 5, padding=2, rng=rng, dtype=dtype), ReLU()]
+        if i < len(channels) - 1 or third_pool:
+            if min(h, w) < 2:
+                raise ValueError(f"input {in_shape} is too small for {len(channels)} pooling layers")
+            layers.append(MaxPool2d(2))
+            h, w = h // 2, w // 2
+        c = out_c
+    layers += [Flatten(), Linear(c * h * w, n_classes, rng=rng, dtype=dtype)]
+    return Sequential(*layers)
+
+
+# ------------------------------------------------------------------ named experiments
+def run_spec(name, method, lr, optimizer="nesterov", solver="cg", cg_iters=3, tau_theta=1.0):
+    """One training run of an experiment: its name and the direction/optimizer settings."""
+    return {"name": name, "method": method, "lr": lr, "optimizer": optimizer,
+            "solver": solver, "cg_iters": cg_iters, "tau_theta": tau_theta}
+
+
+def _paper_mlp_runs(tau_theta=0.05):
+    return [run_spec("backprop", "backprop", 0.05)] + [
+        run_spec(f"proxprop-cg{k}", "proxprop", 1.0, cg_iters=k, tau_theta=tau_theta)
+        for k in (3, 5, 10)] + [
+        run_spec("proxprop-exact", "proxprop", 1.0, solver="exact", tau_theta=tau_theta)]
+
+
+EXPERIMENTS = {
+    # The main job: BackProp vs ProxProp on the embedded digits, the paper's MLP settings
+    # (Nesterov 0.95; tau = 0.05 for BackProp, tau = 1 and tau_theta = 0.05 for ProxProp).
+    "compare": {
+        "dataset": "digits", "model": "mlp", "sizes": (64, 400, 100, 400, 10),
+        "momentum": 0.95, "epochs": 30, "batch_size": 100, "layout": "mlp",
+        "runs": [run_spec("backprop", "backprop", 0.05),
+                 run_spec("proxprop-exact", "proxprop", 1.0, solver="exact", tau_theta=0.05),
+                 run_spec("proxprop-cg3", "proxprop", 1.0, cg_iters=3, tau_theta=0.05)],
+    },
+    # §5.1, Fig. 2: CIFAR-10 MLP 3072-4000-1000-4000-10, Nesterov 0.95, batch 500.
+    "mlp": {"dataset": "cifar10", "model": "mlp", "sizes": PAPER_MLP, "momentum": 0.95,
+            "epochs": 50, "batch_size": 500, "layout": "mlp", "runs": _paper_mlp_runs()},
+    # §5.3, Fig. 3: CIFAR-10 ConvNet (authors' code), Adam tau = 1e-3, tau_theta = 1.
+    "convnet": {"dataset": "cifar10", "model": "convnet", "momentum": 0.0, "epochs": 50,
+                "batch_size": 500, "layout": "convnet",
+                "runs": [run_spec("backprop", "backprop", 1e-3, optimizer="adam"),
+                         run_spec("proxprop-cg3", "proxprop", 1e-3, optimizer="adam", cg_iters=3),
+                         run_spec("proxprop-cg10", "proxprop", 1e-3, optimizer="adam",
+                                  cg_iters=10)]},
+    # §5.2, Table 1: full-batch loss after 50 epochs over tau, MLP, tau_theta = 1 for CG.
+    "stability": {"dataset": "cifar10", "model": "mlp", "sizes": PAPER_MLP, "momentum": 0.95,
+                  "epochs": 50, "batch_size": 500, "layout": "mlp",
+                  "taus": (50, 10, 5, 1, 0.5, 0.1, 0.05, 5e-3, 5e-4),
+                  "runs": [run_spec("BackProp", "backprop", 1.0)] + [
+                      run_spec(f"ProxProp (cg{k})", "proxprop", 1.0, cg_iters=k)
+                      for k in (1, 3, 5)]},
+}
+
+
+def build_model(config, input_shape, n_classes, seed, dtype):
+    """The experiment's model, initialised from ``seed`` (the same for every run)."""
+    rng = np.random.default_rng([seed, 0])
+    if config["model"] == "mlp":
+        sizes = list(config.get("sizes") or (int(np.prod(input_shape)), 256, 256, n_classes))
+        sizes[0], sizes[-1] = int(np.prod(input_shape)), n_classes
+        return mlp(sizes, rng=rng, dtype=dtype)
+    if len(input_shape) != 3:
+        raise ValueError(f"the convnet needs image input (C, H, W), got shape {input_shape}")
+    return convnet(input_shape, n_classes, rng=rng, dtype=dtype)
+
+
+def stability_table(taus, results):
+    """The paper's Table 1 layout: rows = methods, columns = tau, '–' for diverged runs.
+
+    ``results`` maps method name -> {tau: final full-batch loss or None}.
+    """
+    head = "| τ | " + " | ".join(f"{t:g}" for t in taus) + " |"
+    lines = [head, "|" + "---|" * (len(taus) + 1)]
+    for name, row in results.items():
+        cells = ["–" if row.get(t) is None else f"{row[t]:.3g}" for t in taus]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
