@@ -9,6 +9,7 @@ working GPU) never fails because of it.
     x_gpu = to_device(x, "gpu")
     x_cpu = to_numpy(x_gpu)
 """
+import contextlib
 import functools
 
 import numpy as np
@@ -134,28 +135,55 @@ def spd_solve(xp, M, B):
     """Solve M X = B for symmetric positive definite M by Cholesky (LAPACK or cuSOLVER)."""
     if xp is np:
         import scipy.linalg  # noqa: PLC0415
-        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(M, lower=True), B)
+        with scipy_single_thread():
+            factor = scipy.linalg.cho_factor(M, lower=True, check_finite=False)
+            return scipy.linalg.cho_solve(factor, B, check_finite=False)
     from cupyx.scipy.linalg import solve_triangular  # noqa: PLC0415
     L = xp.linalg.cholesky(M)
     return solve_triangular(L, solve_triangular(L, B, lower=True), lower=True, trans="T")
 
 
-def axpy(a, x, y):
-    """In place y += a * x for arrays of one shape and dtype (BLAS axpy on NumPy arrays).
+@functools.lru_cache(maxsize=1)
+def _scipy_own_blas():
+    """threadpoolctl handles of BLAS libraries loaded by SciPy but not by NumPy.
 
-    The optimizers are memory-bound on the paper's 20M-parameter MLP; BLAS does
-    this in one pass over y instead of a temporary and two.
+    The PyPI wheels of NumPy and SciPy each bundle their own OpenBLAS.  Right after
+    a large NumPy product, NumPy's BLAS threads still spin; a multi-threaded SciPy
+    LAPACK call then fights them for the cores (measured here: a 500x500 Cholesky
+    takes 100 ms instead of 1 ms).  SciPy's calls are therefore run on one thread.
+    """
+    try:
+        import scipy.linalg  # noqa: F401, PLC0415 - make sure SciPy's BLAS is loaded
+        from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+    except ImportError:
+        return ()
+    return tuple(lib for lib in ThreadpoolController().lib_controllers
+                 if lib.user_api == "blas" and "numpy" not in lib.filepath)
+
+
+@contextlib.contextmanager
+def scipy_single_thread():
+    """Run SciPy's own BLAS/LAPACK on one thread inside the block (see _scipy_own_blas)."""
+    libs = _scipy_own_blas()
+    old = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, old):
+            lib.set_num_threads(n)
+
+
+def axpy(a, x, y, tmp=None):
+    """In place y += a * x for arrays of one shape and dtype.
+
+    ``tmp`` (same shape and dtype, may be omitted) is a scratch array, so that the
+    optimizers allocate nothing on the paper's 20M-parameter MLP.
     """
     xp = get_xp(x, y)
-    if xp is np and x.flags.c_contiguous and y.flags.c_contiguous and x.dtype == y.dtype \
-            and y.dtype in (np.float32, np.float64):
-        import scipy.linalg.blas  # noqa: PLC0415
-        fn = scipy.linalg.blas.get_blas_funcs("axpy", (y,))
-        out = fn(x.ravel(), y.ravel(), a=a)
-        if out.ctypes.data != y.ctypes.data:        # never expected; keep y correct anyway
-            y[...] = out.reshape(y.shape)
-        return y
-    y += a * x
+    tmp = xp.multiply(x, a, out=tmp)
+    y += tmp
     return y
 
 
@@ -166,14 +194,7 @@ def synchronize(xp):
 
 
 def blas_threads(n):
-    """Context manager limiting the BLAS thread pool to ``n`` threads (None: leave it).
-
-    On small problems a multi-threaded BLAS spends more time waking its threads
-    than computing (measured here: a 64-400-100-400-10 step takes 2 ms on one
-    thread and 13 ms on two), so the command line uses one thread for them.
-    """
-    import contextlib  # noqa: PLC0415
-
+    """Context manager limiting the BLAS thread pools to ``n`` threads (None: leave them)."""
     if n is None:
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits  # noqa: PLC0415

@@ -111,12 +111,6 @@ def print_table(summary):
 
 
 # ---------------------------------------------------------------------- running
-def auto_threads(model, batch_size):
-    """1 BLAS thread for small networks (thread wake-ups dominate), else the default."""
-    biggest = max(layer.params["W"].size for layer in model.layers if layer.params)
-    return 1 if biggest * batch_size < 5e7 else None
-
-
 def run_all(runs, config, data, args, out_dir, layout, title):
     """Train every run from the same initialisation; write outputs after each one."""
     histories, summary = {}, {}
@@ -126,8 +120,7 @@ def run_all(runs, config, data, args, out_dir, layout, title):
         model = build_model(config, data.input_shape, data.n_classes, args.seed, dtype)
         if args.device == "gpu":
             model.to("gpu")
-        threads = args.threads if args.threads is not None else auto_threads(model, args.batch_size)
-        with blas_threads(threads):
+        with blas_threads(args.threads):
             hist = fit(model, data, method=spec["method"], solver=spec["solver"],
                        cg_iters=spec["cg_iters"], tau_theta=spec["tau_theta"],
                        optimizer=spec["optimizer"], lr=spec["lr"], momentum=config["momentum"],
@@ -159,8 +152,7 @@ def warm_up(runs, config, data, args, dtype):
         model.to("gpu")
     n = min(args.batch_size, len(data.x_train))
     x, y = _to(model, data.x_train[:n].astype(dtype)), _to(model, data.y_train[:n])
-    threads = args.threads if args.threads is not None else auto_threads(model, args.batch_size)
-    with blas_threads(threads):
+    with blas_threads(args.threads):
         for spec in runs:
             if spec["method"] == "backprop":
                 backprop(model, SoftmaxCrossEntropy(), x, y)
@@ -286,7 +278,7 @@ def common(p, dataset=False):
     p.add_argument("--subset", type=positive_int, default=None,
                    help="use only the first N training samples")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="BLAS threads (default: 1 for small networks, else all)")
+                   help="BLAS threads (default: all the BLAS library would use)")
 
 
 def build_parser():

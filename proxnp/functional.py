@@ -27,7 +27,8 @@ def affine_forward(a_prev, W, b):
 
     a_prev (N, in), W (in, out), b (out,)  ->  z (N, out).
     """
-    z = a_prev @ W + b
+    z = a_prev @ W
+    z += b
     return z, AffineCache(a_prev, W)
 
 
@@ -51,7 +52,7 @@ def affine_input_grad(dz, cache):
 
 # --------------------------------------------------------------------------- conv2d
 class Conv2dCache(NamedTuple):
-    cols: object        # im2col patch matrix (N*Ho*Wo, C*kh*kw)
+    cols_T: object      # transposed patch matrix (C*kh*kw, N*Ho*Wo), see im2col
     W: object           # (F, C, kh, kw)
     x_shape: tuple      # (N, C, H, W)
     stride: int
@@ -63,84 +64,100 @@ def conv_out_size(size, k, stride, padding):
     return (size + 2 * padding - k) // stride + 1
 
 
-def im2col(x, kh, kw, stride=1, padding=0):
-    """Patch matrix of an NCHW batch: one row per output pixel, one column per (c, i, j).
+def _channels_first(x, padding):
+    """(N, C, H, W) -> (C, N, H + 2p, W + 2p), zero padded (a copy only when needed)."""
+    xp = get_xp(x)
+    x_t = x.transpose(1, 0, 2, 3)
+    if not padding:
+        return x_t
+    C, N, H, W = x_t.shape
+    out = xp.zeros((C, N, H + 2 * padding, W + 2 * padding), dtype=x.dtype)
+    out[:, :, padding:padding + H, padding:padding + W] = x_t
+    return out
 
-    x (N, C, H, W)  ->  cols (N*Ho*Wo, C*kh*kw), rows ordered (n, ho, wo) and
-    columns ordered (c, i, j) to match ``W.reshape(F, -1)``.
+
+def im2col(x, kh, kw, stride=1, padding=0):
+    """Transposed patch matrix of an NCHW batch: one column per output pixel.
+
+    x (N, C, H, W)  ->  cols_T (C*kh*kw, N*Ho*Wo); rows ordered (c, i, j) to match
+    ``W.reshape(F, -1)``, columns ordered (n, ho, wo).  The patch matrix of the
+    paper's ridge problem (one row per output pixel) is ``cols_T.T``.  It is built
+    transposed so that every copy below writes contiguous memory.
     """
     xp = get_xp(x)
     N, C, H, Wd = x.shape
     Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
-    if padding:
-        x = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    cols = xp.empty((N, Ho, Wo, C, kh, kw), dtype=x.dtype)
+    x_t = _channels_first(x, padding)
+    cols = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            window = x[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
-            cols[:, :, :, :, i, j] = window.transpose(0, 2, 3, 1)
-    return cols.reshape(N * Ho * Wo, C * kh * kw)
+            cols[:, i, j] = x_t[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+    return cols.reshape(C * kh * kw, N * Ho * Wo)
 
 
-def col2im(dcols, x_shape, kh, kw, stride=1, padding=0):
+def col2im(dcols_T, x_shape, kh, kw, stride=1, padding=0):
     """Adjoint of :func:`im2col`: add every patch gradient back to its pixels.
 
-    dcols (N*Ho*Wo, C*kh*kw)  ->  dx (N, C, H, W).  Overlapping windows accumulate.
+    dcols_T (C*kh*kw, N*Ho*Wo)  ->  dx (N, C, H, W).  Overlapping windows accumulate.
     """
-    xp = get_xp(dcols)
+    xp = get_xp(dcols_T)
     N, C, H, Wd = x_shape
     Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
-    d = dcols.reshape(N, Ho, Wo, C, kh, kw)
-    dx = xp.zeros((N, C, H + 2 * padding, Wd + 2 * padding), dtype=dcols.dtype)
+    d = dcols_T.reshape(C, kh, kw, N, Ho, Wo)
+    dx = xp.zeros((C, N, H + 2 * padding, Wd + 2 * padding), dtype=dcols_T.dtype)
     for i in range(kh):
         for j in range(kw):
-            dx[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += \
-                d[:, :, :, :, i, j].transpose(0, 3, 1, 2)
-    if padding:
-        dx = dx[:, :, padding:-padding, padding:-padding]
-    return dx
+            dx[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += d[:, i, j]
+    return dx[:, :, padding:padding + H, padding:padding + Wd].transpose(1, 0, 2, 3)
 
 
 def conv2d_forward(x, W, b, stride=1, padding=0):
     """z = phi(theta, x): 2-D cross-correlation with zero padding, as in every DL framework.
 
     x (N, C, H, W), W (F, C, kh, kw), b (F,)  ->  z (N, F, Ho, Wo),
-    Ho = (H + 2*padding - kh) // stride + 1.  Computed as cols @ W_mat^T + b.
+    Ho = (H + 2*padding - kh) // stride + 1.  Computed as W_mat @ cols_T + b, so z
+    is stored channels-first in memory (a transposed view), which the next layer's
+    im2col reads without a copy.
     """
     N = x.shape[0]
     F, C, kh, kw = W.shape
-    cols = im2col(x, kh, kw, stride, padding)
+    cols_T = im2col(x, kh, kw, stride, padding)
     Ho = conv_out_size(x.shape[2], kh, stride, padding)
     Wo = conv_out_size(x.shape[3], kw, stride, padding)
-    z = cols @ W.reshape(F, -1).T + b                      # (N*Ho*Wo, F)
-    z = z.reshape(N, Ho, Wo, F).transpose(0, 3, 1, 2)
-    return z, Conv2dCache(cols, W, x.shape, stride, padding)
+    z = W.reshape(F, -1) @ cols_T                          # (F, N*Ho*Wo)
+    z += b[:, None]
+    z = z.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3)
+    return z, Conv2dCache(cols_T, W, x.shape, stride, padding)
+
+
+def conv_channel_rows(dz):
+    """(N, F, Ho, Wo) -> (F, N*Ho*Wo), free when dz is stored channels-first."""
+    return dz.transpose(1, 0, 2, 3).reshape(dz.shape[1], -1)
 
 
 def conv_rows(dz):
     """(N, F, Ho, Wo) -> (N*Ho*Wo, F): a conv output as rows matching the patch matrix."""
-    return dz.transpose(0, 2, 3, 1).reshape(-1, dz.shape[1])
+    return conv_channel_rows(dz).T
 
 
 def conv2d_backward(dz, cache, need_dx=True):
     """Gradients of the convolution for upstream dz (N, F, Ho, Wo).
 
-    dW = dz_rows^T @ cols (reshaped to W), db = sum over n, ho, wo,
-    dx = col2im(dz_rows @ W_mat).  ``need_dx=False`` skips dx (returns None).
+    dW = dz_FR @ cols_T^T (reshaped to W), db = sum over n, ho, wo,
+    dx = col2im(W_mat^T @ dz_FR).  ``need_dx=False`` skips dx (returns None).
     """
-    cols, W = cache.cols, cache.W
-    dz_rows = conv_rows(dz)                                 # (N*Ho*Wo, F)
-    dW = (dz_rows.T @ cols).reshape(W.shape)
-    db = dz_rows.sum(axis=0)
-    dx = conv2d_input_grad(dz_rows, cache) if need_dx else None
+    dz_FR = conv_channel_rows(dz)                          # (F, N*Ho*Wo)
+    dW = (dz_FR @ cache.cols_T.T).reshape(cache.W.shape)
+    db = dz_FR.sum(axis=1)
+    dx = conv2d_input_grad(dz, cache) if need_dx else None
     return dx, dW, db
 
 
-def conv2d_input_grad(dz_rows, cache):
-    """dx = col2im(dz_rows @ W_mat): eq. (10) for a convolution; dz_rows (N*Ho*Wo, F)."""
+def conv2d_input_grad(dz, cache):
+    """dx = col2im(W_mat^T @ dz_FR): eq. (10) of the paper for a convolution."""
     F, C, kh, kw = cache.W.shape
-    return col2im(dz_rows @ cache.W.reshape(F, -1), cache.x_shape, kh, kw,
-                  cache.stride, cache.padding)
+    dcols_T = cache.W.reshape(F, -1).T @ conv_channel_rows(dz)
+    return col2im(dcols_T, cache.x_shape, kh, kw, cache.stride, cache.padding)
 
 
 # --------------------------------------------------------------------- nonlinearities
@@ -194,19 +211,35 @@ class MaxPoolCache(NamedTuple):
     stride: int
 
 
+def _windows(x, kernel, stride, Ho, Wo):
+    """The kernel*kernel strided views x[:, :, i::stride, j::stride], each (N, C, Ho, Wo)."""
+    for idx in range(kernel * kernel):
+        i, j = divmod(idx, kernel)
+        yield idx, (slice(None), slice(None), slice(i, i + stride * Ho, stride),
+                    slice(j, j + stride * Wo, stride))
+
+
 def max_pool2d_forward(x, kernel=2, stride=None):
     """Max over kernel x kernel windows with the given stride (default: kernel).
 
-    x (N, C, H, W) -> out (N, C, Ho, Wo).  Ties go to the first window position.
+    x (N, C, H, W) -> out (N, C, Ho, Wo).  A running maximum over the k*k window
+    positions; ``argmax`` remembers the first position that attains it (ties go to
+    the first, so the gradient reaches exactly one input per window).
     """
     xp = get_xp(x)
     stride = kernel if stride is None else stride
     N, C, H, Wd = x.shape
     Ho, Wo = conv_out_size(H, kernel, stride, 0), conv_out_size(Wd, kernel, stride, 0)
-    windows = xp.stack([x[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
-                        for i in range(kernel) for j in range(kernel)])
-    argmax = windows.argmax(axis=0)
-    out = xp.take_along_axis(windows, argmax[None], axis=0)[0]
+    idx_dtype = xp.int8 if kernel * kernel < 128 else xp.int32
+    out, argmax = None, None
+    for idx, window in _windows(x, kernel, stride, Ho, Wo):
+        v = x[window]
+        if out is None:
+            out, argmax = v.copy(), xp.zeros(v.shape, dtype=idx_dtype)
+            continue
+        better = v > out
+        out = xp.where(better, v, out)
+        argmax = xp.where(better, idx, argmax)
     return out, MaxPoolCache(argmax, x.shape, kernel, stride)
 
 
@@ -214,11 +247,9 @@ def max_pool2d_backward(dout, cache):
     """Route each output gradient to the one arg-max input of its window."""
     xp = get_xp(dout)
     argmax, x_shape, k, s = cache
-    Ho, Wo = dout.shape[2], dout.shape[3]
     dx = xp.zeros(x_shape, dtype=dout.dtype)
-    for idx in range(k * k):
-        i, j = divmod(idx, k)
-        dx[:, :, i:i + s * Ho:s, j:j + s * Wo:s] += dout * (argmax == idx)
+    for idx, window in _windows(dx, k, s, dout.shape[2], dout.shape[3]):
+        dx[window] += xp.where(argmax == idx, dout, 0)
     return dx
 
 

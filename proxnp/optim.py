@@ -84,6 +84,7 @@ class SGD(Optimizer):
     def step(self):
         mu, lr = self.momentum, self.lr
         for key, p, g in self._pairs():
+            tmp = self._scratch(p)
             if self.weight_decay:
                 g = g + self.weight_decay * p
             if mu:
@@ -92,12 +93,12 @@ class SGD(Optimizer):
                     bufs[key] = g.copy()                 # PyTorch: b_1 = g_1
                 else:
                     bufs[key] *= mu
-                    axpy(1.0, g, bufs[key])              # b <- mu b + g
+                    bufs[key] += g              # b <- mu b + g
                 if self.nesterov:                        # theta -= lr * (g + mu * b)
-                    axpy(-lr * mu, bufs[key], p)
+                    axpy(-lr * mu, bufs[key], p, tmp)
                 else:
                     g = bufs[key]
-            axpy(-lr, g, p)
+            axpy(-lr, g, p, tmp)
         self.t += 1
 
 
@@ -121,12 +122,12 @@ class Adam(Optimizer):
             v = self._buffer("v", key, p)
             tmp = self._scratch(p)
             m *= b1
-            axpy(1 - b1, g, m)                           # m <- b1 m + (1 - b1) g
+            axpy(1 - b1, g, m, tmp)                           # m <- b1 m + (1 - b1) g
             v *= b2
             xp.multiply(g, g, out=tmp)
-            axpy(1 - b2, tmp, v)                         # v <- b2 v + (1 - b2) g^2
+            axpy(1 - b2, tmp, v, tmp)                         # v <- b2 v + (1 - b2) g^2
             xp.sqrt(v, out=tmp)                          # sqrt(v_hat) + eps
             tmp *= 1 / c2 ** 0.5
             tmp += self.eps
             xp.divide(m, tmp, out=tmp)
-            axpy(-self.lr / c1, tmp, p)                  # theta -= lr m_hat / (...)
+            axpy(-self.lr / c1, tmp, p, tmp)                  # theta -= lr m_hat / (...)

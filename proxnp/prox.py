@@ -59,7 +59,7 @@ def affine_problem(layer, dz):
     if isinstance(layer, Linear):
         return AffineProblem(layer.cache.a_prev, dz)
     if isinstance(layer, Conv2d):
-        return AffineProblem(layer.cache.cols, F.conv_rows(dz))
+        return AffineProblem(layer.cache.cols_T.T, F.conv_rows(dz))
     raise TypeError(f"no proximal step for {layer!r}: only Linear and Conv2d are affine layers")
 
 
@@ -121,39 +121,50 @@ def range_space_cg(K, g, beta, iters, tol=None, variant="textbook"):
     Iterates, steps and coefficients equal those of :func:`proxnp.cg.block_cg` on
     M = A^T A + beta I; only the arithmetic differs:  with q = (K + beta I) p,
     <R, R> = r^T K r and <P, M P> = (K p)^T q, and K p follows p by the same
-    recursion, so each iteration costs one product with K (R^2 * out).
-    Returns (u, CGInfo); delta = A^T u.
+    recursion, so each iteration costs one product with K (R^2 * out).  The
+    vector updates run in place on preallocated blocks.  Returns (u, CGInfo);
+    delta = A^T u.
     """
     xp = get_xp(K, g)
     eps = 1e-6 if variant == "authors" else 0.0
+
+    def coldot(a, b):                                       # column-wise a_j^T b_j
+        return xp.einsum("ij,ij->j", a, b)
+
     u = xp.zeros_like(g)
-    r = g.copy()
+    r, p, q, tmp = g.copy(), g.copy(), xp.empty_like(g), xp.empty_like(g)
     Kr = K @ r
-    p, Kp = r.copy(), Kr.copy()
-    rs_old = (r * Kr).sum(axis=0)
+    Kp = Kr.copy()
+    rs_old = coldot(r, Kr)
     norms = [xp.sqrt(rs_old)]
     tol_scale = rs_old.mean() if tol is not None else None
     k = 0
     for k in range(1, int(iters) + 1):
-        q = Kp + beta * p                                     # (K + beta I) p
-        den = (Kp * q).sum(axis=0) + eps                      # <P, M P>
+        xp.multiply(p, beta, out=q)
+        q += Kp                                               # q = (K + beta I) p
+        den = coldot(Kp, q) + eps                             # <P, M P>
         ok = den > 0
         alpha = xp.where(ok, rs_old / xp.where(ok, den, 1), 0)
-        u += alpha * p
+        u += xp.multiply(p, alpha, out=tmp)                   # u += alpha p
         if k == iters:                                        # the last residual is not needed
             break
-        r -= alpha * q
-        Kr = K @ r
-        rs_new = (r * Kr).sum(axis=0)                         # <R, R>
+        r -= xp.multiply(q, alpha, out=tmp)                   # r -= alpha q
+        xp.matmul(K, r, out=Kr)
+        rs_new = coldot(r, Kr)                                # <R, R>
         norms.append(xp.sqrt(xp.maximum(rs_new, 0)))
         if tol is not None and float(rs_new.max()) < tol ** 2 * float(tol_scale):
             break
         ok = rs_old + eps > 0
         b = xp.where(ok, rs_new / xp.where(ok, rs_old + eps, 1), 0)
-        if variant == "authors" and k == 1:
-            p, Kp = (1 + b) * r, (1 + b) * Kr
+        if variant == "authors" and k == 1:                   # p_0 aliased r_0
+            b = b + 1
+            xp.multiply(r, b, out=p)
+            xp.multiply(Kr, b, out=Kp)
         else:
-            p, Kp = r + b * p, Kr + b * Kp
+            p *= b                                            # p = r + b p
+            p += r
+            Kp *= b
+            Kp += Kr
         rs_old = rs_new
     return u, CGInfo(k, xp.stack(norms))
 

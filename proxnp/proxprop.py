@@ -73,7 +73,7 @@ def proxprop(model, loss_fn, x, y, *, tau_theta=1.0, solver="cg", cg_iters=3,
             cg_backend=cg_backend, cg_variant=cg_variant, cg_tol=cg_tol)
         layer.grads = theta_to_params(layer, d)          # theta^k - theta^{k+1}   (11)
         if layer.need_input_grad:                        # (10) with the old theta^k
-            dy = (F.conv2d_input_grad(g, layer.cache) if isinstance(layer, Conv2d)
+            dy = (F.conv2d_input_grad(dy, layer.cache) if isinstance(layer, Conv2d)
                   else F.affine_input_grad(g, layer.cache))
         else:
             dy = None

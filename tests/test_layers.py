@@ -65,6 +65,7 @@ def test_conv_matches_direct_loop(rng):
 def test_col2im_is_adjoint_of_im2col(rng):
     x = rng.standard_normal((2, 3, 7, 6))
     cols = F.im2col(x, 3, 3, stride=2, padding=1)
+    assert cols.shape == (3 * 9, 2 * 4 * 3)
     c = rng.standard_normal(cols.shape)
     lhs = (cols * c).sum()
     rhs = (x * F.col2im(c, x.shape, 3, 3, stride=2, padding=1)).sum()
