@@ -1,10 +1,10 @@
-"""Command line: ``python -m proxnp {compare,train,reproduce,info}`` (also ``proxnp ...``).
+"""Command line: ``python -m proxnp {compare,train,reproduce,info}`` (also ``proxnp ...``)::
 
-compare    the main job: BackProp vs ProxProp (exact, cg3) on the embedded digits
-train      one run with every knob
-reproduce  the paper's experiments on your CIFAR-10: mlp (Fig. 2), convnet (Fig. 3),
-           stability (Table 1)
-info       versions, BLAS, and whether a GPU is usable (and why not)
+    compare    the main job: BackProp vs ProxProp (exact, cg3) on the embedded digits
+    train      one run with every knob
+    reproduce  the paper's experiments on your CIFAR-10: mlp (Fig. 2), convnet (Fig. 3),
+               stability (Table 1)
+    info       versions, BLAS, and whether a GPU is usable (and why not)
 
 Every run writes config.json, metrics.csv, summary.json and a figure to --out-dir
 (default: a fresh folder under runs/), atomically, after each finished run.  Bad

@@ -191,7 +191,7 @@ def tanh_backward(da, cache):
 
 
 def sigmoid_forward(z):
-    """a = 1 / (1 + exp(-z)), computed without overflow for large |z|."""
+    """a = 1 / (1 + exp(-z)), computed without overflow for large abs(z)."""
     xp = get_xp(z)
     e = xp.exp(-xp.abs(z))                     # in (0, 1], never overflows
     a = xp.where(z >= 0, 1 / (1 + e), e / (1 + e))

@@ -17,7 +17,7 @@ from .backend import get_xp, to_numpy
 
 
 def rel_error(x, y, eps=1e-300):
-    """max |x - y| / max(|x|, |y|) over all entries: 0 for equal arrays, ~1 for unrelated ones."""
+    """max abs(x - y) / max(abs(x), abs(y)) over all entries: 0 for equal arrays, ~1 for unrelated ones."""
     x, y = np.asarray(to_numpy(x), dtype=np.float64), np.asarray(to_numpy(y), dtype=np.float64)
     if x.shape != y.shape:
         raise ValueError(f"rel_error: shapes differ, {x.shape} vs {y.shape}")
@@ -48,7 +48,7 @@ def numerical_gradient(f, x, h=1e-6):
 def directional_check(f, x, grad, n_dirs=5, h=1e-5, rng=None):
     """Largest relative error between <grad, v> and (f(x+hv) - f(x-hv)) / 2h over random v.
 
-    Each error is |analytic - numeric| / max(|analytic|, |numeric|), with a floor of
+    Each error is abs(analytic - numeric) / max(abs(analytic), abs(numeric)), with a floor of
     1e-12 * ||grad|| so a direction nearly orthogonal to grad does not divide by 0.
     """
     xp = get_xp(x)

@@ -5,7 +5,7 @@ transfer phi_l, the parameter-free layers after it (up to the next phi) form sig
 -- ReLU, Tanh, Sigmoid, or a chain such as ReLU -> MaxPool2d -> Flatten, so sigma
 need not be elementwise -- and the last phi plus anything after it plus the loss
 is the L_y term.  With a_0 = X (after any leading parameter-free layers), the
-penalty energy of eq. (3) is
+penalty energy of eq. (3) is::
 
     E(theta, a, z) = L_y(phi(theta_{L-1}, a_{L-2}))
                      + sum_{l=1}^{L-2} gamma/2 ||sigma_l(z_l) - a_l||^2
@@ -13,7 +13,7 @@ penalty energy of eq. (3) is
 
 **Proposition 1.** With rho = gamma = 1/tau, Algorithm 1 -- one explicit gradient
 step of size tau on E for each block of variables, in the order below -- returns
-exactly theta - tau * grad J, one step of gradient descent on the training loss:
+exactly theta - tau * grad J, one step of gradient descent on the training loss::
 
     forward pass (7): z_l = phi(theta_l, a_{l-1}), a_l = sigma_l(z_l)
     (a)  theta_{L-1}, a_{L-2}: one step from the forward point             (12), (8)
@@ -142,7 +142,8 @@ def _clone_loss(loss_fn):
 def energy_grads(model, loss_fn, x, y, a, z, rho, gamma, theta=None):
     """Partial gradients of E: {'theta': [dict per phi], 'a': [...], 'z': [...]}.
 
-    Written out term by term:
+    Written out term by term::
+
       dE/dtheta_{L-1}, dE/da_{L-2} += backprop of L_y through the head;
       for each block l (with r_l = phi(theta_l, a_{l-1}) - z_l, s_l = sigma_l(z_l) - a_l):
         dE/dtheta_l  = rho * dphi/dtheta^T r_l,     dE/da_{l-1} += rho * dphi/da^T r_l,

@@ -1,7 +1,7 @@
 """The proximal step of one affine layer (eq. 11) -- exact and by conjugate gradient.
 
 For a hidden Linear or Conv2d layer with forward input a_prev^k, output z^k and
-backpropagated error g = dJ/dz (batch-mean loss), ProxProp takes
+backpropagated error g = dJ/dz (batch-mean loss), ProxProp takes::
 
     theta^{k+1} = argmin_theta 1/2 ||phi(theta, a_prev^k) - z_half||^2
                                + 1/(2 tau_theta) ||theta - theta^k||^2,      (11)
@@ -14,7 +14,7 @@ Both layers are affine in theta: phi(theta, a_prev) = A Theta, where
   per output pixel, Theta = [W_mat^T; b^T] (C*kh*kw+1, F).
 
 So (11) is ridge regression.  With beta = 1/tau_theta and the *update*
-delta = Theta^{k+1} - Theta^k (since A Theta^k - z_half = g):
+delta = Theta^{k+1} - Theta^k (since A Theta^k - z_half = g)::
 
     M delta = -A^T g,   M = A^T A + beta I                                     (14)
 
