@@ -72,11 +72,15 @@ def matmul_floor(model, x):
     return step
 
 
-def torch_step(kind, x, y, threads):
+def torch_step(kind, x, y, threads, device="cpu"):
+    """A PyTorch step of the same network (CUDA on --device gpu), or None without PyTorch."""
     try:
         import torch
     except ImportError:
         return None
+    if device == "gpu" and not torch.cuda.is_available():
+        return None
+    dev = "cuda" if device == "gpu" else "cpu"
     torch.set_num_threads(threads)
     nn = torch.nn
     if kind == "mlp":
@@ -84,20 +88,25 @@ def torch_step(kind, x, y, threads):
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
         net = nn.Sequential(*layers)
-        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.95, nesterov=True)
     else:
         net = nn.Sequential(nn.Conv2d(3, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
                             nn.Conv2d(16, 20, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
                             nn.Conv2d(20, 20, 5, padding=2), nn.ReLU(), nn.Flatten(),
                             nn.Linear(1280, 10))
+    net = net.to(dev)
+    if kind == "mlp":
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.95, nesterov=True)
+    else:
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     loss_fn = nn.CrossEntropyLoss()
 
     def step():
         opt.zero_grad()
         loss_fn(net(xt), yt).backward()
         opt.step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
     return step
 
 
@@ -142,10 +151,11 @@ def bench(kind, args):
         t_floor = median_time(matmul_floor(model, xd), args.steps, xp)
         rows[0] = ("proxnp backprop", t_bp, t_floor, "matmul floor")
         rows.append(("matmul floor (products only)", t_floor, None, None))
-    ts = torch_step(kind, x, y, threads()) if args.device == "cpu" else None
+    ts = torch_step(kind, x, y, threads(), args.device)
     if ts is not None:
         t_torch = median_time(ts, args.steps)
-        rows.append(("PyTorch CPU backprop", t_torch, None, None))
+        rows.append((f"PyTorch {'CUDA' if args.device == 'gpu' else 'CPU'} backprop", t_torch,
+                     None, None))
         rows.append(("proxnp backprop / PyTorch", t_bp, t_torch, "PyTorch"))
     for solver, kw in variants:
         model = build().to(args.device)

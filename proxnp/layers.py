@@ -28,8 +28,8 @@ def _check_dtype(dtype):
 
 
 def _uniform_init(rng, shape, fan_in, dtype):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) drawn on the host, cast to ``dtype``."""
     bound = 1.0 / np.sqrt(fan_in)
-    rng = np.random.default_rng(0) if rng is None else rng
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
@@ -79,6 +79,7 @@ class Linear(Layer):
             raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
         dtype = _check_dtype(dtype)
         self.in_features, self.out_features = int(in_features), int(out_features)
+        rng = np.random.default_rng(0) if rng is None else rng     # seeded default
         self.params["W"] = _uniform_init(rng, (in_features, out_features), in_features, dtype)
         self.params["b"] = _uniform_init(rng, (out_features,), in_features, dtype)
         self.need_input_grad = True
@@ -110,6 +111,7 @@ class Conv2d(Layer):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = (int(kh), int(kw)), int(stride), int(padding)
         fan_in = in_channels * kh * kw
+        rng = np.random.default_rng(0) if rng is None else rng     # seeded default
         self.params["W"] = _uniform_init(rng, (out_channels, in_channels, kh, kw), fan_in, dtype)
         self.params["b"] = _uniform_init(rng, (out_channels,), fan_in, dtype)
         self.need_input_grad = True
