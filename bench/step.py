@@ -29,18 +29,6 @@ def sync(xp):
         xp.cuda.Stream.null.synchronize()
 
 
-def median_time(fn, steps, xp=np):
-    fn()                                      # warm-up
-    sync(xp)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        sync(xp)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def proxnp_step(model, opt, x, y, method, **kw):
     loss_fn = pn.SoftmaxCrossEntropy()
 
@@ -127,6 +115,28 @@ def table(title, rows):
         print(f"{name:<34}{t:10.4f}{ratio:>9}  {base_name or ''}")
 
 
+def time_each(fns, steps, warmup=2):
+    """Median seconds per step of each callable, one after the other, after warm-up steps.
+
+    Each entry runs as it would in a training loop (its own arrays hot in the caches).
+    PyTorch runs last: its OpenMP threads keep spinning after a step and would slow
+    whatever is timed next.
+    """
+    out = {}
+    for name, (fn, xp) in sorted(fns.items(), key=lambda kv: kv[0].startswith("PyTorch")):
+        for _ in range(warmup):
+            fn()
+        sync(xp)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            fn()
+            sync(xp)
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    return {name: out[name] for name in fns}
+
+
 def bench(kind, args):
     rng = np.random.default_rng(0)
     if kind == "mlp":
@@ -144,28 +154,36 @@ def bench(kind, args):
     y = rng.integers(0, 10, args.batch)
     xd, yd = to_device(x, args.device), to_device(y, args.device)
     xp = get_xp(xd)
+    fns = {}
     model = build().to(args.device)
-    t_bp = median_time(proxnp_step(model, make_opt(model), xd, yd, "backprop"), args.steps, xp)
-    rows = [("proxnp backprop", t_bp, None, None)]
+    fns["proxnp backprop"] = (proxnp_step(model, make_opt(model), xd, yd, "backprop"), xp)
     if kind == "mlp":
-        t_floor = median_time(matmul_floor(model, xd), args.steps, xp)
-        rows[0] = ("proxnp backprop", t_bp, t_floor, "matmul floor")
-        rows.append(("matmul floor (products only)", t_floor, None, None))
+        fns["matmul floor (products only)"] = (matmul_floor(build().to(args.device), xd), xp)
     ts = torch_step(kind, x, y, threads(), args.device)
+    torch_name = f"PyTorch {'CUDA' if args.device == 'gpu' else 'CPU'} backprop"
     if ts is not None:
-        t_torch = median_time(ts, args.steps)
-        rows.append((f"PyTorch {'CUDA' if args.device == 'gpu' else 'CPU'} backprop", t_torch,
-                     None, None))
-        rows.append(("proxnp backprop / PyTorch", t_bp, t_torch, "PyTorch"))
+        fns[torch_name] = (ts, np)
     for solver, kw in variants:
         model = build().to(args.device)
-        t = median_time(proxnp_step(model, make_opt(model), xd, yd, "proxprop", solver=solver,
-                                    tau_theta=tau_theta, **kw), args.steps, xp)
         name = "proxprop " + (solver if solver == "exact" else f"cg{kw['cg_iters']}")
-        rows.append((name, t, t_bp, "proxnp backprop"))
+        fns[name] = (proxnp_step(model, make_opt(model), xd, yd, "proxprop", solver=solver,
+                                 tau_theta=tau_theta, **kw), xp)
+    t = time_each(fns, args.steps)
+    t_bp = t["proxnp backprop"]
+    rows = []
+    for name, sec in t.items():
+        if name == "proxnp backprop" and kind == "mlp":
+            rows.append((name, sec, t["matmul floor (products only)"], "matmul floor"))
+        elif name.startswith("proxprop"):
+            rows.append((name, sec, t_bp, "proxnp backprop"))
+        else:
+            rows.append((name, sec, None, None))
+    if torch_name in t:
+        rows.append((f"proxnp backprop / {torch_name.split(' backprop')[0]}", t_bp, t[torch_name],
+                     torch_name))
     title = (f"{'MLP 3072-4000-1000-4000-10' if kind == 'mlp' else 'ConvNet (authors code)'}, "
              f"batch {args.batch}, float32, {args.device}, {threads()} BLAS threads, "
-             f"median of {args.steps}")
+             f"median of {args.steps} after 2 warm-up steps")
     table(title, rows)
 
 
