@@ -54,6 +54,21 @@ def evaluate(model, x, y, batch_size=1000):
     return total_loss / len(x), correct / len(x)
 
 
+def check_data(data):
+    """Raise ValueError naming the split if inputs are not finite or labels are out of range."""
+    for split in ("train", "val"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if len(x) != len(y):
+            raise ValueError(f"{split} split: {len(x)} inputs but {len(y)} labels")
+        if len(x) and not np.isfinite(x).all():
+            raise ValueError(f"{split} inputs contain NaN or inf")
+        if not np.issubdtype(np.asarray(y).dtype, np.integer):
+            raise ValueError(f"{split} labels must be integers, got {np.asarray(y).dtype}")
+        if len(y) and (y.min() < 0 or y.max() >= data.n_classes):
+            raise ValueError(f"{split} labels must lie in 0..{data.n_classes - 1}, "
+                             f"got {y.min()}..{y.max()}")
+
+
 def _params_finite(model):
     return all(bool(get_xp(v).isfinite(v).all()) for layer in model.layers
                for v in layer.params.values())
@@ -76,6 +91,7 @@ def fit(model, data, *, method="proxprop", solver="cg", cg_iters=3, tau_theta=1.
         raise ValueError(f"batch size must be between 1 and the {n} training samples, got {batch_size}")
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    check_data(data)
     opt = make_optimizer(optimizer, model, lr, momentum)
     device = device_of(model.layers[model.parametrised()[0]].params["W"])
     dtype = model.dtype

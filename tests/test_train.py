@@ -57,3 +57,17 @@ def test_bad_fit_arguments(spirals):
         fit(small_model(), spirals, method="sgd", epochs=1)
     with pytest.raises(ValueError, match="unknown optimizer"):
         fit(small_model(), spirals, optimizer="lbfgs", epochs=1)
+
+
+def test_bad_data_is_refused(spirals):
+    bad = spirals._replace(x_train=spirals.x_train.copy())
+    bad.x_train[3, 1] = np.nan
+    with pytest.raises(ValueError, match="train inputs contain NaN or inf"):
+        fit(small_model(), bad, epochs=1, batch_size=50)
+    with pytest.raises(ValueError, match=r"val labels must lie in 0..2"):
+        fit(small_model(), spirals._replace(y_val=spirals.y_val + 5), epochs=1, batch_size=50)
+    with pytest.raises(ValueError, match="labels must be integers"):
+        fit(small_model(), spirals._replace(y_train=spirals.y_train.astype(float)), epochs=1,
+            batch_size=50)
+    with pytest.raises(ValueError, match="inputs but"):
+        fit(small_model(), spirals._replace(y_train=spirals.y_train[:-1]), epochs=1, batch_size=50)
