@@ -237,19 +237,26 @@ def max_pool2d_forward(x, kernel=2, stride=None):
         if out is None:
             out, argmax = v.copy(), xp.zeros(v.shape, dtype=idx_dtype)
             continue
-        better = v > out
-        out = xp.where(better, v, out)
-        argmax = xp.where(better, idx, argmax)
+        better = v > out                          # strict: ties keep the first position
+        xp.copyto(argmax, idx, where=better)
+        xp.maximum(out, v, out=out)
     return out, MaxPoolCache(argmax, x.shape, kernel, stride)
 
 
 def max_pool2d_backward(dout, cache):
-    """Route each output gradient to the one arg-max input of its window."""
+    """Route each output gradient to the one arg-max input of its window.
+
+    dx is laid out channels-first in memory (like the convolution outputs), so the
+    convolution below reads it without a copy.
+    """
     xp = get_xp(dout)
-    argmax, x_shape, k, s = cache
-    dx = xp.zeros(x_shape, dtype=dout.dtype)
+    argmax, (N, C, H, W), k, s = cache
+    dx = xp.zeros((C, N, H, W), dtype=dout.dtype).transpose(1, 0, 2, 3)
     for idx, window in _windows(dx, k, s, dout.shape[2], dout.shape[3]):
-        dx[window] += xp.where(argmax == idx, dout, 0)
+        if k == s:                                # windows do not overlap: write in place
+            xp.multiply(dout, argmax == idx, out=dx[window])
+        else:
+            dx[window] += dout * (argmax == idx)
     return dx
 
 
