@@ -106,9 +106,13 @@ def col_gram(P):
 
 
 def choose_space(R, D1, out, solver, cg_iters):
-    """The cheapest way to apply M, by multiply-add counts (see the module docstring)."""
-    cost = {"row": R * R * D1 + (R * R * out if solver == "exact" else cg_iters * R * R * out),
-            "gram": R * D1 * D1 + (D1 * D1 * out if solver == "exact" else cg_iters * D1 * D1 * out)}
+    """The cheapest way to apply M, by multiply-add counts (see the module docstring).
+
+    A Gram matrix X X^T costs half a general product (BLAS syrk, which NumPy uses for it).
+    """
+    per_solve = out if solver == "exact" else cg_iters * out
+    cost = {"row": R * R * D1 / 2 + R * R * per_solve,
+            "gram": R * D1 * D1 / 2 + D1 * D1 * per_solve}
     if solver == "cg":
         cost["matfree"] = cg_iters * 2 * R * D1 * out
     return min(cost, key=cost.get)
