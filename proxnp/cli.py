@@ -241,10 +241,11 @@ def cmd_info(args):
     print(f"proxnp {__version__}, Python {platform.python_version()} on {platform.platform()}")
     print(f"numpy {np.__version__}, scipy {scipy.__version__}, matplotlib {matplotlib.__version__}")
     try:
+        import scipy.linalg  # noqa: F401  (load SciPy's own BLAS, if it has one, to list it)
         from threadpoolctl import threadpool_info
         for lib in threadpool_info():
             print(f"{lib['user_api']}: {lib['internal_api']} {lib.get('version')}, "
-                  f"{lib['num_threads']} threads ({lib.get('architecture', '')})")
+                  f"{lib['num_threads']} threads ({lib.get('architecture', '')}) {lib['filepath']}")
     except ImportError:
         print("BLAS: threadpoolctl not installed")
     ok, why = gpu_status()
