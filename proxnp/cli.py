@@ -192,6 +192,8 @@ def cmd_train(args):
     data = _load(args, config, flat=args.model == "mlp")
     out_dir = prepare_out_dir(args.out_dir, "train", args.resume)
     args.checkpoint = out_dir / "checkpoint.npz"
+    if args.resume:
+        check_resume_settings(args, out_dir)
     spec = run_spec(args.method, args.method, args.lr, args.optimizer, args.solver,
                     args.cg_iters, args.tau_theta)
     if not args.resume:
@@ -200,6 +202,24 @@ def cmd_train(args):
     print_table(summary)
     print(f"wrote {out_dir}/")
     return 1 if summary[args.method]["status"] != "ok" else 0
+
+
+RUN_SETTINGS = ("model", "hidden", "dataset", "method", "solver", "cg_iters", "tau_theta",
+                "optimizer", "lr", "momentum", "batch_size", "seed", "dtype", "subset", "data_dir")
+
+
+def check_resume_settings(args, out_dir):
+    """--resume continues the same run: every setting but --epochs must match config.json."""
+    try:
+        saved = json.loads((out_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"--resume: cannot read {out_dir / 'config.json'} ({exc})") from None
+    for key in RUN_SETTINGS:
+        now = vars(args).get(key)
+        now = list(now) if isinstance(now, tuple) else now
+        if key in saved and saved[key] != now:
+            raise CLIError(f"--resume: --{key.replace('_', '-')} is {now!r} but the run in "
+                           f"{out_dir} used {saved[key]!r}")
 
 
 def cmd_reproduce(args):

@@ -33,6 +33,7 @@ def test_train_resume_continues(tmp_path):
     base = ["train", "--dataset", "spirals", "--hidden", "16", "--batch-size", "50",
             "--out-dir", str(out)]
     assert main(base + ["--epochs", "2"]) == 0
+    assert main(base + ["--epochs", "3", "--resume", "--lr", "0.3"]) == 2     # not the same run
     assert main(base + ["--epochs", "3", "--resume"]) == 0
     rows = (out / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[1] for r in rows[1:]] == ["0", "1", "2", "3"]
