@@ -30,7 +30,6 @@ out (no finite differences) and leaves the model untouched.
 import copy
 from typing import NamedTuple
 
-from .layers import is_parametrised
 
 
 class Blocks(NamedTuple):

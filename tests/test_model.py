@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 from helpers import mlp
 
-import proxnp as pn
 
 
 def test_forward_records_activations(rng):

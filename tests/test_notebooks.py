@@ -1,6 +1,5 @@
 """Every notebook runs top to bottom (fast setting) and is committed without outputs."""
 import json
-import os
 import pathlib
 
 import pytest
