@@ -132,6 +132,21 @@ def test_range_space_cg_has_the_same_iterates_as_parameter_space_cg():
             assert rel_error(info_u.residual_norms, info.residual_norms[:n]) < 1e-10
 
 
+def test_eigenbasis_cg_has_the_same_iterates():
+    rng = np.random.default_rng(7)
+    P, g = rng.standard_normal((40, 60)), rng.standard_normal((40, 6))
+    K = prox.row_gram(P)
+    for iters in (1, 2, 3, 6, 10):
+        for variant in ("textbook", "authors"):
+            u_d, info_d = prox.range_space_cg(K, g, 0.5, iters, variant=variant, basis="direct")
+            u_e, info_e = prox.range_space_cg(K, g, 0.5, iters, variant=variant, basis="eigen")
+            assert rel_error(u_e, u_d) < 1e-8, (iters, variant)
+            assert rel_error(info_e.residual_norms, info_d.residual_norms) < 1e-8
+    assert prox.use_eigenbasis(500, 4000, 10) and not prox.use_eigenbasis(500, 4000, 3)
+    with pytest.raises(ValueError, match="unknown basis"):
+        prox.range_space_cg(K, g, 0.5, 3, basis="fourier")
+
+
 def test_scipy_cg_agrees_with_block_cg():
     rng = np.random.default_rng(4)
     P, g = rng.standard_normal((40, 9)), rng.standard_normal((40, 3))
@@ -192,8 +207,8 @@ def test_small_tau_theta_limit_is_scaled_gradient():
         assert err < tol, (tau_theta, err)
 
 
-@pytest.mark.parametrize("solver", ["exact", "cg"])
-def test_float32_matches_float64_on_paper_mlp_shapes(solver):
+@pytest.mark.parametrize("solver,iters", [("exact", 1), ("cg", 3), ("cg", 10)])
+def test_float32_matches_float64_on_paper_mlp_shapes(solver, iters):
     rng = np.random.default_rng(0)
     x = rng.random((48, 3072))
     y = rng.integers(0, 10, 48)
@@ -204,7 +219,7 @@ def test_float32_matches_float64_on_paper_mlp_shapes(solver):
             for layer in model.layers:
                 layer.params = {k: v.astype(np.float32) for k, v in layer.params.items()}
         pn.proxprop(model, pn.SoftmaxCrossEntropy(), x.astype(dtype), y,
-                    solver=solver, cg_iters=3, tau_theta=0.05)
+                    solver=solver, cg_iters=iters, tau_theta=0.05)
         results[dtype] = grads_of(model)
     for i in results[np.float64]:
         d64, d32 = flat(results[np.float64][i]), flat(results[np.float32][i])
