@@ -20,13 +20,8 @@ import time
 import numpy as np
 
 import proxnp as pn
-from proxnp.backend import get_xp, to_device
+from proxnp.backend import get_xp, synchronize, to_device
 from proxnp.experiments import PAPER_MLP, convnet, mlp
-
-
-def sync(xp):
-    if xp is not np:
-        xp.cuda.Stream.null.synchronize()
 
 
 def proxnp_step(model, opt, x, y, method, **kw):
@@ -126,12 +121,12 @@ def time_each(fns, steps, warmup=2):
     for name, (fn, xp) in sorted(fns.items(), key=lambda kv: kv[0].startswith("PyTorch")):
         for _ in range(warmup):
             fn()
-        sync(xp)
+        synchronize(xp)
         times = []
         for _ in range(steps):
             t0 = time.perf_counter()
             fn()
-            sync(xp)
+            synchronize(xp)
             times.append(time.perf_counter() - t0)
         out[name] = statistics.median(times)
     return {name: out[name] for name in fns}

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from . import __version__
-from .backend import blas_threads, gpu_status
+from .backend import blas_threads, gpu_status, to_device
 from .data import DATASETS, DataError, load_dataset
 from .experiments import EXPERIMENTS, build_model, run_spec, stability_table
 from .model import atomic_write_bytes
@@ -117,9 +117,7 @@ def run_all(runs, config, data, args, out_dir, layout, title):
     dtype = np.dtype(args.dtype)
     warm_up(runs, config, data, args, dtype)
     for spec in runs:
-        model = build_model(config, data.input_shape, data.n_classes, args.seed, dtype)
-        if args.device == "gpu":
-            model.to("gpu")
+        model = new_model(config, data, args, dtype)
         with blas_threads(args.threads):
             hist = fit(model, data, method=spec["method"], solver=spec["solver"],
                        cg_iters=spec["cg_iters"], tau_theta=spec["tau_theta"],
@@ -147,9 +145,7 @@ def warm_up(runs, config, data, args, dtype):
     does not pay for library start-up (BLAS threads, LAPACK, first allocations)."""
     from .proxprop import backprop, proxprop
     from .losses import SoftmaxCrossEntropy
-    model = build_model(config, data.input_shape, data.n_classes, args.seed, dtype)
-    if args.device == "gpu":
-        model.to("gpu")
+    model = new_model(config, data, args, dtype)
     n = min(args.batch_size, len(data.x_train))
     x, y = _to(model, data.x_train[:n].astype(dtype)), _to(model, data.y_train[:n])
     with blas_threads(args.threads):
@@ -161,9 +157,14 @@ def warm_up(runs, config, data, args, dtype):
                          cg_iters=spec["cg_iters"], tau_theta=spec["tau_theta"])
 
 
+def new_model(config, data, args, dtype):
+    """The experiment's model from ``args.seed``, on ``args.device``."""
+    model = build_model(config, data.input_shape, data.n_classes, args.seed, dtype)
+    return model.to(args.device) if args.device == "gpu" else model
+
+
 def _to(model, x):
-    from .backend import device_of, to_device
-    return to_device(x, device_of(model.layers[model.parametrised()[0]].params["W"]))
+    return to_device(x, model.device)
 
 
 def _load(args, config, flat):

@@ -49,6 +49,14 @@ class Sequential:
         return [i for i, layer in enumerate(self.layers) if is_parametrised(layer)]
 
     @property
+    def device(self):
+        """'cpu' or 'gpu': where the parameters live."""
+        for layer in self.layers:
+            for v in layer.params.values():
+                return device_of(v)
+        return "cpu"
+
+    @property
     def dtype(self):
         for layer in self.layers:
             for v in layer.params.values():

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from . import optim
-from .backend import device_of, get_xp, synchronize, to_device, to_numpy
+from .backend import get_xp, synchronize, to_device, to_numpy
 from .losses import SoftmaxCrossEntropy
 from .model import atomic_savez, load_npz
 from .proxprop import backprop, check_proxprop_options, proxprop
@@ -93,7 +93,7 @@ def fit(model, data, *, method="proxprop", solver="cg", cg_iters=3, tau_theta=1.
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     check_data(data)
     opt = make_optimizer(optimizer, model, lr, momentum)
-    device = device_of(model.layers[model.parametrised()[0]].params["W"])
+    device = model.device
     dtype = model.dtype
     x_tr, y_tr, x_va, y_va = (to_device(a, device) for a in (
         data.x_train.astype(dtype), data.y_train, data.x_val.astype(dtype), data.y_val))

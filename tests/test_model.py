@@ -11,6 +11,7 @@ def test_forward_records_activations(rng):
     out = model.forward(x)
     assert len(model.acts) == 4 and model.acts[0] is x and model.acts[-1] is out
     assert model.parametrised() == [0, 2]
+    assert model.device == "cpu" and model.dtype == np.float64
 
 
 def test_save_load_roundtrip_bit_exact(tmp_path, rng):
