@@ -56,3 +56,62 @@ def test_training_matches_cpu():
 def test_cli_compare_on_gpu(tmp_path):
     from proxnp.cli import main
     assert main(["compare", "--device", "gpu", "--epochs", "2", "--out-dir", str(tmp_path / "g")]) == 0
+
+
+@pytest.mark.parametrize("solver,iters", [("exact", 3), ("cg", 3), ("cg", 10)])
+def test_float32_gpu_matches_float64_cpu_on_paper_mlp(solver, iters):
+    """The paper's MLP shapes: a float32 GPU direction within float32 accuracy of float64 CPU."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((48, 3072)), rng.integers(0, 10, 48)
+    loss_fn = pn.SoftmaxCrossEntropy()
+    ref = mlp([3072, 4000, 1000, 4000, 10], seed=1, dtype=np.float64)
+    pn.proxprop(ref, loss_fn, x, y, solver=solver, cg_iters=iters, tau_theta=0.05)
+    gpu = to_float32(mlp([3072, 4000, 1000, 4000, 10], seed=1, dtype=np.float64)).to("gpu")
+    pn.proxprop(gpu, loss_fn, pn.to_device(x.astype(np.float32), "gpu"), pn.to_device(y, "gpu"),
+                solver=solver, cg_iters=iters, tau_theta=0.05)
+    for i in ref.parametrised():
+        for k, d64 in ref.layers[i].grads.items():
+            d32 = gpu.layers[i].grads[k]
+            assert type(d32).__module__.startswith("cupy") and d32.dtype == np.float32
+            err = np.linalg.norm(pn.to_numpy(d32) - d64) / np.linalg.norm(d64)
+            assert err <= 1e-4, (i, k, err)
+
+
+def test_checkpoint_resume_on_gpu_equals_uninterrupted(tmp_path):
+    from proxnp.data import load_dataset
+    from proxnp.experiments import mlp as build
+    from proxnp.train import fit
+    data = load_dataset("spirals", subset=400)
+    kw = dict(method="proxprop", solver="cg", tau_theta=0.05, lr=1.0, batch_size=50)
+    full = fit(build((2, 32, 32, 3), rng=np.random.default_rng(0)).to("gpu"), data, epochs=4, **kw)
+    ckpt = tmp_path / "ckpt.npz"
+    fit(build((2, 32, 32, 3), rng=np.random.default_rng(0)).to("gpu"), data, epochs=2,
+        checkpoint=ckpt, **kw)
+    resumed = build((2, 32, 32, 3), rng=np.random.default_rng(5)).to("gpu")
+    h = fit(resumed, data, epochs=4, checkpoint=ckpt, resume=True, **kw)
+    assert [r["train_loss"] for r in h["epochs"]] == pytest.approx(
+        [r["train_loss"] for r in full["epochs"]], rel=1e-6)
+    assert resumed.device == "gpu"
+
+
+def test_save_load_round_trip_from_gpu(tmp_path):
+    model = small_convnet().to("gpu")
+    model.save(tmp_path / "m.npz")
+    back = small_convnet(seed=3).to("gpu")
+    back.load(tmp_path / "m.npz")
+    for i in model.parametrised():
+        for k, v in model.layers[i].params.items():
+            w = back.layers[i].params[k]
+            assert type(w).__module__.startswith("cupy")
+            np.testing.assert_array_equal(pn.to_numpy(w), pn.to_numpy(v))
+
+
+def test_cli_reproduce_on_gpu(tmp_path):
+    from test_data import write_cifar
+
+    from proxnp.cli import main
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py", n_per_batch=20)
+    for exp in ("mlp", "convnet"):
+        assert main(["reproduce", exp, "--device", "gpu", "--data-dir", str(tmp_path / "data"),
+                     "--epochs", "1", "--batch-size", "30", "--out-dir", str(tmp_path / exp)]) == 0
+        assert (tmp_path / exp / "figure.png").exists()
