@@ -147,6 +147,24 @@ def test_eigenbasis_cg_has_the_same_iterates():
         prox.range_space_cg(K, g, 0.5, 3, basis="fourier")
 
 
+def test_column_blocks_give_the_same_iterates(monkeypatch):
+    """The CPU solves the columns in cache-sized blocks: the same u and residuals as one block."""
+    rng = np.random.default_rng(11)
+    P, g = rng.standard_normal((40, 60)), rng.standard_normal((40, 10))
+    K = prox.row_gram(P)
+    assert prox.cg_block_width(np, 500, 4000, 4) == 524
+    assert prox.cg_block_width(np, 500, 4000, 4, tol=1e-3) == 4000     # early exit: one block
+    for basis in ("direct", "eigen"):
+        u_one, info_one = prox.range_space_cg(K, g, 0.5, 4, basis=basis)
+        monkeypatch.setattr(prox, "cg_block_width", lambda xp, R, s, itemsize, tol=None: 3)
+        u_blk, info_blk = prox.range_space_cg(K, g, 0.5, 4, basis=basis)
+        monkeypatch.undo()
+        assert rel_error(u_blk, u_one) < 1e-12, basis
+        assert info_blk.iterations == info_one.iterations == 4
+        assert info_blk.residual_norms.shape == info_one.residual_norms.shape == (4, 10)
+        assert rel_error(info_blk.residual_norms, info_one.residual_norms) < 1e-12
+
+
 def test_scipy_cg_agrees_with_block_cg():
     rng = np.random.default_rng(4)
     P, g = rng.standard_normal((40, 9)), rng.standard_normal((40, 3))
