@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import functional as F
-from .backend import get_xp, spd_solve
+from .backend import eigh, get_xp, spd_solve
 from .cg import block_cg, scipy_cg, CGInfo
 from .layers import Conv2d, Linear
 
@@ -143,7 +143,7 @@ def range_space_cg(K, g, beta, iters, tol=None, variant="textbook", basis="auto"
     if basis not in ("auto", "direct", "eigen"):
         raise ValueError(f"unknown basis {basis!r}; expected 'auto', 'direct' or 'eigen'")
     if basis == "eigen" or (basis == "auto" and use_eigenbasis(K.shape[0], g.shape[1], iters)):
-        lam, Q = xp.linalg.eigh(K)
+        lam, Q = eigh(xp, K)
         lam = xp.maximum(lam, 0)[:, None]                     # K is PSD; clip rounding
         u_hat, info = _in_column_blocks(
             lambda g_blk: _range_space_cg(lambda r, out: xp.multiply(lam, r, out=out), g_blk,

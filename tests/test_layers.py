@@ -217,3 +217,20 @@ def test_gpu_parity_every_layer(rng):
         for k in g_cpu:
             assert_close(layer.grads[k], cupy.asarray(g_cpu[k]), rtol=1e-4, atol=1e-4)
         layer.to("cpu")
+
+
+def test_backend_eigh_and_spd_solve(xp, dtype, rng):
+    """The two dense factorisations behind the backend, checked by reconstruction."""
+    from proxnp.backend import eigh, spd_solve
+    P = rng.standard_normal((30, 50))
+    K = xp.asarray((P @ P.T + 0.5 * np.eye(30)).astype(dtype))
+    B = xp.asarray(rng.standard_normal((30, 4)).astype(dtype))
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    lam, Q = eigh(xp, K)
+    assert lam.dtype == dtype and Q.dtype == dtype
+    assert bool((lam[1:] >= lam[:-1]).all())
+    assert_close(Q.T @ Q, xp.eye(30, dtype=dtype), atol=tol)
+    assert_close((Q * lam) @ Q.T, K, rtol=tol, atol=tol * float(lam.max()))
+    X = spd_solve(xp, K, B)
+    assert X.dtype == dtype
+    assert_close(K @ X, B, rtol=tol, atol=tol * float(xp.abs(B).max()))
