@@ -111,25 +111,30 @@ def table(title, rows):
 
 
 def time_each(fns, steps, warmup=2):
-    """Median seconds per step of each callable, one after the other, after warm-up steps.
+    """Median seconds per step of each callable, measured round-robin after warm-up steps.
 
-    Each entry runs as it would in a training loop (its own arrays hot in the caches).
-    PyTorch runs last: its OpenMP threads keep spinning after a step and would slow
-    whatever is timed next.
+    Round after round, every entry takes one timed step in turn, so a slow spell of this
+    shared machine hits all of them alike and the ratios stay fair.  PyTorch goes last
+    in each round and is followed by a pause: its OpenMP threads keep spinning after a
+    step and would slow whatever is timed next.
     """
-    out = {}
-    for name, (fn, xp) in sorted(fns.items(), key=lambda kv: kv[0].startswith("PyTorch")):
+    order = sorted(fns, key=lambda name: name.startswith("PyTorch"))
+    for name in order:
+        fn, xp = fns[name]
         for _ in range(warmup):
             fn()
         synchronize(xp)
-        times = []
-        for _ in range(steps):
+    times = {name: [] for name in fns}
+    for _ in range(steps):
+        for name in order:
+            fn, xp = fns[name]
             t0 = time.perf_counter()
             fn()
             synchronize(xp)
-            times.append(time.perf_counter() - t0)
-        out[name] = statistics.median(times)
-    return {name: out[name] for name in fns}
+            times[name].append(time.perf_counter() - t0)
+            if name.startswith("PyTorch"):
+                time.sleep(0.3)
+    return {name: statistics.median(times[name]) for name in fns}
 
 
 def bench(kind, args):
@@ -178,7 +183,7 @@ def bench(kind, args):
                      torch_name))
     title = (f"{'MLP 3072-4000-1000-4000-10' if kind == 'mlp' else 'ConvNet (authors code)'}, "
              f"batch {args.batch}, float32, {args.device}, {threads()} BLAS threads, "
-             f"median of {args.steps} after 2 warm-up steps")
+             f"median of {args.steps} round-robin steps after 2 warm-up steps")
     table(title, rows)
 
 
