@@ -53,7 +53,11 @@ def prepare_out_dir(out_dir, command, resume=False):
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise CLIError(f"output directory {out_dir} exists and is not empty; "
                        "choose another --out-dir (nothing is overwritten)")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot create the output directory {out_dir}: "
+                       f"{exc.strerror or exc}") from None
     return out_dir
 
 

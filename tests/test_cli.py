@@ -25,6 +25,13 @@ def test_compare_reduced_shows_proxprop_below_backprop(tmp_path, capsys):
     # an existing output directory is never overwritten
     assert main(["compare", "--epochs", "1", "--out-dir", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+    # an output directory that cannot be made: one line naming it, no traceback
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["compare", "--epochs", "1", "--out-dir", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"proxnp: error: cannot create the output directory {blocker / 'sub'}: ")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_train_resume_continues(tmp_path):
