@@ -42,7 +42,7 @@ NOT_HERE=(--ignore=tests/test_docs.py --ignore=tests/test_notebooks.py
 
 {
   stage "step benchmark on the GPU"
-  timeout 180 "$PYTHON" bench/step.py --device gpu --steps 20
+  timeout 180 "$PYTHON" bench/step.py --device gpu --steps 20 --pieces
   echo "bench exit code: $?"
 } 2>&1 | tee "$OUT/step_gpu.txt"
 

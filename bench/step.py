@@ -1,8 +1,8 @@
 """One training step of the paper's networks: proxnp BackProp/ProxProp vs floors and PyTorch.
 
-    python bench/step.py [--steps 10] [--batch 500] [--skip-conv] [--device cpu|gpu]
+    python bench/step.py [--steps 10] [--batch 500] [--skip-conv] [--device cpu|gpu] [--pieces]
 
-Prints two tables of median step times (after one warm-up step):
+Prints two tables of median step times (timed round-robin after two warm-up steps):
 
 * MLP 3072-4000-1000-4000-10, batch 500, float32, Nesterov SGD: the proxnp
   backprop step beside the time of the same step's matrix products alone (the
@@ -10,8 +10,13 @@ Prints two tables of median step times (after one warm-up step):
   ProxProp exact, cg3 and cg10 as ratios to proxnp's own backprop step.
 * The authors' ConvNet (no third pooling, FC 1280 -> 10) at the same batch, Adam.
 
+``--pieces`` first times the solver's parts on the MLP's first layer (Gram matrix,
+one CG product, eigh, Cholesky solve, range-space CG).  On ``--device gpu`` PyTorch
+runs with TF32 off, as CuPy does.
+
 Targets (issues 2 and 4): backprop <= 1.15x the matmul floor, ConvNet backprop
-<= 1.5x PyTorch, ProxProp MLP <= 1.3x backprop, ConvNet <= 2x backprop.
+<= 1.5x PyTorch, ProxProp MLP <= 1.3x backprop, ConvNet <= 2x backprop.  Issue 8 (GPU):
+backprop <= 1.3x PyTorch CUDA, ProxProp cg3 <= 1.5x backprop.
 """
 import argparse
 import statistics
@@ -65,6 +70,9 @@ def torch_step(kind, x, y, threads, device="cpu"):
         return None
     dev = "cuda" if device == "gpu" else "cpu"
     torch.set_num_threads(threads)
+    # CuPy multiplies in full float32; so must PyTorch (its convolutions default to TF32).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     nn = torch.nn
     if kind == "mlp":
         sizes, layers = PAPER_MLP, []
@@ -187,6 +195,32 @@ def bench(kind, args):
     table(title, rows)
 
 
+def bench_pieces(args):
+    """The solver's pieces on the MLP's first prox layer (R = batch, D = 3072, out = 4000)."""
+    from proxnp import prox
+    from proxnp.backend import eigh, spd_solve
+    rng = np.random.default_rng(2)
+    P = to_device(rng.standard_normal((args.batch, 3072), dtype=np.float32) / 30, args.device)
+    g = to_device(rng.standard_normal((args.batch, 4000), dtype=np.float32) / 500, args.device)
+    xp = get_xp(P)
+    K = prox.row_gram(P)
+    K_beta = K + 20 * xp.eye(K.shape[0], dtype=K.dtype)
+    fns = {
+        "K = P P^T + 1 (Gram, syrk)": lambda: prox.row_gram(P),
+        "K @ g (one CG product)": lambda: K @ g,
+        "A^T u (the final product)": lambda: prox.apply_At(P, g),
+        "eigh(K)": lambda: eigh(xp, K),
+        "Cholesky solve (K + beta I) X = g": lambda: spd_solve(xp, K_beta, g),
+        "range-space cg3, direct basis": lambda: prox.range_space_cg(K, g, 20.0, 3, basis="direct"),
+        "range-space cg10, direct basis": lambda: prox.range_space_cg(K, g, 20.0, 10,
+                                                                       basis="direct"),
+        "range-space cg10, eigenbasis": lambda: prox.range_space_cg(K, g, 20.0, 10, basis="eigen"),
+    }
+    t = time_each({name: (fn, xp) for name, fn in fns.items()}, args.steps)
+    table(f"Solver pieces, MLP layer 1 (R={args.batch}, D=3072, out=4000), float32, {args.device}",
+          [(name, sec, None, None) for name, sec in t.items()])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10)
@@ -194,7 +228,10 @@ def main():
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--skip-conv", action="store_true")
     p.add_argument("--skip-mlp", action="store_true")
+    p.add_argument("--pieces", action="store_true", help="also time the solver's pieces")
     args = p.parse_args()
+    if args.pieces:
+        bench_pieces(args)
     if not args.skip_mlp:
         bench("mlp", args)
     if not args.skip_conv:

@@ -143,6 +143,7 @@ def test_eigenbasis_cg_has_the_same_iterates():
             assert rel_error(u_e, u_d) < 1e-8, (iters, variant)
             assert rel_error(info_e.residual_norms, info_d.residual_norms) < 1e-8
     assert prox.use_eigenbasis(500, 4000, 10) and not prox.use_eigenbasis(500, 4000, 3)
+    assert not prox.use_eigenbasis(500, 4000, 1000, xp=object())       # a GPU namespace
     with pytest.raises(ValueError, match="unknown basis"):
         prox.range_space_cg(K, g, 0.5, 3, basis="fourier")
 
