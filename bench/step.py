@@ -190,7 +190,8 @@ def bench(kind, args):
         rows.append((f"proxnp backprop / {torch_name.split(' backprop')[0]}", t_bp, t[torch_name],
                      torch_name))
     title = (f"{'MLP 3072-4000-1000-4000-10' if kind == 'mlp' else 'ConvNet (authors code)'}, "
-             f"batch {args.batch}, float32, {args.device}, {threads()} BLAS threads, "
+             f"batch {args.batch}, float32, {args.device}"
+             f"{f', {threads()} BLAS threads' if args.device == 'cpu' else ''}, "
              f"median of {args.steps} round-robin steps after 2 warm-up steps")
     table(title, rows)
 
