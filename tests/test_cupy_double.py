@@ -64,3 +64,20 @@ def test_the_double_refuses_what_cupy_refuses():
         for name in _cupy_modules():
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+@pytest.mark.slow
+def test_gpu_notebook_takes_its_gpu_branch_on_the_double(monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(DOUBLE), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("PROXNP_NOTEBOOK_FAST", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    path = ROOT / "notebooks" / "06_same_code_on_a_gpu.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                      for o in c.get("outputs", []))
+    assert "GPU usable: True" in printed and "weights are cupy arrays" in printed, printed
