@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 import proxnp as pn
-from proxnp.backend import get_xp, synchronize, to_device
+from proxnp.backend import get_xp, reuse_host_memory, synchronize, to_device
 from proxnp.experiments import PAPER_MLP, convnet, mlp
 
 
@@ -231,6 +231,7 @@ def main():
     p.add_argument("--skip-mlp", action="store_true")
     p.add_argument("--pieces", action="store_true", help="also time the solver's pieces")
     args = p.parse_args()
+    reuse_host_memory()                      # as the command line does (see proxnp.backend)
     if args.pieces:
         bench_pieces(args)
     if not args.skip_mlp:

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from . import __version__
-from .backend import blas_threads, gpu_status, to_device
+from .backend import blas_threads, gpu_status, reuse_host_memory, to_device
 from .data import DATASETS, DataError, load_dataset
 from .experiments import EXPERIMENTS, build_model, run_spec, stability_table
 from .model import atomic_write_bytes
@@ -346,6 +346,7 @@ def main(argv=None):
             args = parser.parse_args(["compare"])
         if command == "info":
             return cmd_info(args)
+        reuse_host_memory()                  # large temporaries reused, not page-faulted again
         if args.device == "gpu" and not gpu_status()[0]:
             raise CLIError(f"--device gpu: no usable GPU ({gpu_status()[1]})")
         if command == "train":

@@ -234,3 +234,27 @@ def test_backend_eigh_and_spd_solve(xp, dtype, rng):
     X = spd_solve(xp, K, B)
     assert X.dtype == dtype
     assert_close(K @ X, B, rtol=tol, atol=tol * float(xp.abs(B).max()))
+
+
+REALLOC_FAULTS = """
+import resource, sys, numpy as np
+from proxnp.backend import reuse_host_memory
+applied = reuse_host_memory() if sys.argv[1] == "reuse" else None
+a = np.ones(16 << 20, dtype=np.float32); del a          # 64 MiB touched, then freed
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+b = np.ones(16 << 20, dtype=np.float32)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_reuse_host_memory_removes_page_faults_of_a_reallocation():
+    import platform
+    import subprocess
+    import sys
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    out = {mode: subprocess.run([sys.executable, "-c", REALLOC_FAULTS, mode], capture_output=True,
+                                text=True, check=True).stdout.split() for mode in ("default", "reuse")}
+    assert out["reuse"][0] == "True"
+    assert int(out["default"][1]) >= 16, out          # 64 MiB mapped afresh: at least 16 huge pages
+    assert int(out["reuse"][1]) <= int(out["default"][1]) // 8, out
