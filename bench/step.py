@@ -2,7 +2,7 @@
 
     python bench/step.py [--steps 10] [--batch 500] [--skip-conv] [--device cpu|gpu] [--pieces]
 
-Prints two tables of median step times (timed round-robin after two warm-up steps):
+Prints two tables of median step times (timed round-robin, see time_each):
 
 * MLP 3072-4000-1000-4000-10, batch 500, float32, Nesterov SGD: the proxnp
   backprop step beside the time of the same step's matrix products alone (the
@@ -121,10 +121,11 @@ def table(title, rows):
 def time_each(fns, steps, warmup=2):
     """Median seconds per step of each callable, measured round-robin after warm-up steps.
 
-    Round after round, every entry takes one timed step in turn, so a slow spell of this
-    shared machine hits all of them alike and the ratios stay fair.  PyTorch goes last
-    in each round and is followed by a pause: its OpenMP threads keep spinning after a
-    step and would slow whatever is timed next.
+    Round after round, every entry takes one untimed step (its threads and caches come
+    back as in a training loop) and then one timed step, so a slow spell of this shared
+    machine hits all entries alike and the ratios stay fair.  PyTorch goes last in each
+    round and is followed by a pause: its OpenMP threads keep spinning after a step and
+    would slow whatever is timed next.
     """
     order = sorted(fns, key=lambda name: name.startswith("PyTorch"))
     for name in order:
@@ -136,6 +137,8 @@ def time_each(fns, steps, warmup=2):
     for _ in range(steps):
         for name in order:
             fn, xp = fns[name]
+            fn()
+            synchronize(xp)
             t0 = time.perf_counter()
             fn()
             synchronize(xp)
@@ -192,7 +195,7 @@ def bench(kind, args):
     title = (f"{'MLP 3072-4000-1000-4000-10' if kind == 'mlp' else 'ConvNet (authors code)'}, "
              f"batch {args.batch}, float32, {args.device}"
              f"{f', {threads()} BLAS threads' if args.device == 'cpu' else ''}, "
-             f"median of {args.steps} round-robin steps after 2 warm-up steps")
+             f"median of {args.steps} rounds (one untimed, one timed step each) after 2 warm-up steps")
     table(title, rows)
 
 
