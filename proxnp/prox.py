@@ -158,8 +158,9 @@ def cg_block_width(xp, R, s, itemsize, tol=None):
     """How many right-hand sides the range-space CG takes at a time (all of them on a GPU).
 
     The columns are independent, so on the CPU they go in blocks whose eight work
-    arrays (R x width) fit in about 8 MiB of cache: the elementwise updates, memory-bound
-    otherwise, then run from cache (measured on the paper's MLP layer 1: cg3 87 -> 64 ms).
+    arrays (R x width) fit in about 8 MiB of cache, where the elementwise updates run
+    faster (paired runs on the paper's MLP layer 1: cg10 in the eigenbasis, all
+    elementwise, 168 -> 127 ms; cg3, dominated by the products with K, unchanged).
     The early exit ``tol`` compares all columns at once, so with it there is one block.
     """
     if tol is not None or xp is not np:
@@ -187,9 +188,10 @@ def use_eigenbasis(R, out, iters, xp=np):
     """True when eigh(K) plus two products with Q is cheaper than ``iters`` products with K.
 
     On the CPU an R x R symmetric eigendecomposition costs about 10 R^3 multiply-adds
-    (measured: 18 ms for R = 500, against 13 ms for a 500 x 500 x 4000 product).  On a
-    GPU it is never chosen: cuSOLVER's eigensolver is latency-bound at these sizes,
-    while the products with K run at the card's full speed.
+    (bench/RESULTS.md: 22 ms for R = 500, against 14 ms for a 500 x 500 x 4000 product).
+    On a GPU it is not chosen: there a dense eigendecomposition (cuSOLVER) is expected to
+    cost far more than products with K, which run at the card's full speed -- to be
+    confirmed by ``bench/step.py --device gpu --pieces``.
     """
     if xp is not np:
         return False
