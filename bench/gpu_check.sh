@@ -9,6 +9,9 @@
 #
 #   bash bench/gpu_check.sh                  # PYTHON=... to pick the interpreter (default python3)
 #
+# With the workplace's device tool: run(command="bash bench/gpu_check.sh", timeout_s=560); the
+# four files come back from $OUT.  The stages' time limits add up to 520 s, so one call fits.
+#
 # It installs nothing and needs no network: the interpreter must already have numpy, scipy,
 # matplotlib, tqdm, threadpoolctl, pytest and CuPy (the lent H100/H200 machines have all of
 # them, and PyTorch); proxnp itself is taken from this checkout through PYTHONPATH.  The
