@@ -120,3 +120,26 @@ def test_cli_reproduce_on_gpu(tmp_path):
         assert main(["reproduce", exp, "--device", "gpu", "--data-dir", str(tmp_path / "data"),
                      "--epochs", "1", "--batch-size", "30", "--out-dir", str(tmp_path / exp)]) == 0
         assert (tmp_path / exp / "figure.png").exists()
+
+
+@pytest.mark.parametrize("options", [dict(cg_backend="scipy"), dict(cg_variant="authors"),
+                                     dict(cg_tol=1e-3, cg_iters=20)],
+                         ids=["scipy-cg", "authors-variant", "early-exit"])
+def test_cg_options_match_cpu(options):
+    """CuPy's own cg (through cupyx's LinearOperator), the authors' variant and the early exit.
+
+    In float64, so that the GPU (direct basis) and the CPU (eigenbasis for 20 iterations) take
+    the same early exit and agree to rounding.
+    """
+    rng = np.random.default_rng(1)
+    model, (x, y) = mlp([20, 30, 25, 5]), batch(rng, (10, 20), 5, np.float64)
+    loss_fn = pn.SoftmaxCrossEntropy()
+    kw = dict(solver="cg", cg_iters=3, tau_theta=0.5) | options
+    pn.proxprop(model, loss_fn, x, y, **kw)
+    cpu = [{k: v.copy() for k, v in model.layers[i].grads.items()} for i in model.parametrised()]
+    model.to("gpu")
+    pn.proxprop(model, loss_fn, pn.to_device(x, "gpu"), pn.to_device(y, "gpu"), **kw)
+    for c, i in zip(cpu, model.parametrised()):
+        for k, v in model.layers[i].grads.items():
+            assert type(v).__module__.startswith("cupy") and v.dtype == np.float64
+            assert rel_error(v, c[k]) < 1e-8, (options, i, k)
