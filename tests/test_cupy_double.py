@@ -18,9 +18,13 @@ ROOT = pathlib.Path(__file__).parents[1]
 DOUBLE = ROOT / "tests" / "cupy_double"
 
 
+def pythonpath_with_double():
+    """PYTHONPATH with the double first, so that a child process's ``import cupy`` finds it."""
+    return os.pathsep.join(p for p in (str(DOUBLE), os.environ.get("PYTHONPATH")) if p)
+
+
 def run_gpu_tests():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(DOUBLE), env.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=pythonpath_with_double())
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
                            "tests"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
@@ -70,8 +74,7 @@ def test_the_double_refuses_what_cupy_refuses():
 def test_gpu_notebook_takes_its_gpu_branch_on_the_double(monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        p for p in (str(DOUBLE), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("PYTHONPATH", pythonpath_with_double())
     monkeypatch.setenv("PROXNP_NOTEBOOK_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     path = ROOT / "notebooks" / "06_same_code_on_a_gpu.ipynb"
