@@ -28,7 +28,7 @@ def _unwrap(x):
     """Device arrays -> their NumPy storage (recursively through tuples, lists, dicts)."""
     if isinstance(x, ndarray):
         return x._a
-    if isinstance(x, (tuple, list)):
+    if type(x) in (tuple, list):                              # named tuples pass through
         return type(x)(_unwrap(i) for i in x)
     if isinstance(x, dict):
         return {k: _unwrap(v) for k, v in x.items()}
