@@ -2,9 +2,14 @@
 import numpy as np
 import pytest
 from helpers import batch, mlp, small_convnet
+from test_data import write_cifar
 
 import proxnp as pn
+from proxnp.cli import main
+from proxnp.data import load_dataset
+from proxnp.experiments import mlp as build
 from proxnp.gradcheck import rel_error
+from proxnp.train import fit
 
 pytestmark = pytest.mark.gpu
 
@@ -13,6 +18,16 @@ def to_float32(model):
     for layer in model.layers:
         layer.params = {k: v.astype(np.float32) for k, v in layer.params.items()}
     return model
+
+
+def cpu_then_gpu_directions(model, x, y, **options):
+    """ProxProp directions of one step on the CPU, then (model moved) on the GPU: (cpu, gpu)."""
+    loss_fn = pn.SoftmaxCrossEntropy()
+    pn.proxprop(model, loss_fn, x, y, **options)
+    cpu = [{k: v.copy() for k, v in model.layers[i].grads.items()} for i in model.parametrised()]
+    model.to("gpu")
+    pn.proxprop(model, loss_fn, pn.to_device(x, "gpu"), pn.to_device(y, "gpu"), **options)
+    return cpu, [model.layers[i].grads for i in model.parametrised()]
 
 
 @pytest.mark.parametrize("kind", ["mlp", "convnet"])
@@ -26,13 +41,7 @@ def test_proxprop_directions_match_cpu(kind, solver, space):
         model, (x, y) = to_float32(small_convnet()), batch(rng, (4, 3, 8, 8), 3, np.float32)
     if solver == "exact" and space == "matfree":
         pytest.skip("exact needs a Gram matrix")
-    loss_fn = pn.SoftmaxCrossEntropy()
-    pn.proxprop(model, loss_fn, x, y, solver=solver, tau_theta=0.5, space=space)
-    cpu = [{k: v.copy() for k, v in layer.grads.items()} for layer in model.layers if layer.params]
-    model.to("gpu")
-    pn.proxprop(model, loss_fn, pn.to_device(x, "gpu"), pn.to_device(y, "gpu"), solver=solver,
-                tau_theta=0.5, space=space)
-    gpu = [layer.grads for layer in model.layers if layer.params]
+    cpu, gpu = cpu_then_gpu_directions(model, x, y, solver=solver, tau_theta=0.5, space=space)
     for c, g in zip(cpu, gpu):
         for k in c:
             assert type(g[k]).__module__.startswith("cupy") and g[k].dtype == np.float32
@@ -40,9 +49,6 @@ def test_proxprop_directions_match_cpu(kind, solver, space):
 
 
 def test_training_matches_cpu():
-    from proxnp.data import load_dataset
-    from proxnp.experiments import mlp as build
-    from proxnp.train import fit
     data = load_dataset("digits", subset=300)
     hist = {}
     for device in ("cpu", "gpu"):
@@ -54,7 +60,6 @@ def test_training_matches_cpu():
 
 
 def test_cli_compare_on_gpu(tmp_path):
-    from proxnp.cli import main
     assert main(["compare", "--device", "gpu", "--epochs", "2", "--out-dir", str(tmp_path / "g")]) == 0
 
 
@@ -83,9 +88,6 @@ def test_float32_gpu_matches_float64_cpu_on_paper_mlp(solver, iters):
 
 
 def test_checkpoint_resume_on_gpu_equals_uninterrupted(tmp_path):
-    from proxnp.data import load_dataset
-    from proxnp.experiments import mlp as build
-    from proxnp.train import fit
     data = load_dataset("spirals", subset=400)
     kw = dict(method="proxprop", solver="cg", tau_theta=0.05, lr=1.0, batch_size=50)
     full = fit(build((2, 32, 32, 3), rng=np.random.default_rng(0)).to("gpu"), data, epochs=4, **kw)
@@ -112,9 +114,6 @@ def test_save_load_round_trip_from_gpu(tmp_path):
 
 
 def test_cli_reproduce_on_gpu(tmp_path):
-    from test_data import write_cifar
-
-    from proxnp.cli import main
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", n_per_batch=20)
     for exp in ("mlp", "convnet"):
         assert main(["reproduce", exp, "--device", "gpu", "--data-dir", str(tmp_path / "data"),
@@ -133,13 +132,9 @@ def test_cg_options_match_cpu(options):
     """
     rng = np.random.default_rng(1)
     model, (x, y) = mlp([20, 30, 25, 5]), batch(rng, (10, 20), 5, np.float64)
-    loss_fn = pn.SoftmaxCrossEntropy()
-    kw = dict(solver="cg", cg_iters=3, tau_theta=0.5) | options
-    pn.proxprop(model, loss_fn, x, y, **kw)
-    cpu = [{k: v.copy() for k, v in model.layers[i].grads.items()} for i in model.parametrised()]
-    model.to("gpu")
-    pn.proxprop(model, loss_fn, pn.to_device(x, "gpu"), pn.to_device(y, "gpu"), **kw)
-    for c, i in zip(cpu, model.parametrised()):
-        for k, v in model.layers[i].grads.items():
+    cpu, gpu = cpu_then_gpu_directions(model, x, y, **(dict(solver="cg", cg_iters=3,
+                                                             tau_theta=0.5) | options))
+    for c, g in zip(cpu, gpu):
+        for k, v in g.items():
             assert type(v).__module__.startswith("cupy") and v.dtype == np.float64
-            assert rel_error(v, c[k]) < 1e-8, (options, i, k)
+            assert rel_error(v, c[k]) < 1e-8, (options, k)
