@@ -11,6 +11,9 @@ working GPU) never fails because of it.
 """
 import contextlib
 import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -246,10 +249,107 @@ def reuse_host_memory():
         return False
 
 
-def blas_threads(n):
-    """Context manager limiting the BLAS thread pools to ``n`` threads (None: leave them)."""
+def limit_threads(n):
+    """Context manager: at most ``n`` threads for BLAS and for :func:`in_parallel` (None: leave them)."""
     if n is None:
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
 
-    return threadpool_limits(limits=int(n), user_api="blas")
+    stack = contextlib.ExitStack()
+    stack.enter_context(threadpool_limits(limits=int(n), user_api="blas"))
+    stack.enter_context(_copy_thread_limit(int(n)))
+    return stack
+
+
+# ------------------------------------------------------------------ host threads
+# The convolution's im2col/col2im copies and the max pooling are memory-bound strided
+# copies with short inner rows (a 16-pixel image row), which NumPy runs on one core;
+# NumPy releases the GIL inside them, so the batch is split over host threads.  Inside
+# such a parallel section NumPy's BLAS runs on one thread: the parts are the parallelism.
+# (Left multi-threaded, OpenBLAS's worker keeps spinning on the second core for ~0.1 s
+# after every product and starves the copies: measured on 2 cores, im2col 19 -> 31 ms.)
+# On the GPU a kernel is already parallel: one call, no threads.
+_MAX_COPY_THREADS = 8
+_copy_threads = None          # set by limit_threads; None: one per usable core
+_copy_pool = None
+_in_part = threading.local()  # set inside a part: nested sections run serially
+
+
+def copy_threads():
+    """How many host threads :func:`in_parallel` uses."""
+    if _copy_threads is not None:
+        return _copy_threads
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:                        # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, _MAX_COPY_THREADS))
+
+
+@contextlib.contextmanager
+def _copy_thread_limit(n):
+    global _copy_threads
+    old, _copy_threads = _copy_threads, max(1, min(n, _MAX_COPY_THREADS))
+    try:
+        yield
+    finally:
+        _copy_threads = old
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_blas():
+    """threadpoolctl handles of the BLAS libraries NumPy itself uses."""
+    try:
+        from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+    except ImportError:
+        return ()
+    return tuple(lib for lib in ThreadpoolController().lib_controllers
+                 if lib.user_api == "blas" and "numpy" in lib.filepath)
+
+
+@contextlib.contextmanager
+def _numpy_blas_single_thread():
+    libs = _numpy_blas()
+    old = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, old):
+            lib.set_num_threads(n)
+
+
+def in_parallel(xp, n, fn):
+    """Call ``fn(start, stop)`` on consecutive parts of range(n), one part per host thread.
+
+    The parts must write disjoint memory.  NumPy: up to :func:`copy_threads` parts,
+    the caller's thread taking the first, NumPy's BLAS on one thread meanwhile; CuPy,
+    one thread, or a call from inside a part: one call fn(0, n).  An exception from
+    any part is raised here, after every part has finished.
+    """
+    parts = 1 if xp is not np or getattr(_in_part, "active", False) else min(n, copy_threads())
+    if parts <= 1:
+        fn(0, n)
+        return
+    global _copy_pool
+    if _copy_pool is None:
+        _copy_pool = ThreadPoolExecutor(_MAX_COPY_THREADS - 1, thread_name_prefix="proxnp")
+    bounds = [n * k // parts for k in range(parts + 1)]
+
+    def part(start, stop):
+        _in_part.active = True
+        try:
+            fn(start, stop)
+        finally:
+            _in_part.active = False
+
+    with _numpy_blas_single_thread():
+        futures = [_copy_pool.submit(part, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
+        try:
+            part(bounds[0], bounds[1])
+        finally:
+            errors = [f.exception() for f in futures]     # waits for every part
+    for err in errors:
+        if err is not None:
+            raise err

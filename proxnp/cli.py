@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from . import __version__
-from .backend import blas_threads, gpu_status, reuse_host_memory, to_device
+from .backend import gpu_status, limit_threads, reuse_host_memory, to_device
 from .data import DATASETS, DataError, load_dataset
 from .experiments import EXPERIMENTS, build_model, run_spec, stability_table
 from .model import atomic_write_bytes
@@ -122,7 +122,7 @@ def run_all(runs, config, data, args, out_dir, layout, title):
     warm_up(runs, config, data, args, dtype)
     for spec in runs:
         model = new_model(config, data, args, dtype)
-        with blas_threads(args.threads):
+        with limit_threads(args.threads):
             hist = fit(model, data, method=spec["method"], solver=spec["solver"],
                        cg_iters=spec["cg_iters"], tau_theta=spec["tau_theta"],
                        optimizer=spec["optimizer"], lr=spec["lr"], momentum=config["momentum"],
@@ -152,7 +152,7 @@ def warm_up(runs, config, data, args, dtype):
     model = new_model(config, data, args, dtype)
     n = min(args.batch_size, len(data.x_train))
     x, y = _to(model, data.x_train[:n].astype(dtype)), _to(model, data.y_train[:n])
-    with blas_threads(args.threads):
+    with limit_threads(args.threads):
         for spec in runs:
             if spec["method"] == "backprop":
                 backprop(model, SoftmaxCrossEntropy(), x, y)
@@ -304,7 +304,7 @@ def common(p, dataset=False):
     p.add_argument("--subset", type=positive_int, default=None,
                    help="use only the first N training samples")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="BLAS threads (default: all the BLAS library would use)")
+                   help="threads for BLAS and for proxnp's own copy loops (default: one per core)")
 
 
 def build_parser():

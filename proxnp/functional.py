@@ -13,7 +13,7 @@ The namespace ``xp`` (NumPy or CuPy) is taken from the arrays.
 """
 from typing import NamedTuple
 
-from .backend import get_xp
+from .backend import get_xp, in_parallel
 
 
 # --------------------------------------------------------------------------- affine
@@ -76,22 +76,42 @@ def _channels_first(x, padding):
     return out
 
 
+def _copy_patches(cols, x_t, n0, n1, stride):
+    """cols[:, i, j, n0:n1] = the (i, j)-shifted windows of the images n0..n1-1.
+
+    cols (C, kh, kw, N, Ho, Wo), x_t (C, N, H + 2p, W + 2p) channels-first and padded.
+    """
+    _, kh, kw, _, Ho, Wo = cols.shape
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j, n0:n1] = x_t[:, n0:n1, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+
+
+def _add_patches(dx_t, dcols, n0, n1, stride):
+    """Adjoint of :func:`_copy_patches`: dx_t[:, n0:n1] += every shifted window of dcols.
+
+    dcols (C, kh, kw, n1 - n0, Ho, Wo), dx_t (C, N, H + 2p, W + 2p).
+    """
+    _, kh, kw, _, Ho, Wo = dcols.shape
+    for i in range(kh):
+        for j in range(kw):
+            dx_t[:, n0:n1, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += dcols[:, i, j]
+
+
 def im2col(x, kh, kw, stride=1, padding=0):
     """Transposed patch matrix of an NCHW batch: one column per output pixel.
 
     x (N, C, H, W)  ->  cols_T (C*kh*kw, N*Ho*Wo); rows ordered (c, i, j) to match
     ``W.reshape(F, -1)``, columns ordered (n, ho, wo).  The patch matrix of the
     paper's ridge problem (one row per output pixel) is ``cols_T.T``.  It is built
-    transposed so that every copy below writes contiguous memory.
+    transposed so that every copy writes contiguous memory.
     """
     xp = get_xp(x)
     N, C, H, Wd = x.shape
     Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
     x_t = _channels_first(x, padding)
     cols = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, i, j] = x_t[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+    in_parallel(xp, N, lambda n0, n1: _copy_patches(cols, x_t, n0, n1, stride))
     return cols.reshape(C * kh * kw, N * Ho * Wo)
 
 
@@ -104,12 +124,14 @@ def col2im(dcols_T, x_shape, kh, kw, stride=1, padding=0):
     N, C, H, Wd = x_shape
     Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
     d = dcols_T.reshape(C, kh, kw, N, Ho, Wo)
-    dx = xp.zeros((C, N, H + 2 * padding, Wd + 2 * padding), dtype=dcols_T.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dx[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += d[:, i, j]
-    return dx[:, :, padding:padding + H, padding:padding + Wd].transpose(1, 0, 2, 3)
+    dx_t = xp.zeros((C, N, H + 2 * padding, Wd + 2 * padding), dtype=dcols_T.dtype)
+    in_parallel(xp, N, lambda n0, n1: _add_patches(dx_t, d[:, :, :, n0:n1], n0, n1, stride))
+    return dx_t[:, :, padding:padding + H, padding:padding + Wd].transpose(1, 0, 2, 3)
 
+
+# On the CPU the three functions below split the batch over host threads (in_parallel:
+# each thread copies its images' patches and multiplies them, BLAS on one thread), so
+# that the memory-bound copies run on every core, not only the matrix products.
 
 def conv2d_forward(x, W, b, stride=1, padding=0):
     """z = phi(theta, x): 2-D cross-correlation with zero padding, as in every DL framework.
@@ -119,13 +141,22 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
     is stored channels-first in memory (a transposed view), which the next layer's
     im2col reads without a copy.
     """
-    N = x.shape[0]
-    F, C, kh, kw = W.shape
-    cols_T = im2col(x, kh, kw, stride, padding)
-    Ho = conv_out_size(x.shape[2], kh, stride, padding)
-    Wo = conv_out_size(x.shape[3], kw, stride, padding)
-    z = W.reshape(F, -1) @ cols_T                          # (F, N*Ho*Wo)
-    z += b[:, None]
+    xp = get_xp(x, W, b)
+    N, C, H, Wd = x.shape
+    F, _, kh, kw = W.shape
+    Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
+    x_t = _channels_first(x, padding)
+    cols = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
+    cols_T = cols.reshape(C * kh * kw, N * Ho * Wo)
+    W_mat = W.reshape(F, -1)
+    z = xp.empty((F, N * Ho * Wo), dtype=xp.result_type(W, x))
+
+    def images(n0, n1):
+        _copy_patches(cols, x_t, n0, n1, stride)
+        r = slice(n0 * Ho * Wo, n1 * Ho * Wo)            # their columns of cols_T and z
+        xp.matmul(W_mat, cols_T[:, r], out=z[:, r])
+        z[:, r] += b[:, None]
+    in_parallel(xp, N, images)
     z = z.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3)
     return z, Conv2dCache(cols_T, W, x.shape, stride, padding)
 
@@ -146,18 +177,55 @@ def conv2d_backward(dz, cache, need_dx=True):
     dW = dz_FR @ cols_T^T (reshaped to W), db = sum over n, ho, wo,
     dx = col2im(W_mat^T @ dz_FR).  ``need_dx=False`` skips dx (returns None).
     """
+    xp = get_xp(dz, cache.W)
+    N, Ho, Wo = dz.shape[0], dz.shape[2], dz.shape[3]
     dz_FR = conv_channel_rows(dz)                          # (F, N*Ho*Wo)
-    dW = (dz_FR @ cache.cols_T.T).reshape(cache.W.shape)
+    dx_t = _input_grad_buffer(cache) if need_dx else None
+    dW_parts = {}
+
+    def images(n0, n1):
+        r = slice(n0 * Ho * Wo, n1 * Ho * Wo)
+        dW_parts[n0] = dz_FR[:, r] @ cache.cols_T[:, r].T   # dW, summed over the parts
+        if need_dx:
+            _input_grad_images(dz_FR, cache, dx_t, n0, n1)
+    in_parallel(xp, N, images)
+    dW = sum(dW_parts[n0] for n0 in sorted(dW_parts)).reshape(cache.W.shape)
     db = dz_FR.sum(axis=1)
-    dx = conv2d_input_grad(dz, cache) if need_dx else None
-    return dx, dW, db
+    return (_unpad(dx_t, cache) if need_dx else None), dW, db
 
 
 def conv2d_input_grad(dz, cache):
     """dx = col2im(W_mat^T @ dz_FR): eq. (10) of the paper for a convolution."""
+    xp = get_xp(dz, cache.W)
+    dz_FR = conv_channel_rows(dz)
+    dx_t = _input_grad_buffer(cache)
+    in_parallel(xp, dz.shape[0], lambda n0, n1: _input_grad_images(dz_FR, cache, dx_t, n0, n1))
+    return _unpad(dx_t, cache)
+
+
+def _input_grad_buffer(cache):
+    """Zeroed, padded, channels-first dx: (C, N, H + 2p, W + 2p)."""
+    xp = get_xp(cache.W)
+    N, C, H, Wd = cache.x_shape
+    p = cache.padding
+    return xp.zeros((C, N, H + 2 * p, Wd + 2 * p), dtype=cache.cols_T.dtype)
+
+
+def _input_grad_images(dz_FR, cache, dx_t, n0, n1):
+    """dx of the images n0..n1-1: col2im of W_mat^T @ their columns of dz_FR."""
     F, C, kh, kw = cache.W.shape
-    dcols_T = cache.W.reshape(F, -1).T @ conv_channel_rows(dz)
-    return col2im(dcols_T, cache.x_shape, kh, kw, cache.stride, cache.padding)
+    _, _, H, Wd = cache.x_shape
+    Ho, Wo = conv_out_size(H, kh, cache.stride, cache.padding), \
+        conv_out_size(Wd, kw, cache.stride, cache.padding)
+    dcols = cache.W.reshape(F, -1).T @ dz_FR[:, n0 * Ho * Wo:n1 * Ho * Wo]
+    _add_patches(dx_t, dcols.reshape(C, kh, kw, n1 - n0, Ho, Wo), n0, n1, cache.stride)
+
+
+def _unpad(dx_t, cache):
+    """(C, N, H + 2p, W + 2p) -> dx (N, C, H, W), a channels-first view."""
+    N, C, H, Wd = cache.x_shape
+    p = cache.padding
+    return dx_t[:, :, p:p + H, p:p + Wd].transpose(1, 0, 2, 3)
 
 
 # --------------------------------------------------------------------- nonlinearities
@@ -224,23 +292,35 @@ def max_pool2d_forward(x, kernel=2, stride=None):
 
     x (N, C, H, W) -> out (N, C, Ho, Wo).  A running maximum over the k*k window
     positions; ``argmax`` remembers the first position that attains it (ties go to
-    the first, so the gradient reaches exactly one input per window).
+    the first, so the gradient reaches exactly one input per window).  The work is
+    done channels-first, the memory order of the convolution outputs, and out is
+    returned as a channels-first view, which the next convolution reads without a copy.
     """
     xp = get_xp(x)
     stride = kernel if stride is None else stride
     N, C, H, Wd = x.shape
     Ho, Wo = conv_out_size(H, kernel, stride, 0), conv_out_size(Wd, kernel, stride, 0)
     idx_dtype = xp.int8 if kernel * kernel < 128 else xp.int32
-    out, argmax = None, None
-    for idx, window in _windows(x, kernel, stride, Ho, Wo):
-        v = x[window]
-        if out is None:
-            out, argmax = v.copy(), xp.zeros(v.shape, dtype=idx_dtype)
-            continue
-        better = v > out                          # strict: ties keep the first position
-        xp.copyto(argmax, idx, where=better)
-        xp.maximum(out, v, out=out)
-    return out, MaxPoolCache(argmax, x.shape, kernel, stride)
+    x_t = x.transpose(1, 0, 2, 3)                 # (C, N, H, W)
+    out = xp.empty((C, N, Ho, Wo), dtype=x.dtype)
+    argmax = xp.zeros((C, N, Ho, Wo), dtype=idx_dtype)
+
+    def pool_channels(c0, c1):                    # channels [c0, c1) of out and argmax
+        x_c, out_c, argmax_c = x_t[c0:c1], out[c0:c1], argmax[c0:c1]
+        v = xp.empty_like(out_c)
+        for idx, window in _windows(x_c, kernel, stride, Ho, Wo):
+            if idx == 0:
+                xp.copyto(out_c, x_c[window])
+                continue
+            xp.copyto(v, x_c[window])             # contiguous: strided compares are slow
+            better = v > out_c                    # strict: ties keep the first position
+            # argmax = where(better, idx, argmax), written as a maximum: every earlier
+            # index is < idx (and a masked copy of a scalar is ~20x slower in NumPy).
+            xp.maximum(argmax_c, better.astype(idx_dtype) * idx_dtype(idx), out=argmax_c)
+            xp.maximum(out_c, v, out=out_c)
+    in_parallel(xp, C, pool_channels)
+    nchw = (1, 0, 2, 3)
+    return out.transpose(nchw), MaxPoolCache(argmax.transpose(nchw), x.shape, kernel, stride)
 
 
 def max_pool2d_backward(dout, cache):
@@ -251,13 +331,18 @@ def max_pool2d_backward(dout, cache):
     """
     xp = get_xp(dout)
     argmax, (N, C, H, W), k, s = cache
-    dx = xp.zeros((C, N, H, W), dtype=dout.dtype).transpose(1, 0, 2, 3)
-    for idx, window in _windows(dx, k, s, dout.shape[2], dout.shape[3]):
-        if k == s:                                # windows do not overlap: write in place
-            xp.multiply(dout, argmax == idx, out=dx[window])
-        else:
-            dx[window] += dout * (argmax == idx)
-    return dx
+    dx = xp.zeros((C, N, H, W), dtype=dout.dtype)
+    dout_t, argmax_t = dout.transpose(1, 0, 2, 3), argmax.transpose(1, 0, 2, 3)
+
+    def route_channels(c0, c1):                   # channels [c0, c1) of dx
+        dx_c, dout_c, argmax_c = dx[c0:c1], dout_t[c0:c1], argmax_t[c0:c1]
+        for idx, window in _windows(dx_c, k, s, dout.shape[2], dout.shape[3]):
+            if k == s:                            # windows do not overlap: write in place
+                xp.multiply(dout_c, argmax_c == idx, out=dx_c[window])
+            else:
+                dx_c[window] += dout_c * (argmax_c == idx)
+    in_parallel(xp, C, route_channels)
+    return dx.transpose(1, 0, 2, 3)
 
 
 # --------------------------------------------------------------------------- flatten

@@ -1,0 +1,128 @@
+"""Host threads (backend.in_parallel): the parts, their errors, BLAS inside them, and
+results that do not depend on how many threads computed them (float64)."""
+import threading
+import types
+
+import numpy as np
+import pytest
+from conftest import assert_close
+from threadpoolctl import threadpool_info
+
+from proxnp import backend
+from proxnp import functional as F
+from proxnp.backend import copy_threads, in_parallel, limit_threads
+
+
+def record_parts(n, threads):
+    calls = []
+    with limit_threads(threads):
+        in_parallel(np, n, lambda a, b: calls.append((a, b, threading.get_ident())))
+    return sorted(calls)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 7, 20])
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_parts_cover_the_range_once_in_order(n, threads):
+    calls = record_parts(n, threads)
+    assert len(calls) == max(1, min(n, threads))
+    covered = [i for a, b, _ in calls for i in range(a, b)]
+    assert covered == list(range(n))
+    assert all(b > a for a, b, _ in calls) or n == 0
+
+
+def test_parts_run_on_different_threads():
+    calls = record_parts(4, 2)
+    assert len({ident for _, _, ident in calls}) == 2
+    assert threading.get_ident() in {ident for _, _, ident in calls}   # the caller works too
+
+
+def test_one_thread_and_non_numpy_arrays_run_one_call():
+    assert len(record_parts(9, 1)) == 1
+    fake_cupy = types.SimpleNamespace(__name__="cupy")
+    calls = []
+    in_parallel(fake_cupy, 9, lambda a, b: calls.append((a, b)))
+    assert calls == [(0, 9)]
+
+
+def test_nested_sections_run_serially():
+    inner = []
+
+    def outer(a, b):
+        in_parallel(np, 6, lambda c, d: inner.append((a, c, d)))
+    with limit_threads(2):
+        in_parallel(np, 2, outer)
+    assert sorted(inner) == [(0, 0, 6), (1, 0, 6)]
+
+
+def test_an_error_in_a_part_is_raised_after_all_parts_finished():
+    finished = []
+
+    def fn(a, b):
+        if a > 0:
+            raise ValueError(f"part {a} failed")
+        threading.Event().wait(0.05)
+        finished.append(a)
+    with limit_threads(2), pytest.raises(ValueError, match="part 2 failed"):
+        in_parallel(np, 4, fn)
+    assert finished == [0]
+
+
+def numpy_blas_threads():
+    return [i["num_threads"] for i in threadpool_info()
+            if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+
+
+def test_blas_is_single_threaded_inside_parts_and_restored_after():
+    before = numpy_blas_threads()
+    inside = []
+    with limit_threads(2):
+        outside = numpy_blas_threads()
+        in_parallel(np, 2, lambda a, b: inside.append(numpy_blas_threads()))
+        assert numpy_blas_threads() == outside
+    assert numpy_blas_threads() == before
+    if before:                                    # NumPy's BLAS is visible to threadpoolctl
+        assert inside == [[1] * len(before)] * 2
+
+
+def test_limit_threads_sets_and_restores_the_copy_threads():
+    default = copy_threads()
+    with limit_threads(3):
+        assert copy_threads() == 3
+        with limit_threads(1):
+            assert copy_threads() == 1
+        assert copy_threads() == 3
+    assert copy_threads() == default
+    assert backend.limit_threads(None) is not None
+
+
+# --------------------------------------- the same numbers from any number of threads
+def conv_case(rng, stride, padding):
+    x = rng.standard_normal((7, 3, 9, 8))
+    W = rng.standard_normal((4, 3, 3, 3))
+    b = rng.standard_normal(4)
+    z, cache = F.conv2d_forward(x, W, b, stride, padding)
+    dz = rng.standard_normal(z.shape)
+    dx, dW, db = F.conv2d_backward(dz, cache)
+    cols = F.im2col(x, 3, 3, stride, padding)
+    back = F.col2im(cols * 2.0, x.shape, 3, 3, stride, padding)
+    return [z, dx, dW, db, cols, back, F.conv2d_input_grad(dz, cache)]
+
+
+def pool_case(rng, kernel, stride):
+    x = rng.standard_normal((5, 3, 9, 10))
+    out, cache = F.max_pool2d_forward(x, kernel, stride)
+    dx = F.max_pool2d_backward(rng.standard_normal(out.shape), cache)
+    return [out, cache.argmax, dx]
+
+
+@pytest.mark.parametrize("case,args", [(conv_case, (1, 1)), (conv_case, (2, 0)),
+                                       (pool_case, (2, None)), (pool_case, (3, 2))])
+def test_results_do_not_depend_on_the_number_of_threads(case, args):
+    results = {}
+    for threads in (1, 2, 3):
+        with limit_threads(threads):
+            results[threads] = case(np.random.default_rng(3), *args)
+    for threads in (2, 3):
+        for got, want in zip(results[threads], results[1]):
+            assert got.shape == want.shape
+            assert_close(got, want, rtol=1e-12, atol=1e-12)
