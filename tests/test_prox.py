@@ -5,6 +5,7 @@ from helpers import batch, mlp, small_convnet
 
 import proxnp as pn
 from proxnp import prox
+from proxnp.backend import limit_threads
 from proxnp.cg import block_cg, scipy_cg
 from proxnp.gradcheck import rel_error
 
@@ -288,3 +289,38 @@ def test_authors_variant_differs_from_textbook_after_one_iteration():
     t3, _ = block_cg(lambda v: M @ v, B, iters=3)
     a3, _ = block_cg(lambda v: M @ v, B, iters=3, variant="authors")
     assert rel_error(t3, a3) > 1e-3
+
+
+@pytest.mark.parametrize("block_rows", [None, 1, 3, 7, 40])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_blocked_normal_product_equals_two_passes(block_rows, threads):
+    rng = np.random.default_rng(4)
+    P, X = rng.standard_normal((29, 6)), rng.standard_normal((7, 3))
+    with limit_threads(threads):
+        got = prox.apply_AtA(P, X, block_rows)
+    A = np.concatenate([P, np.ones((29, 1))], axis=1)                 # the ones column, explicit
+    assert got.shape == (7, 3)
+    assert rel_error(got, A.T @ (A @ X)) < 1e-13
+
+
+def test_choose_space_for_the_papers_layers():
+    convnet_layers = [(500 * 32 * 32, 3 * 25 + 1, 16), (500 * 16 * 16, 16 * 25 + 1, 20),
+                      (500 * 8 * 8, 20 * 25 + 1, 20)]
+    for R, D1, out in convnet_layers:                 # measured: the Gram matrix is cheaper
+        for solver, iters in [("cg", 3), ("cg", 10), ("exact", 1)]:
+            assert prox.choose_space(R, D1, out, solver, iters) == "gram", (R, solver, iters)
+    for D1, out in [(3073, 4000), (4001, 1000), (1001, 4000)]:   # the MLP: N = 500 < D + 1
+        assert prox.choose_space(500, D1, out, "cg", 3) == "row"
+    assert prox.choose_space(10_000, 2001, 4, "cg", 1) == "matfree"   # wide input, few outputs
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("R", [11, 3])                 # tall: summed over row blocks; wide: not
+def test_gram_and_At_summed_over_row_blocks(threads, R):
+    rng = np.random.default_rng(5)
+    P, Y = rng.standard_normal((R, 4)), rng.standard_normal((R, 2))
+    with limit_threads(threads):
+        gram, At_Y = prox.col_gram(P), prox.apply_At(P, Y)
+    A = np.concatenate([P, np.ones((R, 1))], axis=1)
+    assert rel_error(gram, A.T @ A) < 1e-14
+    assert rel_error(At_Y, A.T @ Y) < 1e-14
