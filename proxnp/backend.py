@@ -275,6 +275,16 @@ _copy_pool = None
 _in_part = threading.local()  # set inside a part: nested sections run serially
 
 
+def _forget_pool_in_child():
+    """A forked child has none of the parent's threads: start a new pool when needed."""
+    global _copy_pool
+    _copy_pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def copy_threads():
     """How many host threads :func:`in_parallel` uses."""
     if _copy_threads is not None:

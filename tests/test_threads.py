@@ -126,3 +126,14 @@ def test_results_do_not_depend_on_the_number_of_threads(case, args):
         for got, want in zip(results[threads], results[1]):
             assert got.shape == want.shape
             assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_working_threads():
+    import multiprocessing
+    with limit_threads(2):
+        in_parallel(np, 2, lambda a, b: None)             # the parent's pool exists now
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            parts = pool.apply_async(record_parts, (4, 2)).get(timeout=20)
+    assert [(a, b) for a, b, _ in parts] == [(0, 2), (2, 4)]
