@@ -318,7 +318,8 @@ def _numpy_blas():
 
 
 @contextlib.contextmanager
-def _numpy_blas_single_thread():
+def numpy_blas_one_thread():
+    """Run NumPy's BLAS on one thread inside the block (host-thread parts, small products)."""
     libs = _numpy_blas()
     old = [lib.num_threads for lib in libs]
     for lib in libs:
@@ -354,7 +355,7 @@ def in_parallel(xp, n, fn):
         finally:
             _in_part.active = False
 
-    with _numpy_blas_single_thread():
+    with numpy_blas_one_thread():
         futures = [_copy_pool.submit(part, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
         try:
             part(bounds[0], bounds[1])

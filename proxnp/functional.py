@@ -305,20 +305,20 @@ def max_pool2d_forward(x, kernel=2, stride=None):
     out = xp.empty((C, N, Ho, Wo), dtype=x.dtype)
     argmax = xp.zeros((C, N, Ho, Wo), dtype=idx_dtype)
 
-    def pool_channels(c0, c1):                    # channels [c0, c1) of out and argmax
-        x_c, out_c, argmax_c = x_t[c0:c1], out[c0:c1], argmax[c0:c1]
-        v = xp.empty_like(out_c)
-        for idx, window in _windows(x_c, kernel, stride, Ho, Wo):
+    def pool_images(n0, n1):                      # images [n0, n1) of out and argmax
+        x_part, out_part, argmax_part = x_t[:, n0:n1], out[:, n0:n1], argmax[:, n0:n1]
+        v = xp.empty_like(out_part)
+        for idx, window in _windows(x_part, kernel, stride, Ho, Wo):
             if idx == 0:
-                xp.copyto(out_c, x_c[window])
+                xp.copyto(out_part, x_part[window])
                 continue
-            xp.copyto(v, x_c[window])             # contiguous: strided compares are slow
-            better = v > out_c                    # strict: ties keep the first position
+            xp.copyto(v, x_part[window])             # contiguous: strided compares are slow
+            better = v > out_part                    # strict: ties keep the first position
             # argmax = where(better, idx, argmax), written as a maximum: every earlier
             # index is < idx (and a masked copy of a scalar is ~20x slower in NumPy).
-            xp.maximum(argmax_c, better.astype(idx_dtype) * idx_dtype(idx), out=argmax_c)
-            xp.maximum(out_c, v, out=out_c)
-    in_parallel(xp, C, pool_channels)
+            xp.maximum(argmax_part, better.astype(idx_dtype) * idx_dtype(idx), out=argmax_part)
+            xp.maximum(out_part, v, out=out_part)
+    in_parallel(xp, N, pool_images)
     nchw = (1, 0, 2, 3)
     return out.transpose(nchw), MaxPoolCache(argmax.transpose(nchw), x.shape, kernel, stride)
 
@@ -334,14 +334,14 @@ def max_pool2d_backward(dout, cache):
     dx = xp.zeros((C, N, H, W), dtype=dout.dtype)
     dout_t, argmax_t = dout.transpose(1, 0, 2, 3), argmax.transpose(1, 0, 2, 3)
 
-    def route_channels(c0, c1):                   # channels [c0, c1) of dx
-        dx_c, dout_c, argmax_c = dx[c0:c1], dout_t[c0:c1], argmax_t[c0:c1]
-        for idx, window in _windows(dx_c, k, s, dout.shape[2], dout.shape[3]):
+    def route_images(n0, n1):                     # images [n0, n1) of dx
+        dx_part, dout_part, argmax_part = dx[:, n0:n1], dout_t[:, n0:n1], argmax_t[:, n0:n1]
+        for idx, window in _windows(dx_part, k, s, dout.shape[2], dout.shape[3]):
             if k == s:                            # windows do not overlap: write in place
-                xp.multiply(dout_c, argmax_c == idx, out=dx_c[window])
+                xp.multiply(dout_part, argmax_part == idx, out=dx_part[window])
             else:
-                dx_c[window] += dout_c * (argmax_c == idx)
-    in_parallel(xp, C, route_channels)
+                dx_part[window] += dout_part * (argmax_part == idx)
+    in_parallel(xp, N, route_images)
     return dx.transpose(1, 0, 2, 3)
 
 

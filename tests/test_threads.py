@@ -137,3 +137,23 @@ def test_a_forked_child_gets_working_threads():
         with ctx.Pool(1) as pool:
             parts = pool.apply_async(record_parts, (4, 2)).get(timeout=20)
     assert [(a, b) for a, b, _ in parts] == [(0, 2), (2, 4)]
+
+
+@pytest.mark.parametrize("small_limit,expect_one", [(1 << 24, True), (0, False)])
+def test_small_gram_space_cg_runs_on_one_blas_thread(monkeypatch, small_limit, expect_one):
+    from proxnp import prox
+    seen = []
+    real_cg = prox.block_cg
+
+    def recording_cg(*args, **kw):
+        seen.append(numpy_blas_threads())
+        return real_cg(*args, **kw)
+    monkeypatch.setattr(prox, "block_cg", recording_cg)
+    monkeypatch.setattr(prox, "SMALL_PRODUCT", small_limit)
+    rng = np.random.default_rng(6)
+    P, g = rng.standard_normal((40, 5)), rng.standard_normal((40, 3))
+    before = numpy_blas_threads()
+    prox.prox_direction(P, g, 0.5, "cg", 3, space="gram")
+    assert numpy_blas_threads() == before
+    if before:
+        assert seen == [[1] * len(before) if expect_one else before]
