@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 import proxnp as pn
-from proxnp.backend import get_xp, reuse_host_memory, synchronize, to_device
+from proxnp.backend import copy_threads, get_xp, reuse_host_memory, synchronize, to_device
 from proxnp.experiments import PAPER_MLP, convnet, mlp
 
 
@@ -194,7 +194,7 @@ def bench(kind, args):
                      torch_name))
     title = (f"{'MLP 3072-4000-1000-4000-10' if kind == 'mlp' else 'ConvNet (authors code)'}, "
              f"batch {args.batch}, float32, {args.device}"
-             f"{f', {threads()} BLAS threads' if args.device == 'cpu' else ''}, "
+             f"{f', {threads()} BLAS threads, {copy_threads()} host threads' if args.device == 'cpu' else ''}, "
              f"median of {args.steps} rounds (one untimed, one timed step each) after 2 warm-up steps")
     table(title, rows)
 
