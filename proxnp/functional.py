@@ -124,8 +124,20 @@ def col2im(dcols_T, x_shape, kh, kw, stride=1, padding=0):
     N, C, H, Wd = x_shape
     Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
     d = dcols_T.reshape(C, kh, kw, N, Ho, Wo)
-    dx_t = xp.zeros((C, N, H + 2 * padding, Wd + 2 * padding), dtype=dcols_T.dtype)
+    dx_t = _padded_zeros(xp, x_shape, padding, dcols_T.dtype)
     in_parallel(xp, N, lambda n0, n1: _add_patches(dx_t, d[:, :, :, n0:n1], n0, n1, stride))
+    return _unpad(dx_t, x_shape, padding)
+
+
+def _padded_zeros(xp, x_shape, padding, dtype):
+    """A zeroed, padded, channels-first image gradient: (C, N, H + 2p, W + 2p)."""
+    N, C, H, Wd = x_shape
+    return xp.zeros((C, N, H + 2 * padding, Wd + 2 * padding), dtype=dtype)
+
+
+def _unpad(dx_t, x_shape, padding):
+    """(C, N, H + 2p, W + 2p) -> dx (N, C, H, W), a channels-first view."""
+    N, C, H, Wd = x_shape
     return dx_t[:, :, padding:padding + H, padding:padding + Wd].transpose(1, 0, 2, 3)
 
 
@@ -180,7 +192,8 @@ def conv2d_backward(dz, cache, need_dx=True):
     xp = get_xp(dz, cache.W)
     N, Ho, Wo = dz.shape[0], dz.shape[2], dz.shape[3]
     dz_FR = conv_channel_rows(dz)                          # (F, N*Ho*Wo)
-    dx_t = _input_grad_buffer(cache) if need_dx else None
+    dtype = xp.result_type(cache.W, dz)
+    dx_t = _padded_zeros(xp, cache.x_shape, cache.padding, dtype) if need_dx else None
     dW_parts = {}
 
     def images(n0, n1):
@@ -191,24 +204,17 @@ def conv2d_backward(dz, cache, need_dx=True):
     in_parallel(xp, N, images)
     dW = sum(dW_parts[n0] for n0 in sorted(dW_parts)).reshape(cache.W.shape)
     db = dz_FR.sum(axis=1)
-    return (_unpad(dx_t, cache) if need_dx else None), dW, db
+    dx = _unpad(dx_t, cache.x_shape, cache.padding) if need_dx else None
+    return dx, dW, db
 
 
 def conv2d_input_grad(dz, cache):
     """dx = col2im(W_mat^T @ dz_FR): eq. (10) of the paper for a convolution."""
     xp = get_xp(dz, cache.W)
     dz_FR = conv_channel_rows(dz)
-    dx_t = _input_grad_buffer(cache)
+    dx_t = _padded_zeros(xp, cache.x_shape, cache.padding, xp.result_type(cache.W, dz))
     in_parallel(xp, dz.shape[0], lambda n0, n1: _input_grad_images(dz_FR, cache, dx_t, n0, n1))
-    return _unpad(dx_t, cache)
-
-
-def _input_grad_buffer(cache):
-    """Zeroed, padded, channels-first dx: (C, N, H + 2p, W + 2p)."""
-    xp = get_xp(cache.W)
-    N, C, H, Wd = cache.x_shape
-    p = cache.padding
-    return xp.zeros((C, N, H + 2 * p, Wd + 2 * p), dtype=cache.cols_T.dtype)
+    return _unpad(dx_t, cache.x_shape, cache.padding)
 
 
 def _input_grad_images(dz_FR, cache, dx_t, n0, n1):
@@ -219,13 +225,6 @@ def _input_grad_images(dz_FR, cache, dx_t, n0, n1):
         conv_out_size(Wd, kw, cache.stride, cache.padding)
     dcols = cache.W.reshape(F, -1).T @ dz_FR[:, n0 * Ho * Wo:n1 * Ho * Wo]
     _add_patches(dx_t, dcols.reshape(C, kh, kw, n1 - n0, Ho, Wo), n0, n1, cache.stride)
-
-
-def _unpad(dx_t, cache):
-    """(C, N, H + 2p, W + 2p) -> dx (N, C, H, W), a channels-first view."""
-    N, C, H, Wd = cache.x_shape
-    p = cache.padding
-    return dx_t[:, :, p:p + H, p:p + Wd].transpose(1, 0, 2, 3)
 
 
 # --------------------------------------------------------------------- nonlinearities
