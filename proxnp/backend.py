@@ -159,9 +159,10 @@ def eigh(xp, K):
     return xp.linalg.eigh(K)
 
 
-@functools.lru_cache(maxsize=1)
-def _scipy_own_blas():
-    """threadpoolctl handles of BLAS libraries loaded by SciPy but not by NumPy.
+@functools.lru_cache(maxsize=2)
+def _blas_libs(of_numpy):
+    """threadpoolctl handles of the BLAS libraries NumPy uses (True), or of those SciPy
+    loaded besides them (False).
 
     The PyPI wheels of NumPy and SciPy each bundle their own OpenBLAS.  Right after
     a large NumPy product, NumPy's BLAS threads still spin; a multi-threaded SciPy
@@ -174,13 +175,11 @@ def _scipy_own_blas():
     except ImportError:
         return ()
     return tuple(lib for lib in ThreadpoolController().lib_controllers
-                 if lib.user_api == "blas" and "numpy" not in lib.filepath)
+                 if lib.user_api == "blas" and ("numpy" in lib.filepath) == of_numpy)
 
 
 @contextlib.contextmanager
-def scipy_single_thread():
-    """Run SciPy's own BLAS/LAPACK on one thread inside the block (see _scipy_own_blas)."""
-    libs = _scipy_own_blas()
+def _one_thread(libs):
     old = [lib.num_threads for lib in libs]
     for lib in libs:
         lib.set_num_threads(1)
@@ -189,6 +188,16 @@ def scipy_single_thread():
     finally:
         for lib, n in zip(libs, old):
             lib.set_num_threads(n)
+
+
+def scipy_single_thread():
+    """Run SciPy's own BLAS/LAPACK on one thread inside the block (see _blas_libs)."""
+    return _one_thread(_blas_libs(of_numpy=False))
+
+
+def numpy_blas_one_thread():
+    """Run NumPy's BLAS on one thread inside the block (host-thread parts, small products)."""
+    return _one_thread(_blas_libs(of_numpy=True))
 
 
 def axpy(a, x, y, tmp=None):
@@ -304,31 +313,6 @@ def _copy_thread_limit(n):
         yield
     finally:
         _copy_threads = old
-
-
-@functools.lru_cache(maxsize=1)
-def _numpy_blas():
-    """threadpoolctl handles of the BLAS libraries NumPy itself uses."""
-    try:
-        from threadpoolctl import ThreadpoolController  # noqa: PLC0415
-    except ImportError:
-        return ()
-    return tuple(lib for lib in ThreadpoolController().lib_controllers
-                 if lib.user_api == "blas" and "numpy" in lib.filepath)
-
-
-@contextlib.contextmanager
-def numpy_blas_one_thread():
-    """Run NumPy's BLAS on one thread inside the block (host-thread parts, small products)."""
-    libs = _numpy_blas()
-    old = [lib.num_threads for lib in libs]
-    for lib in libs:
-        lib.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lib, n in zip(libs, old):
-            lib.set_num_threads(n)
 
 
 def in_parallel(xp, n, fn):
