@@ -8,6 +8,9 @@ working GPU) never fails because of it.
     xp = get_xp(x, W)          # numpy, or cupy if x and W live on the GPU
     x_gpu = to_device(x, "gpu")
     x_cpu = to_numpy(x_gpu)
+
+It also holds the CPU's threading: :func:`in_parallel` splits memory-bound work over
+host threads, :func:`limit_threads` caps them and BLAS.
 """
 import contextlib
 import functools
@@ -259,7 +262,10 @@ def reuse_host_memory():
 
 
 def limit_threads(n):
-    """Context manager: at most ``n`` threads for BLAS and for :func:`in_parallel` (None: leave them)."""
+    """Context manager: at most ``n`` threads for BLAS and for :func:`in_parallel`.
+
+    ``None`` leaves both as they are.  The command line's ``--threads`` uses it.
+    """
     if n is None:
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
@@ -273,7 +279,8 @@ def limit_threads(n):
 # ------------------------------------------------------------------ host threads
 # The convolution's im2col/col2im copies and the max pooling are memory-bound strided
 # copies with short inner rows (a 16-pixel image row), which NumPy runs on one core;
-# NumPy releases the GIL inside them, so the batch is split over host threads.  Inside
+# NumPy releases the GIL inside them, so the batch is split over host threads (and the
+# conv layers' Gram matrices are summed over blocks of the batch the same way).  Inside
 # such a parallel section NumPy's BLAS runs on one thread: the parts are the parallelism.
 # (Left multi-threaded, OpenBLAS's worker keeps spinning on the second core for ~0.1 s
 # after every product and starves the copies: measured on 2 cores, im2col 19 -> 31 ms.)
@@ -282,6 +289,7 @@ _MAX_COPY_THREADS = 8
 _copy_threads = None          # set by limit_threads; None: one per usable core
 _copy_pool = None
 _in_part = threading.local()  # set inside a part: nested sections run serially
+_pool_lock = threading.Lock()
 
 
 def _forget_pool_in_child():
@@ -328,8 +336,9 @@ def in_parallel(xp, n, fn):
         fn(0, n)
         return
     global _copy_pool
-    if _copy_pool is None:
-        _copy_pool = ThreadPoolExecutor(_MAX_COPY_THREADS - 1, thread_name_prefix="proxnp")
+    with _pool_lock:
+        if _copy_pool is None:
+            _copy_pool = ThreadPoolExecutor(_MAX_COPY_THREADS - 1, thread_name_prefix="proxnp")
     bounds = [n * k // parts for k in range(parts + 1)]
 
     def part(start, stop):
