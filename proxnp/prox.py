@@ -47,9 +47,9 @@ from .cg import block_cg, scipy_cg, CGInfo
 from .layers import Conv2d, Linear
 
 SOLVERS = ("exact", "cg", "gradient")
-SMALL_PRODUCT = 1 << 24        # multiply-adds below which a product runs on one BLAS thread
 SPACES = ("auto", "row", "gram", "matfree")
 CG_BACKENDS = ("proxnp", "scipy")
+SMALL_PRODUCT = 1 << 24        # multiply-adds below which a product runs on one BLAS thread
 
 
 class AffineProblem(NamedTuple):
@@ -143,8 +143,9 @@ def apply_AtA(P, X, block_rows=None):
     P (R x D; 205 MB for the ConvNet's second layer).  Per block of rows,
     A_r^T (A_r X) reads the block from memory once and from cache the second time.
     The default block holds about 4 MiB of P (a GPU takes all rows at once).  Measured
-    on 2 cores, the ConvNet's second layer: 70 ms in two passes, 64 ms in blocks; the
-    products are nearly compute-bound (s = 20 columns keep BLAS at ~35 % of peak).
+    on 2 cores, the ConvNet's second layer: 70 ms in two passes, 64 ms in blocks -- the
+    products are mostly compute-bound after all: with s = 20 columns BLAS runs far
+    below its peak.
     """
     xp = get_xp(P, X)
     R, D = P.shape

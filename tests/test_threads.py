@@ -129,7 +129,8 @@ def test_results_do_not_depend_on_the_number_of_threads(case, args):
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
-def test_a_forked_child_gets_working_threads():
+@pytest.mark.filterwarnings("ignore:.*multi-threaded, use of fork:DeprecationWarning")
+def test_a_forked_child_gets_working_threads():     # Python >= 3.12 warns: that is the point
     import multiprocessing
     with limit_threads(2):
         in_parallel(np, 2, lambda a, b: None)             # the parent's pool exists now
