@@ -361,7 +361,7 @@ def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
     # A conv layer's Gram-space CG products are small ((D+1)^2 * out ~ 5e6): on one BLAS
     # thread, so that no OpenBLAS worker is left spinning (~0.1 s) on a core that the next
     # layer's host threads need (ConvNet cg3 step, two paired runs: 0.76/0.78 -> 0.74/0.64 s).
-    small = space == "gram" and D1 * D1 * out < SMALL_PRODUCT
+    small = xp is np and space == "gram" and D1 * D1 * out < SMALL_PRODUCT
     with numpy_blas_one_thread() if small else contextlib.nullcontext():
         if cg_backend == "scipy":
             return scipy_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol), None
