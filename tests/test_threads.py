@@ -8,7 +8,6 @@ import pytest
 from conftest import assert_close
 from threadpoolctl import threadpool_info
 
-from proxnp import backend
 from proxnp import functional as F
 from proxnp.backend import copy_threads, in_parallel, limit_threads
 
@@ -92,7 +91,10 @@ def test_limit_threads_sets_and_restores_the_copy_threads():
             assert copy_threads() == 1
         assert copy_threads() == 3
     assert copy_threads() == default
-    assert backend.limit_threads(None) is not None
+    blas = numpy_blas_threads()
+    with limit_threads(None):                      # None: both left as they are
+        assert copy_threads() == default
+        assert numpy_blas_threads() == blas
 
 
 # --------------------------------------- the same numbers from any number of threads
