@@ -357,3 +357,27 @@ def in_parallel(xp, n, fn):
     for err in errors:
         if err is not None:
             raise err
+
+
+def parallel_sum(xp, n, fn, block=None):
+    """The sum over blocks [a, b) of range(n) of fn(a, b), a tuple of arrays.
+
+    ``block=None``: one block per host thread; else blocks of that many, shared among
+    the threads (:func:`in_parallel`).  Each thread adds up its own blocks, and the
+    partial sums are added in a fixed order, so a result does not depend on timing.
+    """
+    if block is None:
+        block = max(1, -(-n // copy_threads())) if xp is np else max(n, 1)
+    starts = range(0, max(n, 1), block)
+    partial = {}
+
+    def blocks(b0, b1):                                       # blocks [b0, b1)
+        for a in starts[b0:b1]:
+            terms = fn(a, min(a + block, n))
+            partial[b0] = terms if b0 not in partial else \
+                tuple(s + t for s, t in zip(partial[b0], terms))
+    in_parallel(xp, len(starts), blocks)
+    total = None
+    for b0 in sorted(partial):
+        total = partial[b0] if total is None else tuple(s + t for s, t in zip(total, partial[b0]))
+    return total

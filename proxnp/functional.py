@@ -13,7 +13,7 @@ The namespace ``xp`` (NumPy or CuPy) is taken from the arrays.
 """
 from typing import NamedTuple
 
-from .backend import get_xp, in_parallel
+from .backend import get_xp, in_parallel, parallel_sum
 
 
 # --------------------------------------------------------------------------- affine
@@ -98,6 +98,14 @@ def _add_patches(dx_t, dcols, n0, n1, stride):
             dx_t[:, n0:n1, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += dcols[:, i, j]
 
 
+def _patch_buffer(x, kh, kw, stride, padding):
+    """(x_t, cols): the padded channels-first input and an empty (C, kh, kw, N, Ho, Wo)."""
+    xp = get_xp(x)
+    N, C, H, Wd = x.shape
+    Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
+    return _channels_first(x, padding), xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
+
+
 def im2col(x, kh, kw, stride=1, padding=0):
     """Transposed patch matrix of an NCHW batch: one column per output pixel.
 
@@ -106,13 +114,9 @@ def im2col(x, kh, kw, stride=1, padding=0):
     paper's ridge problem (one row per output pixel) is ``cols_T.T``.  It is built
     transposed so that every copy writes contiguous memory.
     """
-    xp = get_xp(x)
-    N, C, H, Wd = x.shape
-    Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
-    x_t = _channels_first(x, padding)
-    cols = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
-    in_parallel(xp, N, lambda n0, n1: _copy_patches(cols, x_t, n0, n1, stride))
-    return cols.reshape(C * kh * kw, N * Ho * Wo)
+    x_t, cols = _patch_buffer(x, kh, kw, stride, padding)
+    in_parallel(get_xp(x), x.shape[0], lambda n0, n1: _copy_patches(cols, x_t, n0, n1, stride))
+    return cols.reshape(kh * kw * x.shape[1], -1)
 
 
 def col2im(dcols_T, x_shape, kh, kw, stride=1, padding=0):
@@ -154,11 +158,9 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
     im2col reads without a copy.
     """
     xp = get_xp(x, W, b)
-    N, C, H, Wd = x.shape
-    F, _, kh, kw = W.shape
-    Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
-    x_t = _channels_first(x, padding)
-    cols = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
+    F, C, kh, kw = W.shape
+    x_t, cols = _patch_buffer(x, kh, kw, stride, padding)
+    N, Ho, Wo = cols.shape[3:]
     cols_T = cols.reshape(C * kh * kw, N * Ho * Wo)
     W_mat = W.reshape(F, -1)
     z = xp.empty((F, N * Ho * Wo), dtype=xp.result_type(W, x))
@@ -194,15 +196,14 @@ def conv2d_backward(dz, cache, need_dx=True):
     dz_FR = conv_channel_rows(dz)                          # (F, N*Ho*Wo)
     dtype = xp.result_type(cache.W, dz)
     dx_t = _padded_zeros(xp, cache.x_shape, cache.padding, dtype) if need_dx else None
-    dW_parts = {}
 
     def images(n0, n1):
-        r = slice(n0 * Ho * Wo, n1 * Ho * Wo)
-        dW_parts[n0] = dz_FR[:, r] @ cache.cols_T[:, r].T   # dW, summed over the parts
         if need_dx:
             _input_grad_images(dz_FR, cache, dx_t, n0, n1)
-    in_parallel(xp, N, images)
-    dW = sum(dW_parts[n0] for n0 in sorted(dW_parts)).reshape(cache.W.shape)
+        r = slice(n0 * Ho * Wo, n1 * Ho * Wo)
+        return (dz_FR[:, r] @ cache.cols_T[:, r].T,)        # these images' share of dW
+    dW, = parallel_sum(xp, N, images)
+    dW = dW.reshape(cache.W.shape)
     db = dz_FR.sum(axis=1)
     dx = _unpad(dx_t, cache.x_shape, cache.padding) if need_dx else None
     return dx, dW, db

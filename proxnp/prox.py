@@ -42,7 +42,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import functional as F
-from .backend import copy_threads, eigh, get_xp, in_parallel, numpy_blas_one_thread, spd_solve
+from .backend import eigh, get_xp, numpy_blas_one_thread, parallel_sum, spd_solve
 from .cg import block_cg, scipy_cg, CGInfo
 from .layers import Conv2d, Linear
 
@@ -86,32 +86,8 @@ def params_to_theta(layer):
 # ------------------------------------------------------------ A, A^T and Gram matrices
 # A^T-products are sums over the rows of A.  A conv layer has R in the 100 000s of rows
 # and few columns, so on the CPU such sums are split into blocks of rows shared among
-# host threads (backend.in_parallel: BLAS on one thread per block), and the partial sums
-# are added in a fixed order.  A fully connected layer (R = batch <= D) is left to BLAS.
-
-def row_block_sum(xp, R, fn, block_rows=None):
-    """sum over blocks [r0, r1) of the rows of fn(r0, r1), a tuple of arrays.
-
-    ``block_rows=None``: one block per host thread; else blocks of that many rows,
-    the blocks shared among the threads.
-    """
-    if block_rows is None:
-        block_rows = max(1, -(-R // copy_threads())) if xp is np else max(R, 1)
-    starts = range(0, max(R, 1), block_rows)
-    partial = {}
-
-    def blocks(b0, b1):                                       # row blocks [b0, b1)
-        acc = None
-        for r0 in starts[b0:b1]:
-            terms = fn(r0, min(r0 + block_rows, R))
-            acc = terms if acc is None else tuple(a + t for a, t in zip(acc, terms))
-        partial[b0] = acc
-    in_parallel(xp, len(starts), blocks)
-    total = None
-    for b0 in sorted(partial):
-        total = partial[b0] if total is None else tuple(a + t for a, t in zip(total, partial[b0]))
-    return total
-
+# host threads (backend.parallel_sum: BLAS on one thread per block), and the partial
+# sums are added in a fixed order.  A fully connected layer (R = batch <= D) is left to BLAS.
 
 def apply_A(P, X):
     """A X = [P, 1] X = P X[:-1] + X[-1]   (R, s)."""
@@ -127,7 +103,7 @@ def apply_At(P, Y):
     xp = get_xp(P, Y)
     R, D = P.shape
     if R > D + 1:
-        PtY, colsum = row_block_sum(xp, R, lambda r0, r1: (P[r0:r1].T @ Y[r0:r1],
+        PtY, colsum = parallel_sum(xp, R, lambda r0, r1: (P[r0:r1].T @ Y[r0:r1],
                                                            Y[r0:r1].sum(axis=0)))
         return xp.concatenate([PtY, colsum[None, :]], axis=0)
     out = xp.empty((D + 1, Y.shape[1]), dtype=xp.result_type(P, Y))
@@ -155,7 +131,7 @@ def apply_AtA(P, X, block_rows=None):
     def block(r0, r1):
         Y_r = apply_A(P[r0:r1], X)                            # A_r X, still in cache
         return P[r0:r1].T @ Y_r, Y_r.sum(axis=0)
-    PtY, colsum = row_block_sum(xp, R, block, max(1, block_rows))
+    PtY, colsum = parallel_sum(xp, R, block, max(1, block_rows))
     return xp.concatenate([PtY, colsum[None, :]], axis=0)
 
 
@@ -172,7 +148,7 @@ def col_gram(P):
     """
     xp = get_xp(P)
     R = P.shape[0]
-    PtP, colsum = row_block_sum(xp, R, lambda r0, r1: (P[r0:r1].T @ P[r0:r1],  # BLAS syrk
+    PtP, colsum = parallel_sum(xp, R, lambda r0, r1: (P[r0:r1].T @ P[r0:r1],  # BLAS syrk
                                                        P[r0:r1].sum(axis=0)))
     top = xp.concatenate([PtP, colsum[:, None]], axis=1)
     bottom = xp.concatenate([colsum, xp.asarray([R], dtype=P.dtype)])[None, :]

@@ -9,7 +9,7 @@ from conftest import assert_close
 from threadpoolctl import threadpool_info
 
 from proxnp import functional as F
-from proxnp.backend import copy_threads, in_parallel, limit_threads
+from proxnp.backend import copy_threads, in_parallel, limit_threads, parallel_sum
 
 
 def record_parts(n, threads):
@@ -64,6 +64,18 @@ def test_an_error_in_a_part_is_raised_after_all_parts_finished():
     with limit_threads(2), pytest.raises(ValueError, match="part 2 failed"):
         in_parallel(np, 4, fn)
     assert finished == [0]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 20])
+@pytest.mark.parametrize("block", [None, 1, 3, 50])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_parallel_sum_adds_every_block_once(n, block, threads):
+    values = np.arange(n, dtype=float) ** 2
+    with limit_threads(threads):
+        total, count = parallel_sum(np, n, lambda a, b: (values[a:b].sum(), np.array(b - a)),
+                                    block)
+    assert total == values.sum()
+    assert count == n
 
 
 def numpy_blas_threads():
