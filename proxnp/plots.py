@@ -1,53 +1,93 @@
-"""Figures laid out like the paper's, drawn with matplotlib's Figure API and saved as PNG.
+"""Figures laid out like the paper's, drawn with matplotlib's Figure API.
 
-No ``pyplot`` state and no ``plt.show()``: every function builds a Figure, saves it
-atomically to ``path`` and returns the path, so it works on a headless machine.
+:func:`history_figure` builds the Figure (a notebook displays it inline);
+:func:`plot_histories` builds it and saves it atomically as PNG (the CLI's
+figure).  No ``pyplot`` state and no ``plt.show()``, so both work on a headless
+machine.  Axis labels use mathtext and name their units: the loss is the mean
+cross-entropy J in nats, times are wall-clock seconds of the training steps.
 """
 import io
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from .model import atomic_write_bytes
 
+# panel -> (x key, y key, x label, y label, log y)
 PANELS = {
-    "loss_epoch": ("epoch", "train_loss", "Epoch", "Full-batch training loss", True),
-    "loss_time": ("time", "train_loss", "Training time [s]", "Full-batch training loss", True),
-    "val_epoch": ("epoch", "val_acc", "Epoch", "Validation accuracy", False),
-    "val_time": ("time", "val_acc", "Training time [s]", "Validation accuracy", False),
+    "loss_epoch": ("epoch", "train_loss", "epoch",
+                   r"full-batch training loss $J(\theta)$ [nats]", True),
+    "loss_time": ("time", "train_loss", "training time [s]",
+                  r"full-batch training loss $J(\theta)$ [nats]", True),
+    "val_epoch": ("epoch", "val_acc", "epoch", "validation accuracy [%]", False),
+    "val_time": ("time", "val_acc", "training time [s]", "validation accuracy [%]", False),
 }
 LAYOUTS = {"mlp": ("loss_epoch", "loss_time", "val_epoch"),                 # Fig. 2
-           "convnet": ("loss_epoch", "loss_time", "val_epoch", "val_time")}  # Fig. 3
+           "convnet": ("loss_epoch", "loss_time", "val_epoch", "val_time"),  # Fig. 3
+           "epochs": ("loss_epoch", "val_epoch")}                            # no timings
 
 
 def save_figure(fig, path):
+    """Write ``fig`` as PNG to ``path`` atomically; returns ``path``."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
-def plot_histories(histories, path, layout="mlp", title=None, time_limit=None):
-    """One curve per run in each panel.  ``histories`` maps a run name to its history.
+def accuracy_limits(histories, skip=0.2, margin=0.1):
+    """y-limits in percent that zoom onto the accuracies reached after the first epochs.
 
-    ``time_limit`` clips the time axes (the paper clips at 300 s / the cg3 run).
+    Epoch 0 (before training, ~chance) and the epochs up to ``skip`` times the last one
+    are left out of the range, which is then widened by ``margin`` of its span
+    (at least 2 percentage points) and capped at 100 %.
     """
+    values = []
+    for hist in histories.values():
+        rows = hist["epochs"]
+        start = int(skip * (len(rows) - 1)) + 1        # epochs <= skip * last are left out
+        values += [100 * r["val_acc"] for r in rows[start:] if np.isfinite(r["val_acc"])]
+    if not values:
+        return 0.0, 100.0
+    lo, hi = min(values), max(values)
+    pad = max(margin * (hi - lo), 2.0)
+    return max(0.0, lo - pad), min(100.0, hi + pad)
+
+
+def history_figure(histories, layout="mlp", title=None, time_limit=None, zoom=True):
+    """One curve per run in each panel of ``layout``; returns the Figure.
+
+    ``histories`` maps a run name (mathtext allowed) to a history of
+    :func:`proxnp.train.fit`.  ``time_limit`` clips the time axes (the paper clips at
+    300 s); ``zoom`` narrows the accuracy axes with :func:`accuracy_limits`.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
     panels = LAYOUTS[layout]
     fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
     axes = fig.subplots(1, len(panels))
-    for ax, key in zip(axes, panels):
+    for ax, key in zip(np.atleast_1d(axes), panels):
         xkey, ykey, xlabel, ylabel, log = PANELS[key]
+        scale = 100.0 if ykey == "val_acc" else 1.0
         for name, hist in histories.items():
             rows = hist["epochs"]
-            ax.plot([r[xkey] for r in rows], [r[ykey] for r in rows], label=name,
+            ax.plot([r[xkey] for r in rows], [scale * r[ykey] for r in rows], label=name,
                     marker="." if len(rows) < 30 else None)
         if log:
             ax.set_yscale("log")
+        if ykey == "val_acc" and zoom:
+            ax.set_ylim(*accuracy_limits(histories))
         if xkey == "time" and time_limit:
             ax.set_xlim(0, time_limit)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    np.atleast_1d(axes)[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_histories(histories, path, layout="mlp", title=None, time_limit=None):
+    """:func:`history_figure` saved as PNG to ``path``; returns ``path``."""
+    return save_figure(history_figure(histories, layout, title, time_limit), path)

@@ -1,0 +1,50 @@
+"""proxnp.plots: labelled axes with units, zoomed accuracy axes, the CLI's PNG."""
+import pytest
+
+from proxnp import plots
+
+
+def _history(accs, losses):
+    return {"epochs": [{"epoch": e, "time": 0.5 * e, "val_acc": a, "train_loss": l}
+                       for e, (a, l) in enumerate(zip(accs, losses))], "status": "ok"}
+
+
+HISTORIES = {"BackProp": _history([0.1, 0.90, 0.93, 0.94, 0.95, 0.95], [2.3, 0.5, 0.3, 0.2, 0.15, 0.1]),
+             r"ProxProp $\tau_\theta = 0.05$": _history([0.1, 0.92, 0.95, 0.96, 0.96, 0.97],
+                                                        [2.3, 0.3, 0.1, 0.05, 0.02, 0.01])}
+
+
+def test_accuracy_limits_leave_out_the_first_epochs_and_zoom():
+    lo, hi = plots.accuracy_limits(HISTORIES)
+    # epochs 0 and 1 (10 %, 90-92 %) are left out; the rest spans 93-97 %, padded by 2 points
+    assert lo == pytest.approx(91.0) and hi == pytest.approx(99.0)
+    long = {"a": _history([0.1, 0.5, 0.8, 0.9, 0.91, 0.92, 0.92, 0.93, 0.93, 0.93, 0.94],
+                          [1.0] * 11)}
+    # ten epochs: epochs 0-2 are left out, the rest spans 90-94 %
+    assert plots.accuracy_limits(long) == pytest.approx((88.0, 96.0))
+
+
+def test_accuracy_limits_never_pass_100_percent():
+    lo, hi = plots.accuracy_limits({"a": _history([0.1, 1.0, 1.0], [1, 1, 1])})
+    assert hi == 100.0 and lo == pytest.approx(98.0)
+
+
+@pytest.mark.parametrize("layout", sorted(plots.LAYOUTS))
+def test_every_axis_is_labelled_with_units(layout):
+    fig = plots.history_figure(HISTORIES, layout=layout, title="t")
+    for ax, key in zip(fig.axes, plots.LAYOUTS[layout]):
+        assert ax.get_xlabel() in ("epoch", "training time [s]")
+        assert "[nats]" in ax.get_ylabel() or "[%]" in ax.get_ylabel()
+        if key.startswith("val"):
+            assert ax.get_ylim() == pytest.approx(plots.accuracy_limits(HISTORIES))
+    assert fig.axes[0].get_legend() is not None
+
+
+def test_unknown_layout_is_named():
+    with pytest.raises(ValueError, match="unknown layout 'paper'"):
+        plots.history_figure(HISTORIES, layout="paper")
+
+
+def test_plot_histories_writes_a_png(tmp_path):
+    path = plots.plot_histories(HISTORIES, tmp_path / "figure.png", layout="mlp")
+    assert path.read_bytes()[:4] == b"\x89PNG"
