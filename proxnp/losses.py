@@ -1,7 +1,7 @@
 """Final losses L_y: the top of the network's energy.
 
 Both take the batch **mean**, so dL/dlogits carries a factor 1/N (as in the
-authors' code; see ../docs and PAPER §7.1 for why the prox data term is a sum).
+authors' code; see docs/theory.md, "Mean and sum", for why the prox data term is a sum).
 
     loss = loss_fn.forward(logits, y)   # 0-d array
     dlogits = loss_fn.backward()
