@@ -6,11 +6,13 @@
                stability (Table 1)
     info       versions, BLAS, and whether a GPU is usable (and why not)
 
-Every run writes config.json, metrics.csv, summary.json and a figure to --out-dir
-(default: a fresh folder under runs/), atomically, after each finished run.  Bad
-arguments or data end with one line on stderr and exit status 2.
+Every run writes config.json (the settings as used), metrics.csv, summary.json and
+a figure to --out-dir (default: a fresh folder under runs/), atomically, after each
+finished run.  A run owns its folder while it lives (see :mod:`proxnp.runs`): a
+second run on it refuses.  Settings, data and the model's memory are checked
+before anything is written.  Bad arguments or data end with one line on stderr
+and exit status 2; a run that diverged exits with 1.
 """
-import argparse
 import csv
 import io
 import json
@@ -18,47 +20,34 @@ import math
 import pathlib
 import platform
 import sys
-import time
 
 import numpy as np
 
 from . import __version__
-from .backend import gpu_status, limit_threads, reuse_host_memory, to_device
-from .data import DATASETS, DataError, load_dataset
-from .experiments import EXPERIMENTS, build_model, run_spec, stability_table
+from .backend import gpu_status, to_device
+from .cpu import limit_threads, reuse_host_memory
+from .checkpoint import CheckpointError
+from .data import DataError, load_dataset
+from .experiments import (EXPERIMENTS, build_model, memory_estimate, mlp_sizes, run_spec,
+                          stability_table)
 from .model import atomic_write_bytes
+from .options import build_parser, resolve_train
 from .plots import plot_histories
-from .train import METHODS, OPTIMIZERS, evaluate, fit
-from .prox import SOLVERS
+from .resources import MemoryLimitError, check_memory
+from .runs import RunDirError, check_run_dir, claim_run_dir
+from .train import evaluate, fit, training_verdict
 
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise CLIError(f"{self.prog}: {message}")
+USER_ERRORS = (CLIError, DataError, RunDirError, CheckpointError, MemoryLimitError)
+STAGE = ["starting"]          # what the command is doing, for an out-of-memory message
 
 
-# ------------------------------------------------------------------------ outputs
-def prepare_out_dir(out_dir, command, resume=False):
-    if out_dir is None:
-        out_dir = pathlib.Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out_dir = pathlib.Path(out_dir)
-    if resume:
-        if not (out_dir / "checkpoint.npz").exists():
-            raise CLIError(f"--resume: no checkpoint.npz in {out_dir}")
-        return out_dir
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise CLIError(f"output directory {out_dir} exists and is not empty; "
-                       "choose another --out-dir (nothing is overwritten)")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CLIError(f"cannot create the output directory {out_dir}: "
-                       f"{exc.strerror or exc}") from None
-    return out_dir
+def stage(text):
+    STAGE[0] = text
 
 
 def write_json(path, obj):
@@ -87,7 +76,10 @@ def write_metrics(path, histories):
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def summarize(hist, test=None):
+def summarize(hist, test=None, n_classes=None, lr_flag="the learning rate"):
+    """The summary.json entry of one run; a finite run that failed is 'diverging'."""
+    if n_classes is not None:
+        hist["status"], hist["message"] = training_verdict(hist, n_classes, lr_flag)
     rows = hist["epochs"]
     trained = [r for r in rows if r["epoch"] > 0]
     out = {"final_train_loss": rows[-1]["train_loss"],
@@ -115,12 +107,14 @@ def print_table(summary):
 
 
 # ---------------------------------------------------------------------- running
-def run_all(runs, config, data, args, out_dir, layout, title):
+def run_all(runs, config, data, args, out_dir, layout, title, lr_flag="the learning rate"):
     """Train every run from the same initialisation; write outputs after each one."""
     histories, summary = {}, {}
     dtype = np.dtype(args.dtype)
+    stage("building the model")
     warm_up(runs, config, data, args, dtype)
     for spec in runs:
+        stage(f"training {spec['name']}")
         model = new_model(config, data, args, dtype)
         with limit_threads(args.threads):
             hist = fit(model, data, method=spec["method"], solver=spec["solver"],
@@ -135,7 +129,7 @@ def run_all(runs, config, data, args, out_dir, layout, title):
                 test = evaluate(model, _to(model, data.x_test.astype(dtype)),
                                 _to(model, data.y_test))
         histories[spec["name"]] = hist
-        summary[spec["name"]] = summarize(hist, test)
+        summary[spec["name"]] = summarize(hist, test, data.n_classes, lr_flag)
         if hist["status"] != "ok":
             print(f"{spec['name']}: {hist['message']}", file=sys.stderr)
         write_metrics(out_dir / "metrics.csv", histories)
@@ -172,40 +166,72 @@ def _to(model, x):
 
 
 def _load(args, config, flat):
-    return load_dataset(args.dataset if hasattr(args, "dataset") and args.dataset else
-                        config["dataset"], data_dir=args.data_dir, seed=args.seed, flat=flat,
+    name = getattr(args, "dataset", None) or config["dataset"]
+    stage(f"loading the data set {name}")
+    return load_dataset(name, data_dir=args.data_dir, seed=args.seed, flat=flat,
                         dtype=np.dtype(args.dtype), subset=args.subset)
+
+
+def check_fit(config, data, args):
+    """Batch size against the data, and the model's memory, before anything is written."""
+    n = len(data.x_train)
+    if args.batch_size > n:
+        via = f" (--subset {args.subset})" if args.subset else ""
+        raise CLIError(f"--batch-size {args.batch_size} is larger than the {n} training "
+                       f"samples of {data.name}{via}")
+    need, params = memory_estimate(config, data.input_shape, data.n_classes, args.batch_size,
+                                   args.dtype)
+    what = (f"--hidden {' '.join(map(str, config['sizes'][1:-1]))}: the model"
+            if config["model"] == "mlp" and config.get("sizes") else f"the {config['model']}")
+    check_memory(need, f"{what} ({params:,} parameters, batch {args.batch_size})",
+                 error=CLIError)
+
+
+def with_sizes(config, data):
+    """``config`` with the MLP's layer sizes as they will be built."""
+    if config["model"] != "mlp":
+        return dict(config, sizes=None)
+    return dict(config, sizes=tuple(mlp_sizes(config, data.input_shape, data.n_classes)))
 
 
 def cmd_compare(args):
     config = dict(EXPERIMENTS["compare"])
     args.batch_size = args.batch_size or config["batch_size"]
     args.epochs = config["epochs"] if args.epochs is None else args.epochs
+    check_run_dir(args.out_dir)
     data = _load(args, config, flat=True)
-    out_dir = prepare_out_dir(args.out_dir, "compare")
-    write_json(out_dir / "config.json", {"command": "compare", **config, **vars(args)})
-    _, summary = run_all(config["runs"], config, data, args, out_dir, "mlp",
-                         f"BackProp vs ProxProp on {data.name}")
+    config = with_sizes(config, data)
+    check_fit(config, data, args)
+    with claim_run_dir(args.out_dir, "compare") as run:
+        write_json(run.path / "config.json", {"command": "compare", **config, **vars(args)})
+        _, summary = run_all(config["runs"], config, data, args, run.path, "mlp",
+                             f"BackProp vs ProxProp on {data.name}")
     print_table(summary)
-    print(f"wrote {out_dir}/ (metrics.csv, summary.json, config.json, figure.png)")
+    print(f"wrote {run.path}/ (metrics.csv, summary.json, config.json, figure.png)")
     return 0
 
 
 def cmd_train(args):
+    resolve_train(args, CLIError)
     config = {"dataset": args.dataset, "model": args.model, "momentum": args.momentum,
-              "sizes": (0, *args.hidden, 0) if args.hidden else None}
+              "sizes": (0, *args.hidden, 0) if args.model == "mlp" else None}
+    check_run_dir(args.out_dir, args.resume)
     data = _load(args, config, flat=args.model == "mlp")
-    out_dir = prepare_out_dir(args.out_dir, "train", args.resume)
-    args.checkpoint = out_dir / "checkpoint.npz"
-    if args.resume:
-        check_resume_settings(args, out_dir)
+    config = with_sizes(config, data)
+    check_fit(config, data, args)
     spec = run_spec(args.method, args.method, args.lr, args.optimizer, args.solver,
                     args.cg_iters, args.tau_theta)
-    if not args.resume:
-        write_json(out_dir / "config.json", {"command": "train", **vars(args)})
-    _, summary = run_all([spec], config, data, args, out_dir, "mlp", f"{args.method} on {data.name}")
+    with claim_run_dir(args.out_dir, "train", args.resume) as run:
+        if args.resume:
+            check_resume_settings(args, run.path)
+        else:
+            write_json(run.path / "config.json",
+                       {"command": "train", **vars(args), "sizes": config["sizes"]})
+        args.checkpoint = run.path / "checkpoint.npz"
+        _, summary = run_all([spec], config, data, args, run.path, "mlp",
+                             f"{args.method} on {data.name}", lr_flag="--lr")
     print_table(summary)
-    print(f"wrote {out_dir}/")
+    print(f"wrote {run.path}/")
     return 1 if summary[args.method]["status"] != "ok" else 0
 
 
@@ -215,49 +241,65 @@ RUN_SETTINGS = ("model", "hidden", "dataset", "method", "solver", "cg_iters", "t
 
 def check_resume_settings(args, out_dir):
     """--resume continues the same run: every setting but --epochs must match config.json."""
+    path = out_dir / "config.json"
     try:
-        saved = json.loads((out_dir / "config.json").read_text())
+        saved = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise CLIError(f"--resume: cannot read {out_dir / 'config.json'} ({exc})") from None
+        raise CLIError(f"--resume: cannot read {path} ({exc})") from None
+    if not isinstance(saved, dict) or saved.get("command") != "train":
+        raise CLIError(f"--resume: {path} is not the config of a train run")
     for key in RUN_SETTINGS:
         now = vars(args).get(key)
         now = list(now) if isinstance(now, tuple) else now
-        if key in saved and saved[key] != now:
+        if saved.get(key) != now:
             raise CLIError(f"--resume: --{key.replace('_', '-')} is {now!r} but the run in "
-                           f"{out_dir} used {saved[key]!r}")
+                           f"{out_dir} used {saved.get(key)!r}")
 
 
 def cmd_reproduce(args):
     config = dict(EXPERIMENTS[args.experiment])
     args.batch_size = args.batch_size or config["batch_size"]
     args.epochs = config["epochs"] if args.epochs is None else args.epochs
+    check_run_dir(args.out_dir)
     data = _load(args, config, flat=config["model"] == "mlp")
-    out_dir = prepare_out_dir(args.out_dir, f"reproduce-{args.experiment}")
-    write_json(out_dir / "config.json", {"command": "reproduce", **config, **vars(args)})
-    if args.experiment != "stability":
-        _, summary = run_all(config["runs"], config, data, args, out_dir, config["layout"],
-                             f"{args.experiment} on {data.name}")
-        print_table(summary)
-        print(f"wrote {out_dir}/")
-        return 0
+    config = with_sizes(config, data)
+    check_fit(config, data, args)
+    with claim_run_dir(args.out_dir, f"reproduce-{args.experiment}") as run:
+        write_json(run.path / "config.json", {"command": "reproduce", **config, **vars(args)})
+        if args.experiment != "stability":
+            _, summary = run_all(config["runs"], config, data, args, run.path, config["layout"],
+                                 f"{args.experiment} on {data.name}")
+            print_table(summary)
+            print(f"wrote {run.path}/")
+            return 0
+        table = stability(config, data, args, run.path)
+    print(f"Full-batch training loss after {args.epochs} epochs ('–': diverged)")
+    print(table)
+    print(f"wrote {run.path}/")
+    return 0
+
+
+def stability(config, data, args, out_dir):
+    """Table 1: one folder per tau; '–' where a run stopped on NaN/inf."""
     taus = args.taus or config["taus"]
     results = {spec["name"]: {} for spec in config["runs"]}
     for tau in taus:
         runs = [dict(spec, lr=tau, name=f"{spec['name']} tau={tau:g}") for spec in config["runs"]]
         sub = out_dir / f"tau={tau:g}"
-        sub.mkdir()
-        _, summary = run_all(runs, config, data, args, sub, "mlp", f"tau = {tau:g}")
+        try:
+            sub.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise CLIError(f"cannot create {sub}: {exc.strerror or exc}") from None
+        _, summary = run_all(runs, config, data, args, sub, "mlp", f"tau = {tau:g}", "tau")
         for spec, run in zip(config["runs"], runs):
             s = summary[run["name"]]
-            results[spec["name"]][tau] = s["final_train_loss"] if s["status"] == "ok" else None
+            results[spec["name"]][tau] = None if s["status"] == "diverged" else \
+                s["final_train_loss"]
         table = stability_table(taus, results)
         atomic_write_bytes(out_dir / "stability.md", (table + "\n").encode())
         write_json(out_dir / "stability.json", {k: {f"{t:g}": v for t, v in r.items()}
                                                 for k, r in results.items()})
-    print(f"Full-batch training loss after {args.epochs} epochs ('–': diverged)")
-    print(table)
-    print(f"wrote {out_dir}/")
-    return 0
+    return table
 
 
 def cmd_info(args):
@@ -278,67 +320,13 @@ def cmd_info(args):
     return 0
 
 
-# ------------------------------------------------------------------------ parser
-def positive_int(s):
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def positive_float(s):
-    v = float(s)
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
-    return v
-
-
-def common(p, dataset=False):
-    p.add_argument("--out-dir", help="output folder (default: a new folder under runs/)")
-    p.add_argument("--epochs", type=lambda s: max(0, int(s)), default=None)
-    p.add_argument("--batch-size", type=positive_int, default=None)
-    p.add_argument("--seed", type=int, default=0, help="drives init, shuffling and splits")
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--data-dir", default=None, help="folder with your data files")
-    p.add_argument("--subset", type=positive_int, default=None,
-                   help="use only the first N training samples")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="threads for BLAS and for proxnp's own copy loops (default: one per core)")
-
-
-def build_parser():
-    parser = Parser(prog="proxnp", description="Proximal Backpropagation in NumPy/CuPy")
-    parser.add_argument("--version", action="version", version=f"proxnp {__version__}")
-    sub = parser.add_subparsers(dest="command", parser_class=Parser)
-    p = sub.add_parser("compare", help="BackProp vs ProxProp on the embedded digits (default)")
-    common(p)
-    p.add_argument("--dataset", choices=DATASETS, default=None)
-    p = sub.add_parser("train", help="one run with every knob")
-    common(p)
-    p.add_argument("--model", choices=["mlp", "convnet"], default="mlp")
-    p.add_argument("--hidden", type=positive_int, nargs="*", default=[],
-                   help="hidden sizes of the MLP (default 256 256)")
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
-    p.add_argument("--method", choices=METHODS, default="proxprop")
-    p.add_argument("--solver", choices=SOLVERS, default="cg")
-    p.add_argument("--cg-iters", type=positive_int, default=3)
-    p.add_argument("--tau-theta", type=positive_float, default=0.05)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="nesterov")
-    p.add_argument("--lr", type=positive_float, default=None)
-    p.add_argument("--momentum", type=float, default=0.95)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir")
-    p = sub.add_parser("reproduce", help="the paper's experiments on CIFAR-10 (--data-dir)")
-    p.add_argument("experiment", choices=["mlp", "convnet", "stability"])
-    common(p)
-    p.add_argument("--taus", type=positive_float, nargs="+", default=None,
-                   help="step sizes of the stability sweep (default: the paper's)")
-    sub.add_parser("info", help="versions, BLAS, GPU")
-    return parser
+def build_cli_parser():
+    return build_parser(__version__, CLIError)
 
 
 def main(argv=None):
-    parser = build_parser()
+    parser = build_cli_parser()
+    stage("starting")
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
         command = args.command or "compare"
@@ -349,16 +337,15 @@ def main(argv=None):
         reuse_host_memory()                  # large temporaries reused, not page-faulted again
         if args.device == "gpu" and not gpu_status()[0]:
             raise CLIError(f"--device gpu: no usable GPU ({gpu_status()[1]})")
-        if command == "train":
-            if args.lr is None:
-                args.lr = 0.05 if args.method == "backprop" else 1.0
-            args.epochs = 20 if args.epochs is None else args.epochs
-            args.batch_size = args.batch_size or 100
-            return cmd_train(args)
-        return {"compare": cmd_compare, "reproduce": cmd_reproduce}[command](args)
-    except (CLIError, DataError) as exc:
+        return {"compare": cmd_compare, "train": cmd_train,
+                "reproduce": cmd_reproduce}[command](args)
+    except USER_ERRORS as exc:
         print(f"proxnp: error: {exc}" if not str(exc).startswith("proxnp") else str(exc),
               file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        print(f"proxnp: error: out of memory while {STAGE[0]}"
+              f"{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
         return 2
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"proxnp: error: {exc}", file=sys.stderr)

@@ -11,11 +11,15 @@ admits only the globals such a file needs and refuses everything else.
 """
 import gzip
 import io
+import math
 import pathlib
 import pickle
+import zlib
 from typing import NamedTuple
 
 import numpy as np
+
+from .resources import check_memory
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
 DATASETS = ("digits", "mnist1d", "cifar10", "mnist", "fashion-mnist", "spirals")
@@ -132,31 +136,122 @@ def load_mnist1d(data_dir, seed):
 
 
 # ---------------------------------------------------------------------------- CIFAR-10
+class _NdarrayMarker:
+    """Stands for ``numpy.ndarray`` inside a pickle: only a tag for ``_reconstruct``."""
+
+    def __call__(self, *args):
+        raise pickle.UnpicklingError("refusing a direct numpy.ndarray(...) call "
+                                     "(its shape and strides would not be checked)")
+
+
+class _DTypeSpec:
+    """Stands for ``numpy.dtype(spec, align, copy)``; only plain number types."""
+
+    SPECS = {"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8", "b1"}
+
+    def __init__(self, spec, align=False, copy=True):
+        if not isinstance(spec, str) or spec not in self.SPECS:
+            raise pickle.UnpicklingError(f"refusing dtype {spec!r}")
+        self.spec, self.byteorder = spec, "|"
+
+    def __setstate__(self, state):
+        # (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        if not isinstance(state, tuple) or len(state) < 5 or state[1] not in "|<>=" \
+                or any(x is not None for x in state[2:5]):
+            raise pickle.UnpicklingError("refusing a structured or sub-array dtype")
+        self.byteorder = state[1]
+
+    def dtype(self):
+        dt = np.dtype(self.spec)
+        return dt.newbyteorder(self.byteorder) if self.byteorder in "<>" else dt
+
+
+class _ArraySpec:
+    """Stands for ``numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')`` until its
+    state (version, shape, dtype, fortran, raw bytes) arrives; see :func:`_to_array`."""
+
+    def __init__(self, cls, shape, typecode):
+        if not isinstance(cls, _NdarrayMarker):
+            raise pickle.UnpicklingError("_reconstruct of something other than ndarray")
+        self.state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _frombuffer(buf, dtype, shape, order):
+    """Protocol-5 arrays: ``numpy.core.numeric._frombuffer(bytes, dtype, shape, order)``."""
+    return _to_array(shape, dtype, buf, order == "F")
+
+
+def _latin1(text, encoding):
+    """``_codecs.encode(str, 'latin1')``: how protocol 2 stores bytes."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is allowed for latin1 strings only")
+    return text.encode("latin1")
+
+
+def _to_array(shape, dtype, raw, fortran=False):
+    """An array built from ``raw`` bytes whose length must match ``shape`` and ``dtype``."""
+    if not isinstance(dtype, _DTypeSpec):
+        raise pickle.UnpicklingError("array without a plain dtype")
+    if not isinstance(raw, (bytes, bytearray)):
+        raise pickle.UnpicklingError("array data must be raw bytes")
+    if not isinstance(shape, tuple) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise pickle.UnpicklingError(f"bad array shape {shape!r}")
+    dt = dtype.dtype()
+    if math.prod(shape) * dt.itemsize != len(raw):
+        raise pickle.UnpicklingError(f"array of shape {shape} and dtype {dt} needs "
+                                     f"{math.prod(shape) * dt.itemsize} bytes, the file holds "
+                                     f"{len(raw)}")
+    return np.frombuffer(bytes(raw), dtype=dt).reshape(shape, order="F" if fortran else "C")
+
+
+def _array_from_spec(obj):
+    """Turn an :class:`_ArraySpec` into its array; anything else is returned unchanged."""
+    if not isinstance(obj, _ArraySpec):
+        return obj
+    st = obj.state
+    if not isinstance(st, tuple) or len(st) != 5:
+        raise pickle.UnpicklingError("malformed array state")
+    _, shape, dtype, fortran, raw = st
+    return _to_array(shape, dtype, raw, bool(fortran))
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles NumPy arrays and plain containers; refuses every other global.
 
-    A CIFAR-10 batch needs exactly: NumPy's array reconstruction, ``ndarray``,
-    ``dtype`` and, for protocol-2 bytes, ``_codecs.encode``.  Anything else (say
-    ``os.system``) raises, so a hostile file cannot execute code.
+    A CIFAR-10 batch (protocol 2 from Python 2 or 3, or protocol 5) needs exactly
+    the globals in ``ALLOWED``.  None of them reaches NumPy's own constructors:
+    each maps to a stand-in that records shape, dtype and raw bytes, and arrays are
+    then built only from raw bytes whose length matches the declared shape (no
+    caller-chosen strides, so a tiny file cannot declare a huge array).  Anything
+    else (say ``os.system``) raises, so a hostile file cannot execute code.
     """
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"): _ArraySpec,
+        ("numpy._core.multiarray", "_reconstruct"): _ArraySpec,
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy", "ndarray"): _NdarrayMarker(),
+        ("numpy", "dtype"): _DTypeSpec,
+        ("_codecs", "encode"): _latin1,
     }
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing global {module}.{name}")
-        if module.startswith("numpy.core.") and hasattr(np, "_core"):    # NumPy 2 renamed it
-            module = "numpy._core." + module[len("numpy.core."):]
-        elif module.startswith("numpy._core.") and not hasattr(np, "_core"):
-            module = "numpy.core." + module[len("numpy._core."):]
-        return super().find_class(module, name)
+        return self.ALLOWED[module, name]
 
 
 def restricted_load(path):
-    """Read one pickle file with :class:`RestrictedUnpickler` (bytes keys kept as bytes)."""
+    """Read one pickle file with :class:`RestrictedUnpickler` (bytes keys kept as bytes).
+
+    Arrays at the top level, or as values of a top-level dict, are returned as
+    NumPy arrays (that is where CIFAR-10 keeps them); deeper ones are refused.
+    """
     try:
         data = pathlib.Path(path).read_bytes()
     except FileNotFoundError:
@@ -164,9 +259,31 @@ def restricted_load(path):
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     try:
-        return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+        obj = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+        if isinstance(obj, dict):
+            return {k: _array_from_spec(v) for k, v in obj.items()}
+        return _array_from_spec(obj)
+    except MemoryError:
+        raise DataError(f"{path}: too large to unpickle ({len(data)} bytes)") from None
     except Exception as exc:   # truncated, malformed, or hostile
         raise DataError(f"{path}: not a valid CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+
+
+def _int_labels(labels, n, path, key="b'labels'"):
+    """``n`` labels in 0..9 from a flat list of ints (or a 1-D integer array)."""
+    bad = DataError(f"{path}: {key} must be a flat list of {n} integers in 0..9")
+    if isinstance(labels, np.ndarray):
+        if labels.shape != (n,) or labels.dtype.kind not in "iu":
+            raise bad
+        y = labels.astype(np.int64)
+    else:
+        if not isinstance(labels, (list, tuple)) or len(labels) != n \
+                or not all(type(v) is int for v in labels):
+            raise bad
+        y = np.array(labels, dtype=np.int64) if n else np.zeros(0, np.int64)
+    if n and (y.min() < 0 or y.max() > 9):
+        raise bad
+    return y
 
 
 def _cifar_batch(path):
@@ -178,11 +295,7 @@ def _cifar_batch(path):
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
             or data.shape[1] != 3072:
         raise DataError(f"{path}: b'data' must be a uint8 array of shape (n, 3072)")
-    labels = np.asarray(labels)
-    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer) \
-            or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
-        raise DataError(f"{path}: b'labels' must hold {data.shape[0]} integers in 0..9")
-    return data.reshape(-1, 3, 32, 32), labels
+    return data.reshape(-1, 3, 32, 32), _int_labels(labels, data.shape[0], path)
 
 
 def load_cifar10(data_dir):
@@ -193,11 +306,27 @@ def load_cifar10(data_dir):
     folder = data_dir / "cifar-10-batches-py"
     folder = folder if folder.is_dir() else data_dir
     xs, ys = zip(*[_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)])
-    x, y = np.concatenate(xs), np.concatenate(ys)
     x_te, y_te = _cifar_batch(folder / "test_batch")
+    n = sum(len(b) for b in xs)
+    _check_size(n, len(x_te), 3072, f"{folder}/data_batch_*")
+    x, y = np.concatenate(xs), np.concatenate(ys)
     n_val = min(5000, len(x) // 10)
     x = x.astype(np.float64) / 255.0
     return x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], x_te.astype(np.float64) / 255.0, y_te
+
+
+MIN_TRAIN = 10          # one tenth (at least one sample) becomes the validation split
+
+
+def _check_size(n_train, n_test, per_sample, where):
+    """Enough training samples for a split, and memory for the float64 copies."""
+    if n_train < MIN_TRAIN:
+        raise DataError(f"{where}: {n_train} training samples; at least {MIN_TRAIN} are needed "
+                        "(one tenth becomes the validation split)")
+    # uint8 data, two float64 temporaries while scaling, the float32/64 split copies
+    need = (n_train + n_test) * per_sample * (1 + 8 + 8 + 8)
+    check_memory(need, f"{where} ({n_train + n_test} images of {per_sample} bytes)",
+                 error=DataError)
 
 
 # --------------------------------------------------------------------- MNIST IDX files
@@ -212,39 +341,66 @@ def _find(folder, stem):
     raise DataError(f"{folder / stem}[.gz]: file not found")
 
 
-def read_idx(path, magic, ndim):
-    """Read an IDX file (gzipped or not), checking its magic number and size."""
-    try:
-        raw = pathlib.Path(path).read_bytes()
-        if str(path).endswith(".gz"):
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+def read_idx(path, magic, ndim, max_items=None):
+    """Read an IDX file (gzipped or not), checking its magic number and size.
+
+    The header is read first; the data is then read into a buffer of exactly the
+    declared size (a gzip member is inflated no further), after a memory check,
+    and must end there.  ``max_items`` caps the first dimension.
+    """
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header")
-    got = int.from_bytes(raw[:4], "big")
-    if got != magic:
-        raise DataError(f"{path}: bad magic number {got}, expected {magic}")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    if len(raw) != header + int(np.prod(dims)):
-        raise DataError(f"{path}: size {len(raw)} bytes does not match dimensions {dims}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    try:
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rb") as f:
+            head = f.read(header)
+            if len(head) < header:
+                raise DataError(f"{path}: truncated IDX header")
+            got = int.from_bytes(head[:4], "big")
+            if got != magic:
+                raise DataError(f"{path}: bad magic number {got}, expected {magic}")
+            dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+            size = math.prod(dims)                   # Python ints: no wrap-around
+            if max_items is not None and dims[0] > max_items:
+                raise DataError(f"{path}: {dims[0]} items declared, at most {max_items} allowed")
+            check_memory(size, f"{path} (dimensions {dims})", error=DataError)
+            buf = np.empty(size, dtype=np.uint8)
+            view, pos = memoryview(buf), 0
+            while pos < size:
+                n = f.readinto(view[pos:pos + (1 << 24)])
+                if not n:
+                    break
+                pos += n
+            extra = len(f.read(1))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    except MemoryError:
+        raise DataError(f"{path}: dimensions {dims} need {size} bytes, too many for "
+                        "the memory available") from None
+    if pos != size or extra:
+        raise DataError(f"{path}: size {header + pos + extra}{'+' if extra else ''} bytes does not "
+                        f"match dimensions {dims} ({header + size} bytes)")
+    return buf.reshape(dims)
 
 
 def load_idx_dataset(data_dir, name):
     """MNIST or Fashion-MNIST: train minus its last 5,000 (validation), t10k as test."""
     candidates = [data_dir / name, data_dir / name.replace("-", "_"), data_dir]
     folder = next((c for c in candidates if c.is_dir() and any(c.glob("*idx*"))), data_dir)
-    parts = {}
+    raw = {}
     for split, (img, lab) in IDX_FILES.items():
         x = read_idx(_find(folder, img), 2051, 3)
-        y = read_idx(_find(folder, lab), 2049, 1)
+        y = read_idx(_find(folder, lab), 2049, 1, max_items=len(x))
         if len(x) != len(y):
             raise DataError(f"{folder}: {img} has {len(x)} images but {lab} {len(y)} labels")
         if y.max(initial=0) > 9:
             raise DataError(f"{folder / lab}: labels must be 0..9")
-        parts[split] = (x[:, None].astype(np.float64) / 255.0, y)
+        raw[split] = x, y
+    (x, _), (x_te, _) = raw["train"], raw["test"]
+    _check_size(len(x), len(x_te), int(np.prod(x.shape[1:])),
+                str(_find(folder, IDX_FILES["train"][0])))
+    parts = {split: (x[:, None].astype(np.float64) / 255.0, y) for split, (x, y) in raw.items()}
     (x, y), (x_te, y_te) = parts["train"], parts["test"]
     n_val = min(5000, len(x) // 10)
     return x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], x_te, y_te

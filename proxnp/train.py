@@ -11,11 +11,14 @@ splits).  Batches are shuffled without replacement; the remainder is dropped, as
 the paper (45,000 / 500 = 90 batches).
 
 A NaN/inf loss or parameter stops the run with ``status = "diverged"`` and keeps
-what was recorded.  With ``checkpoint`` set, model, optimizer, shuffling state and
-history are written atomically after every epoch; ``resume=True`` continues from
-there bit for bit.
+what was recorded.  A run that stays finite but ends far above its starting loss,
+or at chance level ln K, is flagged by :func:`training_verdict`.  With
+``checkpoint`` set, model, optimizer, shuffling state, settings and history are
+written atomically after every epoch (:mod:`proxnp.checkpoint`); ``resume=True``
+validates that file against the run and continues from it bit for bit.
 """
-import json
+import math
+import numbers
 import time
 
 import numpy as np
@@ -23,15 +26,23 @@ import numpy as np
 from . import optim
 from .backend import get_xp, synchronize, to_device, to_numpy
 from .losses import SoftmaxCrossEntropy
-from .model import atomic_savez, load_npz
+from .checkpoint import load_checkpoint, save_checkpoint
 from .proxprop import backprop, check_proxprop_options, proxprop
 
 METHODS = ("backprop", "proxprop")
 OPTIMIZERS = ("sgd", "nesterov", "adam")
+MAX_CG_ITERS = 1000     # a few CG steps is the point of ProxProp; more than this never helps
 
 
 def make_optimizer(name, model, lr, momentum=0.95):
-    """'sgd' (plain, or heavy ball if momentum > 0), 'nesterov', or 'adam'."""
+    """'sgd' (plain, or heavy ball if momentum > 0), 'nesterov', or 'adam'.
+
+    ``lr`` must be a finite number > 0 and ``momentum`` lie in [0, 1) (Nesterov: (0, 1)).
+    """
+    if not isinstance(lr, numbers.Real) or not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"learning rate must be a finite number > 0, got {lr!r}")
+    if not isinstance(momentum, numbers.Real) or not 0 <= momentum < 1:
+        raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
     if name == "sgd":
         return optim.SGD(model, lr, momentum=momentum)
     if name == "nesterov":
@@ -86,11 +97,16 @@ def fit(model, data, *, method="proxprop", solver="cg", cg_iters=3, tau_theta=1.
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     if method == "proxprop":
         check_proxprop_options(tau_theta, solver, cg_iters)
+        if cg_iters > MAX_CG_ITERS:
+            raise ValueError(f"cg_iters must be at most {MAX_CG_ITERS}, got {cg_iters}")
     n = len(data.x_train)
+    for name, v in (("batch_size", batch_size), ("epochs", epochs), ("seed", seed)):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch size must be between 1 and the {n} training samples, got {batch_size}")
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs the checkpoint path")
     check_data(data)
     opt = make_optimizer(optimizer, model, lr, momentum)
     device = model.device
@@ -111,9 +127,16 @@ def fit(model, data, *, method="proxprop", solver="cg", cg_iters=3, tau_theta=1.
                                   "epoch_time": seconds, "time": prev + seconds})
         return np.isfinite(tl) and np.isfinite(batch_loss) and _params_finite(model)
 
+    settings = {"method": method, "solver": solver, "cg_iters": cg_iters,
+                "tau_theta": tau_theta, "optimizer": optimizer, "lr": lr, "momentum": momentum,
+                "batch_size": batch_size, "seed": seed}
     start_epoch = 1
     if resume:
-        start_epoch = load_checkpoint(checkpoint, model, opt, rng, history) + 1
+        start_epoch = load_checkpoint(checkpoint, model, opt, rng, history, settings,
+                                      n // batch_size) + 1
+        if epochs < start_epoch:
+            raise ValueError(f"{checkpoint} already holds {start_epoch - 1} epochs; ask for "
+                             f"more than that to continue (got epochs={epochs})")
     else:
         record(0, float("nan"), 0.0)
         history["epochs"][0]["batch_loss"] = history["epochs"][0]["train_loss"]
@@ -145,7 +168,7 @@ def fit(model, data, *, method="proxprop", solver="cg", cg_iters=3, tau_theta=1.
                                       "became NaN or inf (try a smaller learning rate)")
                 break
             if checkpoint is not None:
-                save_checkpoint(checkpoint, model, opt, rng, history, epoch)
+                save_checkpoint(checkpoint, model, opt, rng, history, epoch, settings)
     return history
 
 
@@ -156,28 +179,33 @@ def _progress(iterable, enabled, initial, total):
     return tqdm(iterable, initial=initial, total=total, unit="epoch", leave=False)
 
 
-def save_checkpoint(path, model, opt, rng, history, epoch):
-    """Model, optimizer state, shuffling RNG and history in one .npz, written atomically."""
-    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
-    state = opt.state_dict()
-    arrays.update({f"opt/{k}": to_numpy(v) for k, v in state.items() if k != "t"})
-    meta = {"epoch": epoch, "opt_t": state["t"], "rng": rng.bit_generator.state,
-            "history": history}
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    atomic_savez(path, arrays)
+def training_verdict(history, n_classes, lr_flag="the learning rate"):
+    """('ok', '') or ('diverging', advice) for a run that stayed finite but failed.
 
-
-def load_checkpoint(path, model, opt, rng, history):
-    """Restore what :func:`save_checkpoint` wrote; returns the last finished epoch."""
-    arrays = load_npz(path)
-    try:
-        meta = json.loads(arrays.pop("meta").tobytes().decode())
-        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
-        opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
-        opt_state["t"] = meta["opt_t"]
-        opt.load_state_dict(opt_state)
-        rng.bit_generator.state = meta["rng"]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: not a proxnp checkpoint for this model ({exc})") from None
-    history.update(meta["history"])
-    return int(meta["epoch"])
+    Diverging: the final full-batch training loss is more than twice the loss at
+    epoch 0 (and at least 1 above it); or, after two or more epochs, it sits at
+    chance level (loss >= 0.98 ln K, accuracy <= 1/K + 0.05) after the mini-batch
+    loss of some epoch rose above 1.5 x its starting value -- a step so large that
+    it killed the units.  A slow run whose loss never rose is not flagged.
+    ``lr_flag`` names the setting in the advice.
+    """
+    if history["status"] != "ok":
+        return history["status"], history["message"]
+    rows = history["epochs"]
+    if len(rows) < 2:
+        return "ok", ""
+    first, last = rows[0], rows[-1]
+    if last["train_loss"] > max(2 * first["train_loss"], first["train_loss"] + 1):
+        return "diverging", (f"diverging: the training loss rose from {first['train_loss']:.3g} "
+                             f"to {last['train_loss']:.3g} in {last['epoch']} epochs "
+                             f"(try a smaller {lr_flag})")
+    chance = math.log(n_classes)
+    peak = max(r["batch_loss"] for r in rows[1:])
+    if last["epoch"] >= 2 and last["train_loss"] >= 0.98 * chance \
+            and last["train_acc"] <= 1 / n_classes + 0.05 and peak > 1.5 * first["train_loss"]:
+        return "diverging", (f"diverging: the mini-batch loss jumped to {peak:.3g} and the "
+                             f"training loss is stuck at chance level ({last['train_loss']:.3g}, "
+                             f"ln {n_classes} = {chance:.3g}; accuracy "
+                             f"{last['train_acc']:.2f}) after {last['epoch']} epochs "
+                             f"(try a smaller {lr_flag})")
+    return "ok", ""
