@@ -35,6 +35,7 @@ nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_execution_timeout = 600           # seconds per cell
 nb_ipywidgets_js = {}                # never load widget scripts from a CDN
+nb_merge_streams = True              # consecutive prints of a cell in one output block
 
 html_theme = "sphinx_book_theme"
 html_title = "proxnp"
