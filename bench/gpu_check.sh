@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (issue 8), about 6 minutes on an H100:
+# The GPU check, about 6 minutes on an NVIDIA H100:
 #   1. the environment (card, driver, CuPy, PyTorch) -> environment.txt
 #   2. every `gpu` test (CuPy parity of layers, directions, training, CLI) -> tests_gpu.txt
 #   3. the step benchmark on the GPU, float32, batch 500, MLP and ConvNet, beside PyTorch CUDA
@@ -9,13 +9,11 @@
 #
 #   bash bench/gpu_check.sh                  # PYTHON=... to pick the interpreter (default python3)
 #
-# With the workplace's device tool: run(command="bash bench/gpu_check.sh", timeout_s=560); the
-# four files come back from $OUT.  The stages' time limits add up to 520 s, so one call fits.
-#
-# It installs nothing and needs no network: the interpreter must already have numpy, scipy,
-# matplotlib, tqdm, threadpoolctl, pytest and CuPy (the lent H100/H200 machines have all of
-# them, and PyTorch); proxnp itself is taken from this checkout through PYTHONPATH.  The
-# notebook, docs and assignment tests need Jupyter and Sphinx and run in CI instead.
+# Run it from a checkout on a machine with an NVIDIA GPU, its driver and CUDA; the stages'
+# time limits add up to 520 s.  It installs nothing and needs no network: the interpreter must
+# already have numpy, scipy, matplotlib, tqdm, threadpoolctl, pytest and CuPy (and PyTorch, for
+# the comparison); proxnp itself is taken from this checkout through PYTHONPATH.  The notebook,
+# docs and assignment tests need Jupyter and Sphinx and run in CI instead.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -1,23 +1,27 @@
-"""One training step of the paper's networks: proxnp BackProp/ProxProp vs floors and PyTorch.
+"""The paper's networks, step by step: proxnp BackProp/ProxProp vs floors and PyTorch.
 
     python bench/step.py [--steps 10] [--batch 500] [--skip-conv] [--device cpu|gpu] [--pieces]
+                         [--reference]
 
-Prints two tables of median step times (timed round-robin, see time_each):
+Prints, per network, median times (timed round-robin, see time_each) of
 
-* MLP 3072-4000-1000-4000-10, batch 500, float32, Nesterov SGD: the proxnp
-  backprop step beside the time of the same step's matrix products alone (the
-  framework's floor) and a PyTorch step with the same thread count (if importable);
-  ProxProp exact, cg3 and cg10 as ratios to proxnp's own backprop step.
-* The authors' ConvNet (no third pooling, FC 1280 -> 10) at the same batch, Adam.
+* the *direction step* -- forward, loss, backward or proximal steps, no optimizer
+  update -- of proxnp BackProp and ProxProp (exact, cg3, cg10), ProxProp as a ratio
+  to BackProp's direction step;
+* the *training step* (the same plus the optimizer update), likewise;
+* for the MLP the matrix products alone (the framework's floor), and a PyTorch
+  training step with the same thread count (if importable).
 
-``--pieces`` first times the solver's parts on the MLP's first layer (Gram matrix,
-one CG product, eigh, Cholesky solve, range-space CG).  On ``--device gpu`` PyTorch
-runs with TF32 off, as CuPy does.
+Networks: MLP 3072-4000-1000-4000-10, batch 500, float32, Nesterov SGD; the authors'
+ConvNet (no third pooling, FC 1280 -> 10) at the same batch, Adam.  ``--pieces`` first
+times the solver's parts on the MLP's first layer.  ``--reference`` times the plain
+reference path (``proxnp.reference()``) instead of the fast kernels.  On
+``--device gpu`` PyTorch runs with TF32 off, as CuPy does.
 
-Targets (issues 2 and 4): backprop <= 1.15x the matmul floor, ConvNet backprop
-<= 1.5x PyTorch, ProxProp MLP <= 1.3x backprop, ConvNet <= 2x backprop.  Issue 8 (GPU):
-backprop <= 1.3x PyTorch CUDA, ProxProp cg3 <= 1.5x backprop.
+Targets: MLP BackProp <= 1.0x PyTorch CPU; direction steps: ProxProp exact <= 1.2x and
+cg3 <= 1.4x BackProp on the MLP, cg3 <= 2x on the ConvNet.
 """
+import contextlib
 import argparse
 import statistics
 import time
@@ -25,19 +29,23 @@ import time
 import numpy as np
 
 import proxnp as pn
-from proxnp.backend import copy_threads, get_xp, reuse_host_memory, synchronize, to_device
+from proxnp.backend import get_xp, synchronize, to_device
+from proxnp.cpu import host_threads, reuse_host_memory
 from proxnp.experiments import PAPER_MLP, convnet, mlp
 
 
-def proxnp_step(model, opt, x, y, method, **kw):
+def proxnp_step(model, opt, x, y, method, update=True, reference=False, **kw):
+    """One direction step (update=False) or training step of proxnp, as a callable."""
     loss_fn = pn.SoftmaxCrossEntropy()
 
     def step():
-        if method == "backprop":
-            pn.backprop(model, loss_fn, x, y)
-        else:
-            pn.proxprop(model, loss_fn, x, y, **kw)
-        opt.step()
+        with pn.reference() if reference else contextlib.nullcontext():
+            if method == "backprop":
+                pn.backprop(model, loss_fn, x, y)
+            else:
+                pn.proxprop(model, loss_fn, x, y, **kw)
+        if update:
+            opt.step()
     return step
 
 
@@ -112,10 +120,10 @@ def threads():
 
 def table(title, rows):
     print(f"\n{title}")
-    print(f"{'step':<34}{'median s':>10}{'ratio':>9}  vs")
+    print(f"{'step':<44}{'median s':>10}{'ratio':>9}  vs")
     for name, t, base, base_name in rows:
         ratio = "" if base is None else f"{t / base:9.2f}"
-        print(f"{name:<34}{t:10.4f}{ratio:>9}  {base_name or ''}")
+        print(f"{name:<44}{t:10.4f}{ratio:>9}  {base_name or ''}")
 
 
 def time_each(fns, steps, warmup=2):
@@ -165,44 +173,50 @@ def bench(kind, args):
     y = rng.integers(0, 10, args.batch)
     xd, yd = to_device(x, args.device), to_device(y, args.device)
     xp = get_xp(xd)
+    methods = [("backprop", "backprop", {})]
+    methods += [(solver if solver == "exact" else f"cg{kw['cg_iters']}", "proxprop",
+                 dict(solver=solver, tau_theta=tau_theta, **kw)) for solver, kw in variants]
     fns = {}
-    model = build().to(args.device)
-    fns["proxnp backprop"] = (proxnp_step(model, make_opt(model), xd, yd, "backprop"), xp)
+    for name, method, kw in methods:
+        model = build().to(args.device)
+        opt = make_opt(model)
+        for what, update in (("direction", False), ("training step", True)):
+            fns[f"{name} {what}"] = (proxnp_step(model, opt, xd, yd, method, update,
+                                                 args.reference, **kw), xp)
     if kind == "mlp":
         fns["matmul floor (products only)"] = (matmul_floor(build().to(args.device), xd), xp)
     ts = torch_step(kind, x, y, threads(), args.device)
-    torch_name = f"PyTorch {'CUDA' if args.device == 'gpu' else 'CPU'} backprop"
+    torch_name = f"PyTorch {'CUDA' if args.device == 'gpu' else 'CPU'} training step"
     if ts is not None:
         fns[torch_name] = (ts, np)
-    for solver, kw in variants:
-        model = build().to(args.device)
-        name = "proxprop " + (solver if solver == "exact" else f"cg{kw['cg_iters']}")
-        fns[name] = (proxnp_step(model, make_opt(model), xd, yd, "proxprop", solver=solver,
-                                 tau_theta=tau_theta, **kw), xp)
     t = time_each(fns, args.steps)
-    t_bp = t["proxnp backprop"]
     rows = []
-    for name, sec in t.items():
-        if name == "proxnp backprop" and kind == "mlp":
-            rows.append((name, sec, t["matmul floor (products only)"], "matmul floor"))
-        elif name.startswith("proxprop"):
-            rows.append((name, sec, t_bp, "proxnp backprop"))
-        else:
-            rows.append((name, sec, None, None))
+    for what in ("direction", "training step"):
+        t_bp = t[f"backprop {what}"]
+        for name, _, _ in methods:
+            sec = t[f"{name} {what}"]
+            if name == "backprop":
+                rows.append((f"BackProp {what}", sec, None, None))
+            else:
+                rows.append((f"ProxProp {name} {what}", sec, t_bp, f"BackProp {what}"))
+    if kind == "mlp":
+        rows.append(("BackProp direction / matmul floor", t["backprop direction"],
+                     t["matmul floor (products only)"], "matmul floor"))
     if torch_name in t:
-        rows.append((f"proxnp backprop / {torch_name.split(' backprop')[0]}", t_bp, t[torch_name],
-                     torch_name))
+        rows.append((f"BackProp training step / {torch_name.split(' training')[0]}",
+                     t["backprop training step"], t[torch_name], torch_name))
     title = (f"{'MLP 3072-4000-1000-4000-10' if kind == 'mlp' else 'ConvNet (authors code)'}, "
              f"batch {args.batch}, float32, {args.device}"
-             f"{f', {threads()} BLAS threads, {copy_threads()} host threads' if args.device == 'cpu' else ''}, "
+             f"{', reference path' if args.reference else ''}"
+             f"{f', {threads()} BLAS threads, {host_threads()} host threads' if args.device == 'cpu' else ''}, "
              f"median of {args.steps} rounds (one untimed, one timed step each) after 2 warm-up steps")
     table(title, rows)
 
 
 def bench_pieces(args):
     """The solver's pieces on the MLP's first prox layer (R = batch, D = 3072, out = 4000)."""
-    from proxnp import prox
-    from proxnp.backend import eigh, spd_solve
+    from proxnp import fast_prox, prox
+    from proxnp.backend import eigh
     rng = np.random.default_rng(2)
     P = to_device(rng.standard_normal((args.batch, 3072), dtype=np.float32) / 30, args.device)
     g = to_device(rng.standard_normal((args.batch, 4000), dtype=np.float32) / 500, args.device)
@@ -212,13 +226,15 @@ def bench_pieces(args):
     fns = {
         "K = P P^T + 1 (Gram, syrk)": lambda: prox.row_gram(P),
         "K @ g (one CG product)": lambda: K @ g,
-        "A^T u (the final product)": lambda: prox.apply_At(P, g),
+        "A^T u (the final product)": lambda: fast_prox.apply_At(P, g),
         "eigh(K)": lambda: eigh(xp, K),
-        "Cholesky solve (K + beta I) X = g": lambda: spd_solve(xp, K_beta, g),
-        "range-space cg3, direct basis": lambda: prox.range_space_cg(K, g, 20.0, 3, basis="direct"),
-        "range-space cg10, direct basis": lambda: prox.range_space_cg(K, g, 20.0, 10,
-                                                                       basis="direct"),
-        "range-space cg10, eigenbasis": lambda: prox.range_space_cg(K, g, 20.0, 10, basis="eigen"),
+        "(K + beta I)^{-1} g, fast path": lambda: fast_prox.woodbury_solve(K_beta, g),
+        "range-space cg3, direct basis": lambda: fast_prox.range_space_cg(K, g, 20.0, 3,
+                                                                          basis="direct"),
+        "range-space cg10, direct basis": lambda: fast_prox.range_space_cg(K, g, 20.0, 10,
+                                                                           basis="direct"),
+        "range-space cg10, eigenbasis": lambda: fast_prox.range_space_cg(K, g, 20.0, 10,
+                                                                         basis="eigen"),
     }
     t = time_each({name: (fn, xp) for name, fn in fns.items()}, args.steps)
     table(f"Solver pieces, MLP layer 1 (R={args.batch}, D=3072, out=4000), float32, {args.device}",
@@ -233,8 +249,10 @@ def main():
     p.add_argument("--skip-conv", action="store_true")
     p.add_argument("--skip-mlp", action="store_true")
     p.add_argument("--pieces", action="store_true", help="also time the solver's pieces")
+    p.add_argument("--reference", action="store_true",
+                   help="time the plain reference path (proxnp.reference()) instead")
     args = p.parse_args()
-    reuse_host_memory()                      # as the command line does (see proxnp.backend)
+    reuse_host_memory()                      # as the command line does (see proxnp.cpu)
     if args.pieces:
         bench_pieces(args)
     if not args.skip_mlp:

@@ -60,24 +60,25 @@ def block_cg(apply_M, B, X0=None, iters=3, tol=None, variant="textbook"):
     xp = get_xp(B, X0)
     one_column = B.ndim == 1
     B = B[:, None] if one_column else B
+    # r and p are (n, s) blocks: column j holds r_j and p_j of the j-th CG
     if X0 is None:
         X = xp.zeros_like(B)
-        R = B.copy()
+        r = B.copy()
     else:
         X = (X0[:, None] if one_column else X0).copy()
-        R = B - apply_M(X)
+        r = B - apply_M(X)
     eps = 1e-6 if variant == "authors" else 0.0
-    P = R.copy()
-    rs_old = (R * R).sum(axis=0)
+    p = r.copy()
+    rs_old = (r * r).sum(axis=0)
     norms = [xp.sqrt(rs_old)]
     tol_scale = rs_old.mean() if tol is not None else None
     k = 0
     for k in range(1, int(iters) + 1):
-        MP = apply_M(P)
-        alpha = _safe_div(xp, rs_old, (P * MP).sum(axis=0) + eps)
-        X += alpha * P
-        R -= alpha * MP
-        rs_new = (R * R).sum(axis=0)
+        Mp = apply_M(p)
+        alpha = _safe_div(xp, rs_old, (p * Mp).sum(axis=0) + eps)
+        X += alpha * p
+        r -= alpha * Mp
+        rs_new = (r * r).sum(axis=0)
         norms.append(xp.sqrt(rs_new))
         if k == iters:
             break
@@ -85,9 +86,9 @@ def block_cg(apply_M, B, X0=None, iters=3, tol=None, variant="textbook"):
             break
         beta = _safe_div(xp, rs_new, rs_old + eps)
         if variant == "authors" and k == 1:
-            P = (1 + beta) * R          # p_0 aliased r: it already holds r_1
+            p = (1 + beta) * r          # p_0 aliased r: it already holds r_1
         else:
-            P = R + beta * P
+            p = r + beta * p
         rs_old = rs_new
     info = CGInfo(k, xp.stack(norms))
     return (X[:, 0] if one_column else X), info

@@ -8,14 +8,28 @@ parameter-free layers) and the cache of its last forward pass.
 
 Parametrised layers (:class:`Linear`, :class:`Conv2d`) are the linear transfer
 functions phi_l of the paper; the others make up the nonlinearities sigma_l.
+A parametrised layer is affine in its parameters, phi(theta, a_prev) = A Theta with
+A = [P, 1], and says so itself -- the proximal step (:mod:`proxnp.prox`) sees only P
+and the error rows g::
+
+    P = layer.design_matrix()        # (R, D), from the last forward pass
+    g = layer.error_rows(dz)         # (R, out), dz = dJ/dz
+    Theta = layer.theta()            # (D + 1, out) = [W_mat; b^T]
+    layer.params_from_theta(Theta)   # {'W': ..., 'b': ...}
+    layer.input_grad(dz)             # dJ/da_prev with the current theta   (eq. 10)
+
+Convolution and max pooling run the fast kernels of :mod:`proxnp.fast_layers`, or,
+inside ``with proxnp.reference():``, the plain code of :mod:`proxnp.functional`.
 Default initialisation is U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b (the
 PyTorch default the paper used), drawn with a NumPy Generator on the host and then
 moved to the device, so CPU and GPU runs start bit-identical.
 """
 import numpy as np
 
+from . import fast_layers
 from . import functional as F
 from .backend import device_of, get_xp, to_device
+from .config import use_fast
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -94,6 +108,27 @@ class Linear(Layer):
             dz, self.cache, need_da=self.need_input_grad)
         return da_prev
 
+    # the affine structure: z = [a_prev, 1] Theta, one row per sample
+    def design_matrix(self):
+        """P = a_prev (N, in) of the last forward pass."""
+        return self.cache.a_prev
+
+    def error_rows(self, dz):
+        """g = dz (N, out): already one row per sample."""
+        return dz
+
+    def theta(self):
+        """Theta = [W; b^T] (in + 1, out)."""
+        return get_xp(self.params["W"]).concatenate([self.params["W"], self.params["b"][None, :]])
+
+    def params_from_theta(self, Theta):
+        """Theta (in + 1, out) -> {'W': (in, out), 'b': (out,)}."""
+        return {"W": Theta[:-1], "b": Theta[-1]}
+
+    def input_grad(self, dz):
+        """da_prev = dz @ W^T (eq. 10)."""
+        return F.affine_input_grad(dz, self.cache)
+
     def __repr__(self):
         return f"Linear({self.in_features}\u2192{self.out_features})"
 
@@ -121,14 +156,39 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         if x.shape[2] + 2 * self.padding < kh or x.shape[3] + 2 * self.padding < kw:
             raise ValueError(f"{self}: input {x.shape[2]}x{x.shape[3]} is smaller than the kernel")
-        z, self.cache = F.conv2d_forward(x, self.params["W"], self.params["b"],
-                                         self.stride, self.padding)
+        ops = fast_layers if use_fast() else F
+        z, self.cache = ops.conv2d_forward(x, self.params["W"], self.params["b"],
+                                           self.stride, self.padding)
         return z
 
     def backward(self, dz):
-        dx, self.grads["W"], self.grads["b"] = F.conv2d_backward(
+        ops = fast_layers if use_fast() else F
+        dx, self.grads["W"], self.grads["b"] = ops.conv2d_backward(
             dz, self.cache, need_dx=self.need_input_grad)
         return dx
+
+    # the affine structure: z = [P, 1] Theta, one row per output pixel
+    def design_matrix(self):
+        """P = cols_T^T (N*Ho*Wo, C*kh*kw): the im2col patches of the last forward pass."""
+        return self.cache.cols_T.T
+
+    def error_rows(self, dz):
+        """g (N*Ho*Wo, F): dz (N, F, Ho, Wo) as one row per output pixel."""
+        return F.conv_rows(dz)
+
+    def theta(self):
+        """Theta = [W_mat^T; b^T] (C*kh*kw + 1, F), W_mat = W.reshape(F, -1)."""
+        W = self.params["W"]
+        return get_xp(W).concatenate([W.reshape(W.shape[0], -1).T, self.params["b"][None, :]])
+
+    def params_from_theta(self, Theta):
+        """Theta (C*kh*kw + 1, F) -> {'W': (F, C, kh, kw), 'b': (F,)}."""
+        return {"W": Theta[:-1].T.reshape(self.params["W"].shape), "b": Theta[-1]}
+
+    def input_grad(self, dz):
+        """dx = col2im(W_mat^T @ dz_FR) (eq. 10)."""
+        ops = fast_layers if use_fast() else F
+        return ops.conv2d_input_grad(dz, self.cache)
 
     def __repr__(self):
         kh, kw = self.kernel_size
@@ -183,11 +243,13 @@ class MaxPool2d(Layer):
         self._check_input(x, (None, None, None, None), 4)
         if min(x.shape[2], x.shape[3]) < self.kernel_size:
             raise ValueError(f"{self}: input {x.shape[2]}x{x.shape[3]} is smaller than the window")
-        out, self.cache = F.max_pool2d_forward(x, self.kernel_size, self.stride)
+        ops = fast_layers if use_fast() else F
+        out, self.cache = ops.max_pool2d_forward(x, self.kernel_size, self.stride)
         return out
 
     def backward(self, dout):
-        return F.max_pool2d_backward(dout, self.cache)
+        ops = fast_layers if use_fast() else F
+        return ops.max_pool2d_backward(dout, self.cache)
 
     def __repr__(self):
         return f"MaxPool2d({self.kernel_size}, stride={self.stride})"
@@ -204,14 +266,8 @@ class Flatten(Layer):
         return F.flatten_backward(dout, self.cache)
 
 
-PARAMETRISED = (Linear, Conv2d)
-
-
 def is_parametrised(layer):
-    """True for the linear transfer functions phi_l (Linear, Conv2d)."""
-    return isinstance(layer, PARAMETRISED)
+    """True for the linear transfer functions phi_l: the layers that state their affine
+    structure (Linear, Conv2d, or any layer with ``design_matrix``)."""
+    return hasattr(layer, "design_matrix")
 
-
-def xp_of(layer):
-    """The array namespace of a layer's parameters."""
-    return get_xp(*layer.params.values())

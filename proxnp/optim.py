@@ -2,7 +2,7 @@
 
 The paper uses ProxProp as a first-order oracle: the optimizer cannot tell
 nabla_theta J from the preconditioned direction (M^k)^{-1} nabla_theta J.  The learning
-rate ``lr`` plays the paper's tau (PAPER §3.5, §7.5).
+rate ``lr`` plays the paper's tau (arXiv 1706.04638 §4.2; docs/theory.md).
 
 * :class:`SGD` -- momentum and Nesterov exactly as PyTorch defines them
   (buffer b <- mu b + g, Nesterov step g + mu b, theta <- theta - lr * step).
@@ -11,7 +11,38 @@ rate ``lr`` plays the paper's tau (PAPER §3.5, §7.5).
 Both update the parameters in place and keep their state as arrays on the
 parameters' device; ``state_dict``/``load_state_dict`` make checkpoints exact.
 """
-from .backend import axpy, device_of, get_xp, to_device, to_numpy
+import functools
+
+import numpy as np
+
+from .backend import device_of, get_xp, to_device, to_numpy
+from .cpu import scipy_single_thread
+
+
+def axpy(a, x, y, tmp=None):
+    """In place y += a * x for arrays of one shape and dtype.
+
+    On contiguous NumPy float arrays this is BLAS ``axpy``: one pass over y instead of a
+    temporary and two (the update is memory-bound).  Elsewhere ``tmp`` (same shape and
+    dtype, optional) is used as scratch.
+    """
+    xp = get_xp(x, y)
+    if xp is np and x.dtype == y.dtype and y.dtype in (np.float32, np.float64) \
+            and x.flags.c_contiguous and y.flags.c_contiguous and x.shape == y.shape:
+        with scipy_single_thread():
+            out = _blas_axpy(y.dtype.char)(x.reshape(-1), y.reshape(-1), a=a)
+        if out.ctypes.data != y.ctypes.data:         # never expected; keep y correct anyway
+            y[...] = out.reshape(y.shape)
+        return y
+    tmp = xp.multiply(x, a, out=tmp)
+    y += tmp
+    return y
+
+
+@functools.lru_cache(maxsize=4)
+def _blas_axpy(dtype_char):
+    import scipy.linalg.blas  # noqa: PLC0415
+    return scipy.linalg.blas.get_blas_funcs("axpy", dtype=np.dtype(dtype_char))
 
 
 class Optimizer:

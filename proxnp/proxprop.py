@@ -4,7 +4,7 @@
     loss = proxprop(model, loss_fn, x, y, tau_theta=0.05, solver="cg", cg_iters=3)
 
 ``proxprop`` is Algorithm 2 with tau = 1 (the optimizer's learning rate plays tau,
-PAPER §3.5 and §7.5):
+the update is linear in tau: arXiv 1706.04638 §4.2, docs/theory.md):
 
 1. forward pass, storing a_{l-1}^k and z_l^k in every layer's cache        (7)
 2. the last parametrised layer takes the plain gradient                     (8), (12)
@@ -14,14 +14,16 @@ PAPER §3.5 and §7.5):
    input gradient with theta^k (10).
 
 ``solver="gradient"`` replaces (11) by the explicit step, so it reproduces
-``backprop`` exactly.  Parameter-free layers just backpropagate.
+``backprop`` exactly.  Parameter-free layers just backpropagate.  The proximal step is
+:func:`proxnp.fast_prox.prox_direction`, or :func:`proxnp.prox.prox_direction` inside
+``with proxnp.reference():``.
 """
 import numbers
 
-from . import functional as F
-from .layers import Conv2d
-from .prox import CG_BACKENDS, SOLVERS, affine_problem, prox_direction, theta_to_params
+from . import fast_prox, prox
 from .cg import VARIANTS
+from .config import use_fast
+from .prox import CG_BACKENDS, SOLVERS, affine_problem
 
 
 def backprop(model, loss_fn, x, y):
@@ -68,13 +70,9 @@ def proxprop(model, loss_fn, x, y, *, tau_theta=1.0, solver="cg", cg_iters=3,
             dy = layer.backward(dy)                      # (9)/(10): plain backprop
             continue
         P, g = affine_problem(layer, dy)                 # a_{l-1}^k and g = z - z_half
-        d, model.cg_info[i] = prox_direction(
-            P, g, tau_theta, solver, cg_iters, space=space,
-            cg_backend=cg_backend, cg_variant=cg_variant, cg_tol=cg_tol)
-        layer.grads = theta_to_params(layer, d)          # theta^k - theta^{k+1}   (11)
-        if layer.need_input_grad:                        # (10) with the old theta^k
-            dy = (F.conv2d_input_grad(dy, layer.cache) if isinstance(layer, Conv2d)
-                  else F.affine_input_grad(g, layer.cache))
-        else:
-            dy = None
+        solve = fast_prox.prox_direction if use_fast() else prox.prox_direction
+        d, model.cg_info[i] = solve(P, g, tau_theta, solver, cg_iters, space=space,
+                                    cg_backend=cg_backend, cg_variant=cg_variant, cg_tol=cg_tol)
+        layer.grads = layer.params_from_theta(d)         # theta^k - theta^{k+1}   (11)
+        dy = layer.input_grad(dy) if layer.need_input_grad else None   # (10), old theta^k
     return loss

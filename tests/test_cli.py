@@ -58,20 +58,20 @@ def test_train_convnet_on_digits(tmp_path):
 
 
 def test_threads_option_caps_the_host_threads_during_training(tmp_path, monkeypatch):
-    from proxnp import backend, cli
+    from proxnp import cli, cpu
     seen = []
     real_fit = cli.fit
 
     def recording_fit(*args, **kw):
-        seen.append(backend.copy_threads())
+        seen.append(cpu.host_threads())
         return real_fit(*args, **kw)
     monkeypatch.setattr(cli, "fit", recording_fit)
-    default = backend.copy_threads()
+    default = cpu.host_threads()
     assert main(["train", "--model", "convnet", "--dataset", "digits", "--epochs", "1",
                  "--subset", "100", "--batch-size", "50", "--threads", "1",
                  "--out-dir", str(tmp_path / "c")]) == 0
     assert seen == [1]
-    assert backend.copy_threads() == default
+    assert cpu.host_threads() == default
 
 
 def test_train_divergence_exits_nonzero(tmp_path, capsys):

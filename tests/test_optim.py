@@ -82,7 +82,7 @@ def test_bad_optimizer_arguments():
 
 
 def test_axpy_in_place_contiguous_and_strided():
-    from proxnp.backend import axpy
+    from proxnp.optim import axpy
     for dtype in (np.float32, np.float64):
         x = np.arange(12, dtype=dtype).reshape(3, 4)
         y = np.ones((3, 4), dtype=dtype)

@@ -4,8 +4,8 @@ import pytest
 from helpers import batch, mlp, small_convnet
 
 import proxnp as pn
-from proxnp import prox
-from proxnp.backend import limit_threads
+from proxnp import fast_prox, prox
+from proxnp.cpu import limit_threads
 from proxnp.cg import block_cg, scipy_cg
 from proxnp.gradcheck import rel_error
 
@@ -66,27 +66,35 @@ def test_gradient_solver_reproduces_backprop(kind):
                                         ("mlp_tall", "row"), ("convnet", "gram"),
                                         ("convnet", "row")])
 def test_exact_equals_dense_closed_form(kind, space):
-    """Proposition 2: theta^k - theta^{k+1} = (A^T A + I/tau_theta)^{-1} grad J, bias included."""
+    """Proposition 2: theta^k - theta^{k+1} = (A^T A + I/tau_theta)^{-1} grad J, bias included,
+    and theta^{k+1} minimises the prox objective (11)."""
     model, x, y = net_and_batch(kind)
     loss_fn = pn.SoftmaxCrossEntropy()
     tau_theta = 0.7
     dz = upstream_errors(model, loss_fn, x, y)
     pn.proxprop(model, loss_fn, x, y, solver="exact", tau_theta=tau_theta, space=space)
+    rng = np.random.default_rng(1)
     for i in model.parametrised()[:-1]:
         layer = model.layers[i]
         d_ref, A, g = dense_closed_form(layer, dz[i], tau_theta)
-        got = prox.params_to_theta(_as_param_layer(layer, layer.grads))
+        got = _as_param_layer(layer, layer.grads).theta()
         assert rel_error(got, d_ref) < 1e-12, (i, space)
-        # the prox objective's gradient vanishes at theta^{k+1} = theta^k - d
-        Theta_k = prox.params_to_theta(layer)
+        # (11) is a strictly convex quadratic: at its minimiser theta^{k+1} = theta^k - d, a
+        # step E raises it by exactly 1/2 ||A E||^2 + 1/(2 tau_theta) ||E||^2
+        P = prox.affine_problem(layer, dz[i]).P
+        Theta_k = layer.theta()
         Theta = Theta_k - got
-        z_half = A @ Theta_k - g
-        grad_obj = A.T @ (A @ Theta - z_half) + (Theta - Theta_k) / tau_theta
-        assert np.abs(grad_obj).max() < 1e-12 * np.abs(A.T @ g).max() * 1e3
+        z_half = A @ Theta_k - g                                       # (9)
+        at_min = prox.prox_objective(P, z_half, Theta, Theta_k, tau_theta)
+        for scale in (1e-3, 1.0):
+            E = scale * rng.standard_normal(Theta.shape)
+            rise = prox.prox_objective(P, z_half, Theta + E, Theta_k, tau_theta) - at_min
+            want = 0.5 * ((A @ E) ** 2).sum() + 0.5 / tau_theta * (E ** 2).sum()
+            assert rise == pytest.approx(want, rel=1e-6), (i, space, scale)
 
 
 def _as_param_layer(layer, params):
-    """A shallow stand-in with the same type and the given params (for params_to_theta)."""
+    """A shallow stand-in with the same type and the given params (for its theta())."""
     clone = object.__new__(type(layer))
     clone.params = params
     return clone
@@ -126,7 +134,7 @@ def test_range_space_cg_has_the_same_iterates_as_parameter_space_cg():
     M = prox.col_gram(P) + beta * np.eye(31)
     for iters in range(1, 8):
         for variant in ("textbook", "authors"):
-            u, info_u = prox.range_space_cg(prox.row_gram(P), g, beta, iters, variant=variant)
+            u, info_u = fast_prox.range_space_cg(prox.row_gram(P), g, beta, iters, variant=variant)
             X, info = block_cg(lambda v: M @ v, prox.apply_At(P, g), iters=iters, variant=variant)
             assert rel_error(prox.apply_At(P, u), X) < 1e-10, (iters, variant)
             n = info_u.residual_norms.shape[0]
@@ -139,14 +147,15 @@ def test_eigenbasis_cg_has_the_same_iterates():
     K = prox.row_gram(P)
     for iters in (1, 2, 3, 6, 10):
         for variant in ("textbook", "authors"):
-            u_d, info_d = prox.range_space_cg(K, g, 0.5, iters, variant=variant, basis="direct")
-            u_e, info_e = prox.range_space_cg(K, g, 0.5, iters, variant=variant, basis="eigen")
+            u_d, info_d = fast_prox.range_space_cg(K, g, 0.5, iters, variant=variant, basis="direct")
+            u_e, info_e = fast_prox.range_space_cg(K, g, 0.5, iters, variant=variant, basis="eigen")
             assert rel_error(u_e, u_d) < 1e-8, (iters, variant)
             assert rel_error(info_e.residual_norms, info_d.residual_norms) < 1e-8
-    assert prox.use_eigenbasis(500, 4000, 10) and not prox.use_eigenbasis(500, 4000, 3)
-    assert not prox.use_eigenbasis(500, 4000, 1000, xp=object())       # a GPU namespace
+    # many iterations are cheaper in the eigenbasis, few directly; never on a GPU
+    assert fast_prox.use_eigenbasis(500, 4000, 10) and not fast_prox.use_eigenbasis(500, 4000, 3)
+    assert not fast_prox.use_eigenbasis(500, 4000, 1000, xp=object())  # a GPU namespace
     with pytest.raises(ValueError, match="unknown basis"):
-        prox.range_space_cg(K, g, 0.5, 3, basis="fourier")
+        fast_prox.range_space_cg(K, g, 0.5, 3, basis="fourier")
 
 
 def test_column_blocks_give_the_same_iterates(monkeypatch):
@@ -154,17 +163,25 @@ def test_column_blocks_give_the_same_iterates(monkeypatch):
     rng = np.random.default_rng(11)
     P, g = rng.standard_normal((40, 60)), rng.standard_normal((40, 10))
     K = prox.row_gram(P)
-    assert prox.cg_block_width(np, 500, 4000, 4) == 524
-    assert prox.cg_block_width(np, 500, 4000, 4, tol=1e-3) == 4000     # early exit: one block
     for basis in ("direct", "eigen"):
-        u_one, info_one = prox.range_space_cg(K, g, 0.5, 4, basis=basis)
-        monkeypatch.setattr(prox, "cg_block_width", lambda xp, R, s, itemsize, tol=None: 3)
-        u_blk, info_blk = prox.range_space_cg(K, g, 0.5, 4, basis=basis)
+        u_one, info_one = fast_prox.range_space_cg(K, g, 0.5, 4, basis=basis)
+        monkeypatch.setattr(fast_prox, "cg_block_width", lambda xp, R, s, itemsize, tol=None: 3)
+        u_blk, info_blk = fast_prox.range_space_cg(K, g, 0.5, 4, basis=basis)
         monkeypatch.undo()
         assert rel_error(u_blk, u_one) < 1e-12, basis
         assert info_blk.iterations == info_one.iterations == 4
         assert info_blk.residual_norms.shape == info_one.residual_norms.shape == (4, 10)
         assert rel_error(info_blk.residual_norms, info_one.residual_norms) < 1e-12
+
+
+@pytest.mark.parametrize("R,s", [(500, 4000), (500, 10), (50, 4000), (4000, 4000)])
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_column_block_width(R, s, itemsize):
+    width = fast_prox.cg_block_width(np, R, s, itemsize)
+    assert width >= 64                                                  # never tiny blocks
+    assert width == 64 or 8 * R * width * itemsize <= fast_prox.CG_BLOCK_BYTES  # work fits
+    assert fast_prox.cg_block_width(np, R, s, itemsize, tol=1e-3) == s  # early exit: one block
+    assert fast_prox.cg_block_width(object(), R, s, itemsize) == s      # a GPU: one block
 
 
 def test_scipy_cg_agrees_with_block_cg():
@@ -203,17 +220,17 @@ def test_cg_error_in_M_norm_decreases_monotonically():
 
 
 @pytest.mark.parametrize("kind", ["mlp", "convnet"])
-def test_directions_are_descent_directions(kind):
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_directions_are_descent_directions(kind, seed):
     """Propositions 4-5: <d, grad J> > 0 for exact and every CG(1..10), every layer."""
-    for seed in range(3):
-        model, x, y = net_and_batch(kind, seed)
-        loss_fn = pn.SoftmaxCrossEntropy()
-        pn.backprop(model, loss_fn, x, y)
-        grad = grads_of(model)
-        for solver, iters in [("exact", 1)] + [("cg", k) for k in range(1, 11)]:
-            pn.proxprop(model, loss_fn, x, y, solver=solver, cg_iters=iters, tau_theta=1.0)
-            for i, d in grads_of(model).items():
-                assert flat(d) @ flat(grad[i]) > 0, (seed, solver, iters, i)
+    model, x, y = net_and_batch(kind, seed)
+    loss_fn = pn.SoftmaxCrossEntropy()
+    pn.backprop(model, loss_fn, x, y)
+    grad = grads_of(model)
+    for solver, iters in [("exact", 1)] + [("cg", k) for k in range(1, 11)]:
+        pn.proxprop(model, loss_fn, x, y, solver=solver, cg_iters=iters, tau_theta=1.0)
+        for i, d in grads_of(model).items():
+            assert flat(d) @ flat(grad[i]) > 0, (seed, solver, iters, i)
 
 
 def test_small_tau_theta_limit_is_scaled_gradient():
@@ -297,21 +314,26 @@ def test_blocked_normal_product_equals_two_passes(block_rows, threads):
     rng = np.random.default_rng(4)
     P, X = rng.standard_normal((29, 6)), rng.standard_normal((7, 3))
     with limit_threads(threads):
-        got = prox.apply_AtA(P, X, block_rows)
+        got = fast_prox.apply_AtA(P, X, block_rows)
     A = np.concatenate([P, np.ones((29, 1))], axis=1)                 # the ones column, explicit
     assert got.shape == (7, 3)
     assert rel_error(got, A.T @ (A @ X)) < 1e-13
 
 
-def test_choose_space_for_the_papers_layers():
+def test_cost_model_for_the_papers_layers():
     convnet_layers = [(500 * 32 * 32, 3 * 25 + 1, 16), (500 * 16 * 16, 16 * 25 + 1, 20),
                       (500 * 8 * 8, 20 * 25 + 1, 20)]
     for R, D1, out in convnet_layers:                 # measured: the Gram matrix is cheaper
         for solver, iters in [("cg", 3), ("cg", 10), ("exact", 1)]:
-            assert prox.choose_space(R, D1, out, solver, iters) == "gram", (R, solver, iters)
+            assert fast_prox.choose_space(R, D1, out, solver, iters) == "gram", (R, solver, iters)
     for D1, out in [(3073, 4000), (4001, 1000), (1001, 4000)]:   # the MLP: N = 500 < D + 1
-        assert prox.choose_space(500, D1, out, "cg", 3) == "row"
-    assert prox.choose_space(10_000, 2001, 4, "cg", 1) == "matfree"   # wide input, few outputs
+        assert fast_prox.choose_space(500, D1, out, "cg", 3) == "row"
+    assert fast_prox.choose_space(10_000, 2001, 4, "cg", 1) == "matfree"   # few outputs
+
+
+@pytest.mark.parametrize("R,D1,want", [(500, 3073, "row"), (3073, 500, "gram"), (10, 10, "gram")])
+def test_reference_space_is_the_smaller_gram_matrix(R, D1, want):
+    assert prox.choose_space(R, D1, 4000, "cg", 3) == want
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -320,7 +342,7 @@ def test_gram_and_At_summed_over_row_blocks(threads, R):
     rng = np.random.default_rng(5)
     P, Y = rng.standard_normal((R, 4)), rng.standard_normal((R, 2))
     with limit_threads(threads):
-        gram, At_Y = prox.col_gram(P), prox.apply_At(P, Y)
+        gram, At_Y = fast_prox.col_gram(P), fast_prox.apply_At(P, Y)
     A = np.concatenate([P, np.ones((R, 1))], axis=1)
     assert rel_error(gram, A.T @ A) < 1e-14
     assert rel_error(At_Y, A.T @ Y) < 1e-14

@@ -1,5 +1,5 @@
-"""Host threads (backend.in_parallel): the parts, their errors, BLAS inside them, and
-results that do not depend on how many threads computed them (float64)."""
+"""The CPU's plumbing (proxnp.cpu): host-thread parts, their errors, BLAS inside them,
+results that do not depend on how many threads computed them (float64), glibc's malloc."""
 import threading
 import types
 
@@ -8,8 +8,8 @@ import pytest
 from conftest import assert_close
 from threadpoolctl import threadpool_info
 
-from proxnp import functional as F
-from proxnp.backend import copy_threads, in_parallel, limit_threads, parallel_sum
+from proxnp import fast_layers
+from proxnp.cpu import host_threads, in_parallel, limit_threads, parallel_sum
 
 
 def record_parts(n, threads):
@@ -83,6 +83,11 @@ def numpy_blas_threads():
             if i["user_api"] == "blas" and "numpy" in i["filepath"]]
 
 
+needs_visible_blas = pytest.mark.skipif(not numpy_blas_threads(),
+                                        reason="NumPy's BLAS is not visible to threadpoolctl")
+
+
+@needs_visible_blas
 def test_blas_is_single_threaded_inside_parts_and_restored_after():
     before = numpy_blas_threads()
     inside = []
@@ -91,21 +96,20 @@ def test_blas_is_single_threaded_inside_parts_and_restored_after():
         in_parallel(np, 2, lambda a, b: inside.append(numpy_blas_threads()))
         assert numpy_blas_threads() == outside
     assert numpy_blas_threads() == before
-    if before:                                    # NumPy's BLAS is visible to threadpoolctl
-        assert inside == [[1] * len(before)] * 2
+    assert inside == [[1] * len(before)] * 2
 
 
-def test_limit_threads_sets_and_restores_the_copy_threads():
-    default = copy_threads()
+def test_limit_threads_sets_and_restores_the_host_threads():
+    default = host_threads()
     with limit_threads(3):
-        assert copy_threads() == 3
+        assert host_threads() == 3
         with limit_threads(1):
-            assert copy_threads() == 1
-        assert copy_threads() == 3
-    assert copy_threads() == default
+            assert host_threads() == 1
+        assert host_threads() == 3
+    assert host_threads() == default
     blas = numpy_blas_threads()
     with limit_threads(None):                      # None: both left as they are
-        assert copy_threads() == default
+        assert host_threads() == default
         assert numpy_blas_threads() == blas
 
 
@@ -114,23 +118,23 @@ def conv_case(rng, stride, padding):
     x = rng.standard_normal((7, 3, 9, 8))
     W = rng.standard_normal((4, 3, 3, 3))
     b = rng.standard_normal(4)
-    z, cache = F.conv2d_forward(x, W, b, stride, padding)
+    z, cache = fast_layers.conv2d_forward(x, W, b, stride, padding)
     dz = rng.standard_normal(z.shape)
-    dx, dW, db = F.conv2d_backward(dz, cache)
-    cols = F.im2col(x, 3, 3, stride, padding)
-    back = F.col2im(cols * 2.0, x.shape, 3, 3, stride, padding)
-    return [z, dx, dW, db, cols, back, F.conv2d_input_grad(dz, cache)]
+    dx, dW, db = fast_layers.conv2d_backward(dz, cache)
+    return [z, cache.cols_T, dx, dW, db, fast_layers.conv2d_input_grad(dz, cache)]
 
 
 def pool_case(rng, kernel, stride):
     x = rng.standard_normal((5, 3, 9, 10))
-    out, cache = F.max_pool2d_forward(x, kernel, stride)
-    dx = F.max_pool2d_backward(rng.standard_normal(out.shape), cache)
+    out, cache = fast_layers.max_pool2d_forward(x, kernel, stride)
+    dx = fast_layers.max_pool2d_backward(rng.standard_normal(out.shape), cache)
     return [out, cache.argmax, dx]
 
 
-@pytest.mark.parametrize("case,args", [(conv_case, (1, 1)), (conv_case, (2, 0)),
-                                       (pool_case, (2, None)), (pool_case, (3, 2))])
+@pytest.mark.parametrize("case,args", [
+    pytest.param(conv_case, (1, 1), id="conv-pad1"), pytest.param(conv_case, (2, 0), id="conv-stride2"),
+    pytest.param(pool_case, (2, None), id="pool-2x2"),
+    pytest.param(pool_case, (3, 2), id="pool-3x3-overlapping")])
 def test_results_do_not_depend_on_the_number_of_threads(case, args):
     results = {}
     for threads in (1, 2, 3):
@@ -154,21 +158,45 @@ def test_a_forked_child_gets_working_threads():     # Python >= 3.12 warns: that
     assert [(a, b) for a, b, _ in parts] == [(0, 2), (2, 4)]
 
 
+@needs_visible_blas
 @pytest.mark.parametrize("small_limit,expect_one", [(1 << 24, True), (0, False)])
 def test_small_gram_space_cg_runs_on_one_blas_thread(monkeypatch, small_limit, expect_one):
-    from proxnp import prox
+    from proxnp import fast_prox
     seen = []
-    real_cg = prox.block_cg
+    real_cg = fast_prox.block_cg
 
     def recording_cg(*args, **kw):
         seen.append(numpy_blas_threads())
         return real_cg(*args, **kw)
-    monkeypatch.setattr(prox, "block_cg", recording_cg)
-    monkeypatch.setattr(prox, "SMALL_PRODUCT", small_limit)
+    monkeypatch.setattr(fast_prox, "block_cg", recording_cg)
+    monkeypatch.setattr(fast_prox, "SMALL_PRODUCT", small_limit)
     rng = np.random.default_rng(6)
     P, g = rng.standard_normal((40, 5)), rng.standard_normal((40, 3))
     before = numpy_blas_threads()
-    prox.prox_direction(P, g, 0.5, "cg", 3, space="gram")
+    fast_prox.prox_direction(P, g, 0.5, "cg", 3, space="gram")
     assert numpy_blas_threads() == before
-    if before:
-        assert seen == [[1] * len(before) if expect_one else before]
+    assert seen == [[1] * len(before) if expect_one else before]
+
+
+REALLOC_FAULTS = """
+import resource, sys, numpy as np
+from proxnp.cpu import reuse_host_memory
+applied = reuse_host_memory() if sys.argv[1] == "reuse" else None
+a = np.ones(16 << 20, dtype=np.float32); del a          # 64 MiB touched, then freed
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+b = np.ones(16 << 20, dtype=np.float32)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_reuse_host_memory_removes_page_faults_of_a_reallocation():
+    import platform
+    import subprocess
+    import sys
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    out = {mode: subprocess.run([sys.executable, "-c", REALLOC_FAULTS, mode], capture_output=True,
+                                text=True, check=True).stdout.split() for mode in ("default", "reuse")}
+    assert out["reuse"][0] == "True"
+    assert int(out["default"][1]) >= 16, out          # 64 MiB mapped afresh: at least 16 huge pages
+    assert int(out["reuse"][1]) <= int(out["default"][1]) // 8, out

@@ -1,0 +1,30 @@
+"""Which code runs: the fast kernels (the default) or the plain reference path.
+
+    with proxnp.reference():         # every layer operation and proximal step in plain code
+        pn.proxprop(model, loss_fn, x, y)
+
+The reference path is the reading path (:mod:`proxnp.functional`, :mod:`proxnp.prox`):
+each equation written once in NumPy/CuPy.  The fast kernels (:mod:`proxnp.fast_layers`,
+:mod:`proxnp.fast_prox`) compute the same numbers, up to rounding, with the same
+signatures and caches.  Layers and :func:`proxnp.proxprop` ask :func:`use_fast` which
+to call.  The switch is one process-wide flag, as Chainer's ``use_cudnn``.
+"""
+import contextlib
+
+_reference_only = False
+
+
+def use_fast():
+    """True unless inside ``with proxnp.reference():``."""
+    return not _reference_only
+
+
+@contextlib.contextmanager
+def reference():
+    """Run the plain reference code inside the block (the fast kernels again after it)."""
+    global _reference_only
+    old, _reference_only = _reference_only, True
+    try:
+        yield
+    finally:
+        _reference_only = old
