@@ -74,7 +74,7 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
     """z = phi(theta, x): 2-D cross-correlation with zero padding, as in every DL framework.
 
     x (N, C, H, W), W (F, C, kh, kw), b (F,)  ->  z (N, F, Ho, Wo),
-    Ho = (H + 2*padding - kh) // stride + 1.  Computed as W_mat @ cols_T + b, so z
+    Ho = (H + 2*padding - kh) // stride + 1.  Computed as W_mat @ patches_T + b, so z
     is stored channels-first in memory (a transposed view), which the next layer's
     im2col reads without a copy.
     """
@@ -82,60 +82,60 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
     F, C, kh, kw = W.shape
     x_t, cols = _patch_buffer(x, kh, kw, stride, padding)
     N, Ho, Wo = cols.shape[3:]
-    cols_T = cols.reshape(C * kh * kw, N * Ho * Wo)
+    patches_T = cols.reshape(C * kh * kw, N * Ho * Wo)
     W_mat = W.reshape(F, -1)
     z = xp.empty((F, N * Ho * Wo), dtype=xp.result_type(W, x))
 
     def images(n0, n1):
         _copy_patches(cols, x_t, n0, n1, stride)
-        r = slice(n0 * Ho * Wo, n1 * Ho * Wo)            # their columns of cols_T and z
-        xp.matmul(W_mat, cols_T[:, r], out=z[:, r])
+        r = slice(n0 * Ho * Wo, n1 * Ho * Wo)            # their columns of patches_T and z
+        xp.matmul(W_mat, patches_T[:, r], out=z[:, r])
         z[:, r] += b[:, None]
     in_parallel(xp, N, images)
     z = z.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3)
-    return z, Conv2dCache(cols_T, W, x.shape, stride, padding)
+    return z, Conv2dCache(patches_T, W, x.shape, stride, padding)
 
 
 def conv2d_backward(dz, cache, need_dx=True):
     """Gradients of the convolution for upstream dz (N, F, Ho, Wo).
 
-    dW = dz_FR @ cols_T^T (reshaped to W), db = sum over n, ho, wo,
-    dx = col2im(W_mat^T @ dz_FR).  ``need_dx=False`` skips dx (returns None).
+    dW = dz_mat @ patches_T^T (reshaped to W), db = sum over n, ho, wo,
+    dx = col2im(W_mat^T @ dz_mat).  ``need_dx=False`` skips dx (returns None).
     """
     xp = get_xp(dz, cache.W)
     N, Ho, Wo = dz.shape[0], dz.shape[2], dz.shape[3]
-    dz_FR = conv_channel_rows(dz)                          # (F, N*Ho*Wo)
+    dz_mat = conv_channel_rows(dz)                         # (F, N*Ho*Wo)
     dtype = xp.result_type(cache.W, dz)
     dx_t = _padded_zeros(xp, cache.x_shape, cache.padding, dtype) if need_dx else None
 
     def images(n0, n1):
         if need_dx:
-            _input_grad_images(dz_FR, cache, dx_t, n0, n1)
+            _input_grad_images(dz_mat, cache, dx_t, n0, n1)
         r = slice(n0 * Ho * Wo, n1 * Ho * Wo)
-        return (dz_FR[:, r] @ cache.cols_T[:, r].T,)        # these images' share of dW
+        return (dz_mat[:, r] @ cache.patches_T[:, r].T,)   # these images' share of dW
     dW, = parallel_sum(xp, N, images)
     dW = dW.reshape(cache.W.shape)
-    db = dz_FR.sum(axis=1)
+    db = dz_mat.sum(axis=1)
     dx = _unpad(dx_t, cache.x_shape, cache.padding) if need_dx else None
     return dx, dW, db
 
 
 def conv2d_input_grad(dz, cache):
-    """dx = col2im(W_mat^T @ dz_FR): eq. (10) of the paper for a convolution."""
+    """dx = col2im(W_mat^T @ dz_mat): eq. (10) of the paper for a convolution."""
     xp = get_xp(dz, cache.W)
-    dz_FR = conv_channel_rows(dz)
+    dz_mat = conv_channel_rows(dz)
     dx_t = _padded_zeros(xp, cache.x_shape, cache.padding, xp.result_type(cache.W, dz))
-    in_parallel(xp, dz.shape[0], lambda n0, n1: _input_grad_images(dz_FR, cache, dx_t, n0, n1))
+    in_parallel(xp, dz.shape[0], lambda n0, n1: _input_grad_images(dz_mat, cache, dx_t, n0, n1))
     return _unpad(dx_t, cache.x_shape, cache.padding)
 
 
-def _input_grad_images(dz_FR, cache, dx_t, n0, n1):
-    """dx of the images n0..n1-1: col2im of W_mat^T @ their columns of dz_FR."""
+def _input_grad_images(dz_mat, cache, dx_t, n0, n1):
+    """dx of the images n0..n1-1: col2im of W_mat^T @ their columns of dz_mat."""
     F, C, kh, kw = cache.W.shape
     _, _, H, Wd = cache.x_shape
     Ho, Wo = conv_out_size(H, kh, cache.stride, cache.padding), \
         conv_out_size(Wd, kw, cache.stride, cache.padding)
-    dcols = cache.W.reshape(F, -1).T @ dz_FR[:, n0 * Ho * Wo:n1 * Ho * Wo]
+    dcols = cache.W.reshape(F, -1).T @ dz_mat[:, n0 * Ho * Wo:n1 * Ho * Wo]
     _add_patches(dx_t, dcols.reshape(C, kh, kw, n1 - n0, Ho, Wo), n0, n1, cache.stride)
 
 

@@ -52,7 +52,7 @@ def affine_input_grad(dz, cache):
 
 # --------------------------------------------------------------------------- conv2d
 class Conv2dCache(NamedTuple):
-    cols_T: object      # transposed patch matrix (C*kh*kw, N*Ho*Wo), see im2col
+    patches_T: object   # the patch matrix P transposed (C*kh*kw, N*Ho*Wo), see im2col
     W: object           # (F, C, kh, kw)
     x_shape: tuple      # (N, C, H, W)
     stride: int
@@ -67,9 +67,9 @@ def conv_out_size(size, k, stride, padding):
 def im2col(x, kh, kw, stride=1, padding=0):
     """Transposed patch matrix of an NCHW batch: one column per output pixel.
 
-    x (N, C, H, W)  ->  cols_T (C*kh*kw, N*Ho*Wo); rows ordered (c, i, j) to match
+    x (N, C, H, W)  ->  patches_T (C*kh*kw, N*Ho*Wo); rows ordered (c, i, j) to match
     ``W.reshape(F, -1)``, columns ordered (n, ho, wo).  The patch matrix P of the
-    paper's ridge problem (one row per output pixel) is ``cols_T.T``.  Entry (i, j)
+    paper's ridge problem (one row per output pixel) is ``patches_T.T``.  Entry (i, j)
     of every window is one strided slice of the zero-padded input.
     """
     xp = get_xp(x)
@@ -77,26 +77,26 @@ def im2col(x, kh, kw, stride=1, padding=0):
     Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
     x_pad = xp.zeros((C, N, H + 2 * padding, Wd + 2 * padding), dtype=x.dtype)
     x_pad[:, :, padding:padding + H, padding:padding + Wd] = x.transpose(1, 0, 2, 3)
-    cols = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
+    patches = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, i, j] = x_pad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
-    return cols.reshape(C * kh * kw, N * Ho * Wo)
+            patches[:, i, j] = x_pad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+    return patches.reshape(C * kh * kw, N * Ho * Wo)
 
 
-def col2im(dcols_T, x_shape, kh, kw, stride=1, padding=0):
+def col2im(dpatches_T, x_shape, kh, kw, stride=1, padding=0):
     """Adjoint of :func:`im2col`: add every patch gradient back to its pixels.
 
-    dcols_T (C*kh*kw, N*Ho*Wo)  ->  dx (N, C, H, W).  Overlapping windows accumulate.
+    dpatches_T (C*kh*kw, N*Ho*Wo)  ->  dx (N, C, H, W).  Overlapping windows accumulate.
     """
-    xp = get_xp(dcols_T)
+    xp = get_xp(dpatches_T)
     N, C, H, Wd = x_shape
     Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
-    dcols = dcols_T.reshape(C, kh, kw, N, Ho, Wo)
-    dx_pad = xp.zeros((C, N, H + 2 * padding, Wd + 2 * padding), dtype=dcols_T.dtype)
+    dpatches = dpatches_T.reshape(C, kh, kw, N, Ho, Wo)
+    dx_pad = xp.zeros((C, N, H + 2 * padding, Wd + 2 * padding), dtype=dpatches_T.dtype)
     for i in range(kh):
         for j in range(kw):
-            dx_pad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += dcols[:, i, j]
+            dx_pad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += dpatches[:, i, j]
     return dx_pad[:, :, padding:padding + H, padding:padding + Wd].transpose(1, 0, 2, 3)
 
 
@@ -104,20 +104,20 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
     """z = phi(theta, x): 2-D cross-correlation with zero padding, as in every DL framework.
 
     x (N, C, H, W), W (F, C, kh, kw), b (F,)  ->  z (N, F, Ho, Wo),
-    Ho = (H + 2*padding - kh) // stride + 1.  One product: z = W_mat @ cols_T + b,
+    Ho = (H + 2*padding - kh) // stride + 1.  One product: z = W_mat @ patches_T + b,
     W_mat = W.reshape(F, C*kh*kw).
     """
     F, C, kh, kw = W.shape
     N, _, H, Wd = x.shape
     Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
-    cols_T = im2col(x, kh, kw, stride, padding)                # (C*kh*kw, N*Ho*Wo)
-    z = W.reshape(F, -1) @ cols_T + b[:, None]                 # (F, N*Ho*Wo)
+    patches_T = im2col(x, kh, kw, stride, padding)             # (C*kh*kw, N*Ho*Wo)
+    z = W.reshape(F, -1) @ patches_T + b[:, None]              # (F, N*Ho*Wo)
     z = z.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3)
-    return z, Conv2dCache(cols_T, W, x.shape, stride, padding)
+    return z, Conv2dCache(patches_T, W, x.shape, stride, padding)
 
 
 def conv_channel_rows(dz):
-    """(N, F, Ho, Wo) -> dz_FR (F, N*Ho*Wo): one row per output channel."""
+    """(N, F, Ho, Wo) -> dz_mat (F, N*Ho*Wo): one row per output channel."""
     return dz.transpose(1, 0, 2, 3).reshape(dz.shape[1], -1)
 
 
@@ -129,21 +129,21 @@ def conv_rows(dz):
 def conv2d_backward(dz, cache, need_dx=True):
     """Gradients of the convolution for upstream dz (N, F, Ho, Wo).
 
-    dW = dz_FR @ cols_T^T (reshaped to W), db = sum over n, ho, wo,
-    dx = col2im(W_mat^T @ dz_FR).  ``need_dx=False`` skips dx (returns None).
+    dW = dz_mat @ patches_T^T (reshaped to W), db = sum over n, ho, wo,
+    dx = col2im(W_mat^T @ dz_mat).  ``need_dx=False`` skips dx (returns None).
     """
-    dz_FR = conv_channel_rows(dz)                              # (F, N*Ho*Wo)
-    dW = (dz_FR @ cache.cols_T.T).reshape(cache.W.shape)
-    db = dz_FR.sum(axis=1)
+    dz_mat = conv_channel_rows(dz)                             # (F, N*Ho*Wo)
+    dW = (dz_mat @ cache.patches_T.T).reshape(cache.W.shape)
+    db = dz_mat.sum(axis=1)
     dx = conv2d_input_grad(dz, cache) if need_dx else None
     return dx, dW, db
 
 
 def conv2d_input_grad(dz, cache):
-    """dx = col2im(W_mat^T @ dz_FR): eq. (10) of the paper for a convolution."""
+    """dx = col2im(W_mat^T @ dz_mat): eq. (10) of the paper for a convolution."""
     F, C, kh, kw = cache.W.shape
-    dcols_T = cache.W.reshape(F, -1).T @ conv_channel_rows(dz)    # (C*kh*kw, N*Ho*Wo)
-    return col2im(dcols_T, cache.x_shape, kh, kw, cache.stride, cache.padding)
+    dpatches_T = cache.W.reshape(F, -1).T @ conv_channel_rows(dz)   # (C*kh*kw, N*Ho*Wo)
+    return col2im(dpatches_T, cache.x_shape, kh, kw, cache.stride, cache.padding)
 
 
 # --------------------------------------------------------------------- nonlinearities

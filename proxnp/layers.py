@@ -169,8 +169,8 @@ class Conv2d(Layer):
 
     # the affine structure: z = [P, 1] Theta, one row per output pixel
     def design_matrix(self):
-        """P = cols_T^T (N*Ho*Wo, C*kh*kw): the im2col patches of the last forward pass."""
-        return self.cache.cols_T.T
+        """P (N*Ho*Wo, C*kh*kw): the im2col patches of the last forward pass, one row per pixel."""
+        return self.cache.patches_T.T
 
     def error_rows(self, dz):
         """g (N*Ho*Wo, F): dz (N, F, Ho, Wo) as one row per output pixel."""
@@ -186,7 +186,7 @@ class Conv2d(Layer):
         return {"W": Theta[:-1].T.reshape(self.params["W"].shape), "b": Theta[-1]}
 
     def input_grad(self, dz):
-        """dx = col2im(W_mat^T @ dz_FR) (eq. 10)."""
+        """dx = col2im(W_mat^T @ dz_mat) (eq. 10)."""
         ops = fast_layers if use_fast() else F
         return ops.conv2d_input_grad(dz, self.cache)
 

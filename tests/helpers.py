@@ -2,16 +2,12 @@
 import numpy as np
 
 import proxnp as pn
+from proxnp import experiments
 
 
-def mlp(sizes, act=pn.ReLU, seed=0, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(pn.Linear(n_in, n_out, rng=rng, dtype=dtype))
-        if i < len(sizes) - 2:
-            layers.append(act())
-    return pn.Sequential(*layers)
+def mlp(sizes, act="relu", seed=0, dtype=np.float64):
+    """proxnp.experiments.mlp, seeded and float64 by default for the tests."""
+    return experiments.mlp(sizes, act, rng=np.random.default_rng(seed), dtype=dtype)
 
 
 def small_convnet(seed=0, dtype=np.float64, channels=(3, 4, 5), hw=8, n_classes=3):

@@ -44,7 +44,7 @@ def test_convolution_kernels_equal_the_reference(xp, dtype, rng, x_shape, w_shap
     z, cache = fast_layers.conv2d_forward(x, W, b, stride, padding)
     assert type(cache) is type(cache_ref) and z.dtype == z_ref.dtype == dtype
     dz = as_xp(xp, rng.standard_normal(z.shape), dtype)
-    pairs = [(z, z_ref), (cache.cols_T, cache_ref.cols_T)]
+    pairs = [(z, z_ref), (cache.patches_T, cache_ref.patches_T)]
     pairs += list(zip(fast_layers.conv2d_backward(dz, cache), F.conv2d_backward(dz, cache_ref)))
     pairs.append((fast_layers.conv2d_input_grad(dz, cache), F.conv2d_input_grad(dz, cache_ref)))
     _, dW, db = fast_layers.conv2d_backward(dz, cache, need_dx=False)

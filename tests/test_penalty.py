@@ -14,8 +14,7 @@ def case(kind, seed=0):
     rng = np.random.default_rng(seed)
     if kind == "convnet":
         return small_convnet(seed=seed), *batch(rng, (3, 3, 8, 8), 3)
-    act = {"tanh": pn.Tanh, "sigmoid": pn.Sigmoid, "relu": pn.ReLU}[kind]
-    return mlp([7, 6, 5, 4, 3], act=act, seed=seed), *batch(rng, (11, 7), 3)
+    return mlp([7, 6, 5, 4, 3], act=kind, seed=seed), *batch(rng, (11, 7), 3)
 
 
 def gradient_step(model, loss_fn, x, y, tau):

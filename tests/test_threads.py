@@ -121,7 +121,7 @@ def conv_case(rng, stride, padding):
     z, cache = fast_layers.conv2d_forward(x, W, b, stride, padding)
     dz = rng.standard_normal(z.shape)
     dx, dW, db = fast_layers.conv2d_backward(dz, cache)
-    return [z, cache.cols_T, dx, dW, db, fast_layers.conv2d_input_grad(dz, cache)]
+    return [z, cache.patches_T, dx, dW, db, fast_layers.conv2d_input_grad(dz, cache)]
 
 
 def pool_case(rng, kernel, stride):
