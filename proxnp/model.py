@@ -14,6 +14,7 @@ import numpy as np
 
 from .backend import device_of, to_device, to_numpy
 from .layers import is_parametrised
+from .resources import MemoryLimitError, check_memory
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -168,14 +169,14 @@ def atomic_savez(path, arrays):
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_npz(path, expect=None, max_bytes=None):
+def load_npz(path, expect=None):
     """Read an .npz into a dict, refusing pickles; errors name the file.
 
     Memory is bounded by the file's headers: each member's .npy header (shape,
     dtype) must agree with the size the zip declares for it, and with ``expect``
     ({name: (shape, dtype)}, members not in it refused) when given; the declared
-    total must not exceed ``max_bytes``.  Only then are the arrays read, each into
-    a buffer of exactly its declared size.
+    total must fit in the memory available.  Only then are the arrays read, each
+    into a buffer of exactly its declared size.
     """
     try:
         with zipfile.ZipFile(path) as zf:
@@ -186,14 +187,14 @@ def load_npz(path, expect=None, max_bytes=None):
             if expect is not None:
                 _check_expected(members, expect, path)
             total = sum(m[4] for m in members)
-            if max_bytes is not None and total > max_bytes:
-                raise ValueError(f"its arrays declare {total} bytes, more than the "
-                                 f"{max_bytes} expected")
+            check_memory(total, f"{path}: its arrays", error=MemoryLimitError)
             return {m[0]: _read_member(zf, m) for m in members}
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
+    except MemoryLimitError:
+        raise
     except MemoryError as exc:
-        raise MemoryError(f"{path}: too large to load ({exc})") from None
+        raise MemoryLimitError(f"{path}: too large to load ({exc})") from None
     except ValueError as exc:
         if str(exc).startswith(("does not fit", "parameter ")):
             raise ValueError(f"{path}: {exc}") from None

@@ -1,5 +1,6 @@
 """Loaders: embedded digits, spirals, CIFAR-10 batches and IDX files, good and bad."""
 import gzip
+import math
 import pickle
 
 import numpy as np
@@ -8,14 +9,14 @@ import pytest
 from proxnp.data import DataError, RestrictedUnpickler, load_dataset, read_idx, restricted_load
 
 
-def write_cifar(folder, n_per_batch=20, seed=0):
+def write_cifar(folder, n_per_batch=20, seed=0, protocol=2):
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         d = {b"batch_label": b"x", b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
              b"labels": [int(v) for v in rng.integers(0, 10, n_per_batch)],
              b"filenames": [b"f"] * n_per_batch}
-        (folder / name).write_bytes(pickle.dumps(d, protocol=2))
+        (folder / name).write_bytes(pickle.dumps(d, protocol=protocol))
     return folder
 
 
@@ -161,3 +162,76 @@ def test_mnist1d_when_installed(tmp_path):
     pytest.importorskip("mnist1d")
     d = load_dataset("mnist1d", data_dir=tmp_path)
     assert d.x_train.shape[1] == 40 and (tmp_path / "mnist1d.npz").exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_pickles_of_every_protocol_load_alike(tmp_path, protocol):
+    ref = load_dataset("cifar10", data_dir=write_cifar(tmp_path / "p2"), flat=False)
+    d = load_dataset("cifar10", data_dir=write_cifar(tmp_path / "p", protocol=protocol), flat=False)
+    assert np.array_equal(d.x_train, ref.x_train) and np.array_equal(d.y_test, ref.y_test)
+
+
+def test_arrays_are_rebuilt_from_raw_bytes_of_the_declared_size(tmp_path):
+    class ZeroStrided:                     # numpy.ndarray((200000, 3072), strides=(0, 0))
+        def __reduce__(self):
+            return (np.ndarray, ((200000, 3072), np.dtype(np.uint8), b"\0", 0, (0, 0)))
+    path = tmp_path / "zs"
+    path.write_bytes(pickle.dumps({b"data": ZeroStrided()}, protocol=2))
+    assert len(path.read_bytes()) < 300
+    with pytest.raises(DataError, match=r"refusing a direct numpy.ndarray\(...\) call"):
+        restricted_load(path)
+    fn, args, state = np.zeros((4, 4), np.uint8).__reduce__()
+
+    class Short:                            # declares (400, 400), holds 16 bytes
+        def __reduce__(self):
+            return (fn, args, (state[0], (400, 400), *state[2:]))
+    path.write_bytes(pickle.dumps({b"a": Short()}, protocol=2))
+    with pytest.raises(DataError, match=r"shape \(400, 400\) and dtype uint8 needs 160000 "
+                                        "bytes, the file holds 16"):
+        restricted_load(path)
+    path.write_bytes(pickle.dumps({b"a": np.zeros(3, dtype=[("f", "u1")])}, protocol=2))
+    with pytest.raises(DataError, match="refusing"):
+        restricted_load(path)
+
+
+def test_labels_must_be_a_flat_list_of_ints(tmp_path):
+    folder = write_cifar(tmp_path / "c")
+    nested = [0, 1]
+    for _ in range(32):
+        nested = [nested, nested]                # 2^33 items behind a few hundred bytes
+    for labels in (nested, [0, 1, True], [0, 1], [0, 1, 2, 3], [0.0, 1.0, 2.0]):
+        (folder / "data_batch_1").write_bytes(pickle.dumps(
+            {b"data": np.zeros((3, 3072), np.uint8), b"labels": labels}, protocol=2))
+        with pytest.raises(DataError, match=r"b'labels' must be a flat list of 3 integers"):
+            load_dataset("cifar10", data_dir=folder)
+
+
+def test_fewer_than_ten_training_samples_is_a_clear_error(tmp_path):
+    folder = write_cifar(tmp_path / "c", n_per_batch=1)
+    with pytest.raises(DataError, match=r"data_batch_\*: 5 training samples; at least 10"):
+        load_dataset("cifar10", data_dir=folder)
+    write_idx(tmp_path / "mnist", n=9, n_test=2)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: 9 training samples"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_idx_dimensions_whose_product_wraps_name_the_file(tmp_path):
+    dims = (1 << 22, 1 << 21, 1 << 21)
+    assert np.prod(np.array(dims, dtype=np.int64)) == 0 and math.prod(dims) == 1 << 64
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes((2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims))
+    with pytest.raises(DataError, match=f"{path} \\(dimensions \\[4194304, 2097152, 2097152\\]\\)"
+                                        " needs about"):
+        read_idx(path, 2051, 3)
+
+
+def test_idx_gzip_is_inflated_no_further_than_its_header_declares(tmp_path):
+    folder = write_idx(tmp_path, n=20, gz=True)
+    p = folder / "train-labels-idx1-ubyte.gz"
+    raw = gzip.decompress(p.read_bytes())
+    p.write_bytes(gzip.compress(raw + bytes(10**6)))         # a megabyte more than declared
+    with pytest.raises(DataError, match=r"size 29\+ bytes does not match dimensions \[20\]"):
+        read_idx(p, 2049, 1)
+    p.write_bytes(gzip.compress(raw[:-3]))
+    with pytest.raises(DataError, match=r"size 25 bytes does not match dimensions \[20\]"):
+        read_idx(p, 2049, 1)

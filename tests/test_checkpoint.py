@@ -1,0 +1,175 @@
+"""Checkpoints are validated against the model and the run before anything is restored."""
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from proxnp.checkpoint import CheckpointError
+from proxnp.cli import main
+from proxnp.data import load_dataset
+from proxnp.experiments import mlp
+from proxnp.model import load_npz
+from proxnp.train import fit
+
+KW = dict(method="proxprop", solver="cg", cg_iters=2, tau_theta=0.1, lr=0.5,
+          optimizer="nesterov", momentum=0.9, batch_size=50)
+
+
+@pytest.fixture(scope="module")
+def spirals():
+    return load_dataset("spirals", subset=200)
+
+
+def small_model(seed=0):
+    return mlp([2, 16, 3], rng=np.random.default_rng(seed))
+
+
+@pytest.fixture
+def ckpt(spirals, tmp_path):
+    path = tmp_path / "ckpt.npz"
+    fit(small_model(), spirals, epochs=2, checkpoint=path, **KW)
+    return path
+
+
+def rewrite(path, edit):
+    """Load the checkpoint's arrays and meta, let ``edit`` change them, save again."""
+    arrays = load_npz(path)
+    meta = json.loads(arrays.pop("meta").tobytes())
+    edit(arrays, meta)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **arrays)
+
+
+def resume(path, data, epochs=3, **kw):
+    model = small_model(seed=7)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    try:
+        return fit(model, data, epochs=epochs, checkpoint=path, resume=True, **{**KW, **kw})
+    finally:
+        resume.untouched = all(np.array_equal(before[k], v)
+                               for k, v in model.state_dict().items())
+
+
+def _set(key, value):
+    def edit(arrays, meta):
+        meta[key] = value
+    return edit
+
+
+def _drop_meta(key):
+    def edit(arrays, meta):
+        del meta[key]
+    return edit
+
+
+def _drop_opt(arrays, meta):
+    for k in [k for k in arrays if k.startswith("opt/")]:
+        del arrays[k]
+
+
+def _extra_layer(arrays, meta):
+    arrays["opt/momentum/7.W"] = np.zeros((2, 16), np.float32)
+
+
+def _wrong_shape(arrays, meta):
+    arrays["opt/momentum/0.W"] = np.zeros((16, 2), np.float32)
+
+
+def _wrong_dtype(arrays, meta):
+    arrays["opt/momentum/0.b"] = arrays["opt/momentum/0.b"].astype(np.float64)
+
+
+def _nan_weight(arrays, meta):
+    arrays["model/0.W"][1, 3] = np.nan
+
+
+def _inf_buffer(arrays, meta):
+    arrays["opt/momentum/2.b"][0] = np.inf
+
+
+def _short_history(arrays, meta):
+    meta["history"]["epochs"].pop()
+
+
+def _string_loss(arrays, meta):
+    meta["history"]["epochs"][1]["train_loss"] = "low"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_drop_meta("history"), "meta lacks history"),
+    (_drop_meta("settings"), "meta lacks settings"),
+    (_set("epoch", "two"), "meta field 'epoch' must be an integer >= 1, got 'two'"),
+    (_set("epoch", 0), "meta field 'epoch' must be an integer >= 1, got 0"),
+    (_set("opt_t", 5), "5 optimizer steps do not match 2 epochs of 4 batches"),
+    (_set("rng", {"bit_generator": "PCG64", "state": "x"}), "meta field 'rng' is not a PCG64"),
+    (_short_history, "history holds 2 records, expected 3"),
+    (_string_loss, "history record 1: train_loss = 'low' is not a finite number"),
+    (_drop_opt, "missing ['opt/momentum/0.W', 'opt/momentum/0.b'"),
+    (_extra_layer, "unexpected ['opt/momentum/7.W']"),
+    (_wrong_shape, r"opt/momentum/0.W: expected float32(2, 16), got float32(16, 2)"),
+    (_wrong_dtype, r"opt/momentum/0.b: expected float32(16,), got float64(16,)"),
+    (_nan_weight, "model/0.W contains NaN or inf"),
+    (_inf_buffer, "opt/momentum/2.b contains NaN or inf"),
+])
+def test_a_bad_checkpoint_is_refused_and_nothing_restored(ckpt, spirals, edit, message):
+    rewrite(ckpt, edit)
+    with pytest.raises(CheckpointError) as info:
+        resume(ckpt, spirals)
+    assert str(info.value).startswith(str(ckpt)) and message in str(info.value)
+    assert resume.untouched
+
+
+@pytest.mark.parametrize("change,name", [
+    (dict(lr=0.4), "lr"), (dict(optimizer="sgd"), "optimizer"), (dict(method="backprop"), "method"),
+    (dict(seed=3), "seed"),
+])
+def test_a_checkpoint_of_another_run_is_refused(ckpt, spirals, change, name):
+    with pytest.raises(CheckpointError, match=f"saved by a run with other settings .*{name}"):
+        resume(ckpt, spirals, **change)
+
+
+def test_adam_needs_its_buffers_and_momentum_zero_has_none(spirals, tmp_path):
+    path = tmp_path / "adam.npz"
+    fit(small_model(), spirals, epochs=1, checkpoint=path, **{**KW, "optimizer": "adam"})
+    assert {k.split("/")[1] for k in load_npz(path) if k.startswith("opt/")} == {"m", "v"}
+    rewrite(path, lambda arrays, meta: arrays.pop("opt/v/0.W"))
+    with pytest.raises(CheckpointError, match=r"missing \['opt/v/0.W'\]"):
+        resume(path, spirals, optimizer="adam")
+    plain = tmp_path / "sgd.npz"
+    kw = {**KW, "optimizer": "sgd", "momentum": 0.0}
+    fit(small_model(), spirals, epochs=1, checkpoint=plain, **kw)
+    assert resume(plain, spirals, epochs=2, **kw)["status"] == "ok"
+
+
+def test_resume_needs_more_epochs_than_saved(ckpt, spirals):
+    with pytest.raises(ValueError, match="already holds 2 epochs"):
+        resume(ckpt, spirals, epochs=2)
+
+
+def test_a_member_declaring_a_huge_array_is_refused_from_its_header(ckpt, spirals):
+    """A zip member whose .npy header declares 4 GB: refused before a byte is allocated."""
+    with zipfile.ZipFile(ckpt) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (32768, 32768)})
+    members["model/0.W.npy"] = header.getvalue() + b"\0" * 64
+    with zipfile.ZipFile(ckpt, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    with pytest.raises(CheckpointError, match=r"declares shape \(32768, 32768\) \(4294967296 "
+                                              r"bytes\) but holds 64 bytes"):
+        resume(ckpt, spirals)
+
+
+def test_cli_resume_of_a_bad_checkpoint_is_one_line(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["train", "--dataset", "spirals", "--hidden", "8", "--batch-size", "100",
+            "--out-dir", str(out)]
+    assert main(argv + ["--epochs", "1"]) == 0
+    rewrite(out / "checkpoint.npz", _nan_weight)
+    assert main(argv + ["--epochs", "2", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"proxnp: error: {out / 'checkpoint.npz'}: model/0.W contains NaN or inf"
