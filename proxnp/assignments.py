@@ -1,160 +1,146 @@
-"""Course assignments: make student versions of solution notebooks, and grade notebooks.
+"""Try the course assignments with nbgrader in one command.
 
-    python -m proxnp.assignments make-student SRC.ipynb DEST.ipynb
-    python -m proxnp.assignments grade NOTEBOOK.ipynb
+    python -m proxnp.assignments list
+    python -m proxnp.assignments try [ASSIGNMENT ...] [--submission NOTEBOOK] [--keep DIR]
 
-Solution notebooks use nbgrader's markers and cell metadata, so a course already on
-nbgrader can adopt them as they are:
+The assignments in ``notebooks/assignments/`` are nbgrader *source* notebooks, and nbgrader is
+the grading engine: this module only drives it.  ``try`` builds a throw-away nbgrader course
+directory (or ``--keep DIR``), copies the source notebook in, runs ``nbgrader
+generate_assignment``, submits the instructor's solution and the untouched student version
+(or the notebook given with ``--submission``), runs ``nbgrader autograde`` and prints nbgrader's
+score for every graded cell.  Markers, hidden tests, locked cells and scores are nbgrader's own;
+autograding restores every locked or graded cell -- edited or deleted -- from nbgrader's
+gradebook (``OverwriteCells.add_missing_cells``), so the returned file decides nothing but its
+answers.  With ``--keep`` it also runs ``nbgrader generate_feedback`` and leaves the course
+directory (release/, autograded/, feedback/, gradebook.db) for a look.
 
-* ``### BEGIN SOLUTION`` / ``### END SOLUTION`` -- replaced in the student version by
-  ``raise NotImplementedError()`` at the marker's indentation;
-* ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS`` -- removed;
-* graded cells carry ``metadata.nbgrader = {"grade": true, "grade_id": ..., "points": ...}``.
-
-:func:`make_student` refuses unbalanced or nested markers and clears every output.
-:func:`grade` executes a notebook (solution or student) cell by cell, continuing after
-errors, and gives each graded cell its points if it ran without error, else 0.
+A submitted notebook is code: grade untrusted work in a sandbox.  nbgrader comes with the
+``course`` extra: ``pip install -e ".[course]"``.
 """
 import argparse
-import copy
-import json
 import pathlib
+import shutil
+import subprocess
 import sys
-from typing import NamedTuple
+import tempfile
 
-MARKERS = {"SOLUTION": ("### BEGIN SOLUTION", "### END SOLUTION"),
-           "HIDDEN TESTS": ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")}
-STUB = "raise NotImplementedError()"
+SOURCES = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "assignments"
+INSTALL_HINT = 'proxnp.assignments needs nbgrader: pip install -e ".[course]"'
 
-
-class MarkerError(ValueError):
-    """Unbalanced or nested solution / hidden-test markers."""
-
-
-def _source(cell):
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else src
-
-
-def strip_regions(source, where="cell"):
-    """Replace solution regions by a stub and drop hidden-test regions; check the markers."""
-    out, open_kind, indent = [], None, ""
-    for n, line in enumerate(source.splitlines(), start=1):
-        stripped = line.strip()
-        kind = next((k for k, (b, e) in MARKERS.items() if stripped in (b, e)), None)
-        if kind is None:
-            if open_kind is None:
-                out.append(line)
-            continue
-        begins = stripped == MARKERS[kind][0]
-        if begins:
-            if open_kind is not None:
-                raise MarkerError(f"{where}, line {n}: {stripped!r} inside an open "
-                                  f"{MARKERS[open_kind][0]!r}")
-            open_kind, indent = kind, line[: len(line) - len(line.lstrip())]
-        else:
-            if open_kind != kind:
-                raise MarkerError(f"{where}, line {n}: {stripped!r} without a matching "
-                                  f"{MARKERS[kind][0]!r}")
-            if kind == "SOLUTION":
-                out.append(indent + STUB)
-            open_kind = None
-    if open_kind is not None:
-        raise MarkerError(f"{where}: {MARKERS[open_kind][0]!r} is never closed")
-    return "\n".join(out)
+CONFIG = """\
+c = get_config()
+c.CourseDirectory.root = {root!r}
+c.CourseDirectory.course_id = "proxnp"
+c.CourseDirectory.db_assignments = [{{"name": {name!r}}}]
+c.CourseDirectory.db_students = {students!r}
+c.OverwriteCells.add_missing_cells = True      # a deleted test cell is put back and run
+c.ExecutePreprocessor.timeout = 600
+"""
 
 
-def make_student(src, dest):
-    """Write the student version of the solution notebook ``src`` to ``dest``."""
-    nb = json.loads(pathlib.Path(src).read_text())
-    student = copy.deepcopy(nb)
-    for i, cell in enumerate(student["cells"]):
-        text = strip_regions(_source(cell), where=f"{src}: cell {i}")
-        cell["source"] = text
-        if cell["cell_type"] == "code":
-            cell["outputs"], cell["execution_count"] = [], None
-    dest = pathlib.Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(student, indent=1, ensure_ascii=False) + "\n")
-    return dest
+def available():
+    """The source notebooks shipped with the repository, sorted by name."""
+    return sorted(SOURCES.glob("*.ipynb"))
 
 
-class Question(NamedTuple):
-    grade_id: str
-    points: float
-    earned: float
-    error: str        # "" when the cell ran cleanly, else the exception name and message
+def resolve(spec):
+    """An assignment from a path, a name, or a name prefix such as '03'."""
+    path = pathlib.Path(spec)
+    if path.suffix == ".ipynb" and path.is_file():
+        return path.resolve()
+    matches = [p for p in available() if p.stem.startswith(spec)]
+    if len(matches) != 1:
+        names = ", ".join(p.stem for p in available()) or f"none found in {SOURCES}"
+        raise ValueError(f"{spec!r} names {'no' if not matches else 'more than one'} assignment; "
+                         f"give a path or one of: {names}")
+    return matches[0]
 
 
-def graded_cells(nb):
-    """(index, grade_id, points) of every graded cell."""
-    out = []
-    for i, cell in enumerate(nb["cells"]):
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if meta.get("grade"):
-            out.append((i, meta["grade_id"], float(meta.get("points", 0))))
-    return out
+def nbgrader(root, *args):
+    """Run one nbgrader command in the course directory; raise with its output on failure."""
+    run = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root,
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"nbgrader {' '.join(args)} failed:\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
 
 
-def grade(path, timeout=600, env_fast=True):
-    """Execute ``path`` and return one :class:`Question` per graded cell."""
-    import os
+def grade(source, root, submissions):
+    """Generate ``source``'s assignment in the course at ``root``, autograde ``submissions``.
 
-    import nbclient
-    import nbformat
+    ``submissions`` maps a student id to a notebook path, or to None for the untouched
+    release.  Returns {student: [(grade_id, score, max_score), ...]} from nbgrader's gradebook.
+    """
+    from nbgrader.api import Gradebook
 
-    nb = nbformat.read(path, as_version=4)
-    old = os.environ.get("PROXNP_NOTEBOOK_FAST")
-    if env_fast:
-        os.environ["PROXNP_NOTEBOOK_FAST"] = "1"
-    try:
-        client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                         allow_errors=True,
-                                         resources={"metadata": {"path": str(pathlib.Path(path).parent)}})
-        client.execute()
-    finally:
-        if env_fast:
-            if old is None:
-                os.environ.pop("PROXNP_NOTEBOOK_FAST", None)
-            else:
-                os.environ["PROXNP_NOTEBOOK_FAST"] = old
-    results = []
-    for i, grade_id, points in graded_cells(nb):
-        errors = [o for o in nb.cells[i].get("outputs", []) if o.get("output_type") == "error"]
-        error = f"{errors[0]['ename']}: {errors[0]['evalue']}" if errors else ""
-        results.append(Question(grade_id, points, 0.0 if errors else points, error))
-    return results
+    name = source.stem
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "nbgrader_config.py").write_text(CONFIG.format(
+        root=str(root), name=name, students=[{"id": s} for s in submissions]))
+    (root / "source" / name).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, root / "source" / name / source.name)
+    nbgrader(root, "generate_assignment", name, "--force")
+    for student, path in submissions.items():
+        dest = root / "submitted" / student / name
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path or root / "release" / name / source.name, dest / source.name)
+    nbgrader(root, "autograde", name, "--force")
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        return {s: [(g.name, g.score, g.max_score)
+                    for g in gb.find_submission_notebook(name, name, s).grades] for s in submissions}
 
 
-def report(results):
-    lines = [f"{'question':<28}{'points':>8}  result"]
-    for q in results:
-        lines.append(f"{q.grade_id:<28}{q.earned:>4g}/{q.points:<3g}  {q.error or 'ok'}")
-    total, possible = sum(q.earned for q in results), sum(q.points for q in results)
-    lines.append(f"{'total':<28}{total:>4g}/{possible:<3g}")
+def report(name, scores):
+    lines = [name]
+    for student, grades in scores.items():
+        total, top = sum(g[1] for g in grades), sum(g[2] for g in grades)
+        cells = ", ".join(f"{gid} {score:g}/{most:g}" for gid, score, most in grades)
+        lines.append(f"  {student:<12} {total:g} / {top:g}   ({cells})")
     return "\n".join(lines)
 
 
+def try_assignments(specs, submission=None, keep=None):
+    sources = [resolve(s) for s in specs] if specs else available()
+    if not sources:
+        raise ValueError(f"no assignments found in {SOURCES}; give the path of a source notebook")
+    if submission is not None and len(sources) != 1:
+        raise ValueError("--submission needs exactly one assignment")
+    with tempfile.TemporaryDirectory(prefix="proxnp-course-") as tmp:
+        base = pathlib.Path(keep) if keep else pathlib.Path(tmp)
+        for source in sources:
+            root = base / source.stem if len(sources) > 1 else base
+            subs = ({"student": pathlib.Path(submission).resolve()} if submission
+                    else {"solution": source, "release": None})
+            print(report(source.stem, grade(source, root, subs)), flush=True)
+            if keep:
+                nbgrader(root, "generate_feedback", source.stem, "--force")
+                print(f"  course directory: {root}")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m proxnp.assignments", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("make-student", help="write the student version of a solution notebook")
-    m.add_argument("src")
-    m.add_argument("dest")
-    g = sub.add_parser("grade", help="execute a notebook and report per-question points")
-    g.add_argument("notebook")
-    args = p.parse_args(argv)
-    try:
-        if args.command == "make-student":
-            if pathlib.Path(args.dest).resolve() == pathlib.Path(args.src).resolve():
-                raise MarkerError("refusing to overwrite the solution notebook with its student version")
-            print(f"wrote {make_student(args.src, args.dest)}")
-            return 0
-        print(report(grade(args.notebook)))
+    parser = argparse.ArgumentParser(prog="python -m proxnp.assignments",
+                                     description="Try the assignments with nbgrader.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the assignments")
+    p_try = sub.add_parser("try", help="generate, submit and autograde with nbgrader")
+    p_try.add_argument("assignments", nargs="*", help="names, prefixes ('03') or paths; default: all")
+    p_try.add_argument("--submission", help="grade this notebook instead of the solution and the release")
+    p_try.add_argument("--keep", metavar="DIR", help="keep the course directory here (and write feedback)")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for path in available():
+            print(path.stem)
         return 0
-    except (MarkerError, OSError, json.JSONDecodeError, KeyError) as exc:
-        print(f"proxnp.assignments: error: {exc}", file=sys.stderr)
+    try:
+        import nbgrader  # noqa: F401
+    except ImportError:
+        print(INSTALL_HINT, file=sys.stderr)
         return 2
+    try:
+        try_assignments(args.assignments, args.submission, args.keep)
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

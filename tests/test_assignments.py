@@ -328,3 +328,31 @@ def test_notebook_conventions(path):
         else:
             assert meta.get("solution") or meta.get("locked"), f"{meta['grade_id']}: neither answer nor locked"
     assert graded >= 3
+
+
+# ------------------------------------------------------------------ the one-command try
+def test_try_command_runs_nbgrader_and_keeps_the_course(tmp_path, capsys):
+    from proxnp.assignments import main
+    assert main(["try", "02", "--keep", str(tmp_path / "course")]) == 0
+    out = capsys.readouterr().out
+    assert "solution     9 / 9" in out and "release      0 / 9" in out, out
+    assert "energy_test 3/3" in out and "negative_control_test 0/2" in out, out
+    feedback = tmp_path / "course" / "feedback" / "solution" / "02_backprop_as_penalty_steps"
+    assert (feedback / "02_backprop_as_penalty_steps.html").is_file()
+
+
+def test_try_command_without_nbgrader_says_how_to_install(monkeypatch, capsys):
+    from proxnp.assignments import main
+    monkeypatch.setitem(sys.modules, "nbgrader", None)          # import nbgrader -> ImportError
+    assert main(["try", "01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['proxnp.assignments needs nbgrader: pip install -e ".[course]"']
+
+
+def test_try_command_names_the_assignments_on_a_bad_name(capsys):
+    from proxnp.assignments import main
+    assert main(["try", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "'9' names no assignment" in err and "04_the_prox_step_of_a_convolution" in err
+    assert main(["try", "0"]) == 2
+    assert "more than one" in capsys.readouterr().err
