@@ -121,3 +121,103 @@ def test_module_entry_point_and_info():
     r = subprocess.run([sys.executable, "-m", "proxnp", "train", "--epochs", "x"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["train", "--epochs", "-5"], "--epochs"), (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--momentum", "2"], "--momentum"), (["train", "--momentum", "-0.1"], "--momentum"),
+    (["train", "--momentum", "1"], "--momentum"),
+    (["train", "--cg-iters", "1000000000"], "--cg-iters"), (["train", "--cg-iters", "0"], "--cg-iters"),
+    (["train", "--seed", "-1"], "--seed"), (["train", "--lr", "nan"], "--lr"),
+    (["train", "--lr", "inf"], "--lr"), (["train", "--lr", "0"], "--lr"),
+    (["train", "--batch-size", "0"], "--batch-size"), (["train", "--subset", "0"], "--subset"),
+    (["train", "--threads", "0"], "--threads"), (["train", "--hidden", "8", "0"], "--hidden"),
+    (["train", "--tau-theta", "nan"], "--tau-theta"), (["compare", "--epochs", "1.5"], "--epochs"),
+    (["reproduce", "stability", "--taus", "1", "-1"], "--taus"),
+])
+def test_every_number_is_range_checked_naming_the_flag(argv, flag, capsys, tmp_path):
+    assert main(argv + ["--out-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"error: argument {flag}: " in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--model", "convnet", "--hidden", "8"], "--hidden applies to --model mlp only"),
+    (["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to"),
+    (["train", "--momentum", "0"], "--momentum 0 with --optimizer nesterov"),
+])
+def test_option_combinations_that_do_not_fit(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_help_states_a_default_for_every_option(capsys):
+    from proxnp.cli import build_cli_parser
+    sub = next(a for a in build_cli_parser()._actions if a.dest == "command")
+    for name in ("compare", "train", "reproduce"):
+        for action in sub.choices[name]._actions:
+            if action.option_strings and action.dest != "help":
+                assert "default" in (action.help or ""), (name, action.dest)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--lr LR learning rate, the paper's tau (default: 1e-3 with adam; otherwise "
+                  "0.05 for backprop, 1 for proxprop)",
+                  "(default: 0.05 for mlp, 1 for convnet)", "(default: 256 256)",
+                  "at most 1000 (default: 3)", "(default: nesterov)", "(default: cg)",
+                  "training epochs (default: 20)"):
+        assert shown in text
+
+
+@pytest.mark.parametrize("argv,used", [
+    ([], dict(lr=1.0, tau_theta=0.05, momentum=0.95, hidden=[256, 256], epochs=20,
+              batch_size=100)),
+    (["--method", "backprop"], dict(lr=0.05, momentum=0.95)),
+    (["--optimizer", "adam"], dict(lr=1e-3, tau_theta=0.05, momentum=0.0)),
+    (["--model", "convnet", "--optimizer", "adam"], dict(lr=1e-3, tau_theta=1.0, hidden=None)),
+    (["--model", "convnet"], dict(lr=1.0, tau_theta=1.0)),
+])
+def test_defaults_follow_the_paper(argv, used):
+    from proxnp.cli import build_cli_parser
+    from proxnp.options import resolve_train
+    args = resolve_train(build_cli_parser().parse_args(["train", *argv]))
+    assert {k: getattr(args, k) for k in used} == used
+
+
+def test_config_json_records_what_was_used(tmp_path):
+    out = tmp_path / "o"
+    assert main(["train", "--epochs", "1", "--subset", "200", "--out-dir", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["hidden"] == [256, 256] and config["sizes"] == [64, 256, 256, 10]
+    assert (config["lr"], config["tau_theta"], config["momentum"]) == (1.0, 0.05, 0.95)
+    assert (config["epochs"], config["batch_size"], config["optimizer"]) == (1, 100, "nesterov")
+    cmp = tmp_path / "c"
+    assert main(["compare", "--epochs", "1", "--dataset", "spirals", "--out-dir", str(cmp)]) == 0
+    assert json.loads((cmp / "config.json").read_text())["sizes"] == [2, 400, 100, 400, 3]
+
+
+def test_readme_convnet_adam_example_trains_with_its_defaults(tmp_path):
+    """train --model convnet --optimizer adam without --lr: Adam at 1e-3, tau_theta = 1."""
+    out = tmp_path / "c"
+    assert main(["train", "--model", "convnet", "--optimizer", "adam", "--epochs", "2",
+                 "--batch-size", "50", "--subset", "500", "--out-dir", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())["proxprop"]
+    rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    assert s["status"] == "ok" and s["final_train_loss"] < float(rows[0].split(",")[2])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--momentum", "0.99", "--lr", "20"], "diverging: the training loss rose from"),
+    (["--method", "backprop", "--optimizer", "sgd", "--momentum", "0", "--lr", "20"],
+     "training loss is stuck at chance level"),
+])
+def test_finite_blow_ups_are_reported_as_diverging(argv, message, tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["train", "--hidden", "64", "64", "--epochs", "3", "--out-dir", str(out),
+                 *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "(try a smaller --lr)" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary[next(iter(summary))]["status"] == "diverging"

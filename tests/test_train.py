@@ -4,7 +4,7 @@ import pytest
 
 from proxnp.data import load_dataset
 from proxnp.experiments import mlp
-from proxnp.train import fit
+from proxnp.train import fit, training_verdict
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,51 @@ def test_bad_data_is_refused(spirals):
             batch_size=50)
     with pytest.raises(ValueError, match="inputs but"):
         fit(small_model(), spirals._replace(y_train=spirals.y_train[:-1]), epochs=1, batch_size=50)
+
+
+def _history(losses, batch_losses, accs):
+    rows = [{"epoch": i, "train_loss": l, "batch_loss": b, "train_acc": a}
+            for i, (l, b, a) in enumerate(zip(losses, batch_losses, accs))]
+    return {"epochs": rows, "status": "ok", "message": ""}
+
+
+@pytest.mark.parametrize("losses,batch,accs,verdict", [
+    ([2.30, 1.9, 1.2], [2.30, 2.1, 1.5], [0.1, 0.4, 0.6], "ok"),           # learning
+    ([2.31, 2.30, 2.29], [2.31, 2.30, 2.30], [0.09, 0.10, 0.12], "ok"),    # slow, never rose
+    ([2.30, 9.0, 38.0], [2.30, 20.0, 40.0], [0.1, 0.1, 0.1], "diverging"),  # rose far
+    ([2.31, 3.1, 2.31], [2.31, 36.7, 2.49], [0.09, 0.09, 0.10], "diverging"),  # spike, dead
+    ([2.31, 3.1], [2.31, 36.7], [0.09, 0.09], "ok"),                        # one epoch: too early
+])
+def test_training_verdict(losses, batch, accs, verdict):
+    status, message = training_verdict(_history(losses, batch, accs), 10, "--lr")
+    assert status == verdict
+    assert (message == "") == (verdict == "ok")
+    if verdict != "ok":
+        assert message.startswith("diverging: ") and message.endswith("(try a smaller --lr)")
+
+
+def test_a_slow_run_at_a_tiny_learning_rate_is_not_called_diverging(spirals):
+    h = fit(small_model(), spirals, method="backprop", lr=1e-5, optimizer="sgd", momentum=0.0,
+            epochs=3, batch_size=50)
+    assert training_verdict(h, 3) == ("ok", "")
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(momentum=1.0), r"momentum must lie in \[0, 1\), got 1.0"),
+    (dict(momentum=-0.5), r"momentum must lie in \[0, 1\)"),
+    (dict(lr=float("nan")), "learning rate must be a finite number > 0"),
+    (dict(cg_iters=10**9), "cg_iters must be at most 1000"),
+    (dict(seed=-1), "seed must be a non-negative integer, got -1"),
+    (dict(epochs=-5), "epochs must be a non-negative integer, got -5"),
+    (dict(epochs=2.5), "epochs must be a non-negative integer, got 2.5"),
+    (dict(resume=True), "resume=True needs the checkpoint path"),
+])
+def test_every_fit_value_is_checked(spirals, kw, message):
+    with pytest.raises(ValueError, match=message):
+        fit(small_model(), spirals, **{"epochs": 1, "batch_size": 50, **kw})
+
+
+def test_an_empty_validation_split_is_named(spirals):
+    empty = spirals._replace(x_val=spirals.x_val[:0], y_val=spirals.y_val[:0])
+    with pytest.raises(ValueError, match="val split is empty"):
+        fit(small_model(), empty, epochs=1, batch_size=50)
