@@ -8,6 +8,13 @@ gives (N, C*H*W) for MLPs.  Labels are int64.  Every problem with a user file --
 missing, truncated, malformed, hostile -- raises :class:`DataError` naming the file.
 CIFAR-10 batches are pickles: they are read with :class:`RestrictedUnpickler`, which
 admits only the globals such a file needs and refuses everything else.
+
+Memory is bounded by what a file honestly holds: pickled arrays are rebuilt from
+raw bytes whose length must match the declared shape, labels must be a flat list
+of ints of the right length, IDX files (gzipped or not) are read to exactly the
+size their header declares, and the memory the float copies will need is checked
+(:mod:`proxnp.resources`) before they are made.  A training file with fewer than
+10 samples is refused (a tenth becomes the validation split).
 """
 import gzip
 import io
@@ -323,8 +330,7 @@ def _check_size(n_train, n_test, per_sample, where):
     if n_train < MIN_TRAIN:
         raise DataError(f"{where}: {n_train} training samples; at least {MIN_TRAIN} are needed "
                         "(one tenth becomes the validation split)")
-    # uint8 data, two float64 temporaries while scaling, the float32/64 split copies
-    need = (n_train + n_test) * per_sample * (1 + 8 + 8 + 8)
+    need = (n_train + n_test) * per_sample * (1 + 8 + 8)   # uint8, two float64 while scaling
     check_memory(need, f"{where} ({n_train + n_test} images of {per_sample} bytes)",
                  error=DataError)
 
