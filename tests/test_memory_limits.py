@@ -117,7 +117,8 @@ def crafted(tmp_path_factory):
 
 
 def test_crafted_files_end_in_one_line_under_a_memory_limit(crafted, tmp_path):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               MALLOC_ARENA_MAX="2")
     procs = {}
     for name, (argv, _) in crafted.items():
         out = ["--out-dir", str(tmp_path / name)] if "--out-dir" not in argv else []
