@@ -143,6 +143,8 @@ def build_parser(version, error_type=ValueError):
 
 def resolve_train(args, error_type=ValueError):
     """Fill in the defaults that depend on other options (in place); check combinations."""
+    if args.resume and args.out_dir is None:
+        raise error_type("--resume needs --out-dir, the folder of the run to continue")
     if args.model == "convnet" and args.hidden is not None:
         raise error_type("--hidden applies to --model mlp only")
     if args.optimizer == "adam" and args.momentum is not None:

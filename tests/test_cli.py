@@ -146,6 +146,7 @@ def test_every_number_is_range_checked_naming_the_flag(argv, flag, capsys, tmp_p
     (["train", "--model", "convnet", "--hidden", "8"], "--hidden applies to --model mlp only"),
     (["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to"),
     (["train", "--momentum", "0"], "--momentum 0 with --optimizer nesterov"),
+    (["train", "--resume"], "--resume needs --out-dir"),
 ])
 def test_option_combinations_that_do_not_fit(argv, message, capsys):
     assert main(argv) == 2
