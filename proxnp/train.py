@@ -118,6 +118,10 @@ def fit(model, data, *, method="proxprop", solver="cg", cg_iters=3, tau_theta=1.
     x_tr, y_tr, x_va, y_va = (to_device(a, device) for a in (
         data.x_train.astype(dtype), data.y_train, data.x_val.astype(dtype), data.y_val))
     xp = get_xp(x_tr)
+    k = model.forward(x_tr[:1]).shape[-1]
+    model.acts = []
+    if k != data.n_classes:
+        raise ValueError(f"the model has {k} outputs but the data {data.n_classes} classes")
     loss_fn = SoftmaxCrossEntropy(check_labels=False)     # check_data checked every label
     rng = np.random.default_rng([seed, 1])
     history = {"epochs": [], "status": "ok", "message": ""}

@@ -119,3 +119,8 @@ def test_an_empty_validation_split_is_named(spirals):
     empty = spirals._replace(x_val=spirals.x_val[:0], y_val=spirals.y_val[:0])
     with pytest.raises(ValueError, match="val split is empty"):
         fit(small_model(), empty, epochs=1, batch_size=50)
+
+
+def test_the_model_must_have_one_output_per_class(spirals):
+    with pytest.raises(ValueError, match="the model has 4 outputs but the data 3 classes"):
+        fit(mlp([2, 8, 4]), spirals, epochs=1, batch_size=50)
