@@ -44,6 +44,8 @@ def points(path):
 # An edit maps an answer cell's grade_id to a list of (old, new) replacements in the solution's
 # source (each `old` must occur), or to a whole new source for that cell.
 # `zero` lists the graded cells the case must lose; every other graded cell keeps its points.
+# "edited_tests" and "deleted_tests" plant one wrong answer and tamper with every test cell: the score
+# must be what the instructor's tests give that answer (only its question lost).
 
 def replace_tests_by_pass(nb):
     for cell in nb["cells"]:
@@ -92,17 +94,13 @@ A4_CG = "block_cg(lambda T: apply_At(apply_A(T)) + T / tau_theta, apply_At(to_ro
 CASES = {
     "01_layers_by_hand": {
         "planted_affine": ({"affine": [("dz.sum(axis=0)", "dz.mean(axis=0)")]}, ["affine_test"]),
-        "planted_relu_ge": ({"relu": [("cache > 0", "cache >= 0")]}, ["relu_test"]),
         "planted_conv": ({"conv": [("rows.sum(axis=0)", "rows.sum(axis=0) * (1 + 1e-3)")]}, ["conv_test"]),
-        "planted_softmax_sum": ({"softmax": [(".mean()", ".sum()"), ("d / N", "d")]}, ["softmax_test"]),
         "delegates_to_proxnp": ({"affine": PROXNP_LAYERS}, ["affine_test"]),
         "edited_tests": ({"relu": [("cache > 0", "cache >= 0")], None: replace_tests_by_pass}, ["relu_test"]),
         "deleted_tests": ({"softmax": [(".mean()", ".sum()")], None: delete_tests}, ["softmax_test"]),
     },
     "02_backprop_as_penalty_steps": {
-        "planted_energy": ({"energy": [("gamma / 2 * np.sum", "rho / 2 * np.sum")]}, ["energy_test"]),
         "planted_theta_step": ({"algorithm1": [(THETA_STEP, THETA_STEP + " * (1 + 1e-3)")]}, ["algorithm1_test"]),
-        "ignores_wrong_order": ({"algorithm1": [(THETA_STEP, "a_used = a_prev_k")]}, ["negative_control_test"]),
         "delegates_gradient_step": ({"algorithm1": OLD_GRADIENT_STEP},
                                     ["algorithm1_test", "negative_control_test"]),
         "edited_tests": ({"energy": [("gamma / 2 * np.sum", "rho / 2 * np.sum")], None: replace_tests_by_pass},
@@ -111,12 +109,9 @@ CASES = {
                           ["negative_control_test"]),
     },
     "03_the_proximal_step": {
-        "planted_exact_no_bias": ({"exact": [("np.ones((a_prev.shape[0], 1))", "np.zeros((a_prev.shape[0], 1))")]},
-                                  ["exact_test"]),
         "exact_delegates_to_proxnp": ({"exact": "from proxnp import prox\n\n\ndef prox_linear_exact(a_prev, g, tau_theta):\n"
                                                 "    return prox.prox_direction(a_prev, g, tau_theta, solver='exact')[0]\n"},
                                       ["exact_test"]),
-        "planted_cg_beta": ({"cg": [("np.divide(rs_new, rs,", "np.divide(rs, rs_new,")]}, ["cg_test"]),
         "cg_ignores_iters": ({"cg": "def block_cg(apply_M, B, iters):\n"
                                     "    return np.linalg.solve(apply_M(np.eye(B.shape[0])), B)\n"}, ["cg_test"]),
         "cg_delegates_to_proxnp": ({"cg": "from proxnp.cg import block_cg as proxnp_cg\n\n\n"
@@ -140,10 +135,6 @@ CASES = {
                            None: delete_tests}, ["exact_test"]),
     },
     "04_the_prox_step_of_a_convolution": {
-        "planted_design_ones_first": ({"design": [("np.hstack([cols.reshape(N * Ho * Wo, -1), np.ones((N * Ho * Wo, 1))])",
-                                                   "np.hstack([np.ones((N * Ho * Wo, 1)), cols.reshape(N * Ho * Wo, -1)])")]},
-                                      ["design_test"]),
-        "planted_exact_tau": ({"exact": [("/ tau_theta", "* tau_theta")]}, ["exact_test"]),
         "exact_delegates_to_proxnp": ({"exact": "from proxnp import prox\n\n\n"
                                                 "def prox_conv_exact(x, dz, W_shape, stride, padding, tau_theta):\n"
                                                 "    A = design_matrix(x, W_shape[2], W_shape[3], stride, padding)\n"
@@ -266,6 +257,7 @@ def test_four_assignments():
     assert set(CASES) == set(NAMES), "every assignment needs its planted and delegating cases"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_solution_full_marks_untouched_release_zero(course, name):
     full = points(ROOT / "notebooks" / "assignments" / f"{name}.ipynb")
@@ -273,6 +265,7 @@ def test_solution_full_marks_untouched_release_zero(course, name):
     assert course["scores"][name, "untouched"] == {k: 0 for k in full}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,case", [(n, c) for n in NAMES for c in sorted(CASES.get(n, {}))])
 def test_each_case_loses_exactly_its_questions(course, name, case):
     full = points(ROOT / "notebooks" / "assignments" / f"{name}.ipynb")
@@ -281,6 +274,7 @@ def test_each_case_loses_exactly_its_questions(course, name, case):
     assert course["scores"][name, case] == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_release_leaks_no_solution_or_hidden_test(course, name):
     text = (course["base"] / name / "release" / name / f"{name}.ipynb").read_text()
@@ -307,7 +301,8 @@ def visible(src):
 
 @pytest.mark.parametrize("path", ASSIGNMENTS, ids=lambda p: p.stem)
 def test_notebook_conventions(path):
-    """No outputs; answers in solution cells; locked test cells; every visible assert has a message."""
+    """No outputs; answers in solution cells; locked test cells with a hand-checkable case and hidden
+    tests; every visible assert has a message."""
     nb = json.loads(path.read_text())
     graded = 0
     for cell in nb["cells"]:
@@ -325,12 +320,14 @@ def test_notebook_conventions(path):
             bare = [n.lineno for n in ast.walk(ast.parse(visible(src)))
                     if isinstance(n, ast.Assert) and n.msg is None]
             assert not bare, f"{path.stem} {meta['grade_id']}: visible assert without a message, lines {bare}"
+            assert "# By hand" in visible(src), f"{meta['grade_id']}: no visible hand-checkable case"
         else:
             assert meta.get("solution") or meta.get("locked"), f"{meta['grade_id']}: neither answer nor locked"
     assert graded >= 3
 
 
 # ------------------------------------------------------------------ the one-command try
+@pytest.mark.slow
 def test_try_command_runs_nbgrader_and_keeps_the_course(tmp_path, capsys):
     from proxnp.assignments import main
     assert main(["try", "02", "--keep", str(tmp_path / "course")]) == 0
