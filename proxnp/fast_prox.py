@@ -7,8 +7,8 @@ Same signatures and results (up to rounding) as the reference; what differs is h
   <A^T x, A^T y> = x^T K y and M A^T = A^T (K + beta I), K = A A^T: the *same iterates*
   at R^2 * out per iteration, A^T applied once at the end (:func:`range_space_cg`).
   For many iterations it runs in the eigenbasis of K, where every iteration is
-  elementwise (:func:`use_eigenbasis`), and on the CPU the columns go in cache-sized
-  blocks (:func:`cg_block_width`).
+  elementwise (:func:`use_eigenbasis`), and there, on the CPU, the columns go in
+  cache-sized blocks (:func:`cg_block_width`).
 * **A cost model** (:func:`choose_space`) picks the cheapest of "row", "gram" and
   "matfree" by multiply-add counts.
 * **Sums over rows on host threads**: a conv layer has R in the 100 000s and few
@@ -20,6 +20,7 @@ Same signatures and results (up to rounding) as the reference; what differs is h
 import contextlib
 
 import numpy as np
+import scipy.linalg
 
 from .backend import eigh, get_xp, spd_solve
 from .cg import CGInfo, block_cg, scipy_cg
@@ -119,17 +120,17 @@ def range_space_cg(K, g, beta, iters, tol=None, variant="textbook", basis="auto"
             lambda g_blk: _range_space_cg(lambda r, out: xp.multiply(lam, r, out=out), g_blk,
                                           beta, iters, tol, variant), Q.T @ g, tol)
         return Q @ u_hat, info
-    return _in_column_blocks(
-        lambda g_blk: _range_space_cg(lambda r, out: xp.matmul(K, r, out=out), g_blk,
-                                      beta, iters, tol, variant), g, tol)
+    return _range_space_cg(lambda r, out: xp.matmul(K, r, out=out), g, beta, iters, tol, variant)
 
 
 def cg_block_width(xp, R, s, itemsize, tol=None):
-    """How many right-hand sides the range-space CG takes at a time.
+    """How many right-hand sides the eigenbasis CG takes at a time.
 
     The columns are independent, so on the CPU they go in blocks whose eight work arrays
-    (R x width) fit in the cache, where the elementwise updates run faster.  The early
-    exit ``tol`` compares all columns at once, so with it, and on a GPU, there is one block.
+    (R x width) fit in the cache, where the elementwise iterations run faster.  (In the
+    direct basis each iteration is one product with K, which runs best on all columns.)
+    The early exit ``tol`` compares all columns at once, so with it, and on a GPU, there
+    is one block.
     """
     if tol is not None or xp is not np:
         return s
@@ -212,10 +213,25 @@ def _range_space_cg(apply_K, g, beta, iters, tol, variant):
 
 # ------------------------------------------------------------------------- the solver
 def woodbury_solve(K_beta, g):
-    """(K + beta I)^{-1} g for the row space's small SPD matrix K_beta = K + beta I."""
+    """(K + beta I)^{-1} g for the row space's small SPD matrix K_beta = K + beta I (R x R).
+
+    On the CPU as one product with the inverse, formed from the Cholesky factor (LAPACK
+    potrf, potri: R^3 / 3 each): the product with the wide g runs on every BLAS thread,
+    where LAPACK's two triangular solves with g would run on one.  On a GPU, Cholesky
+    and two triangular solves (:func:`proxnp.backend.spd_solve`).
+    """
     xp = get_xp(K_beta, g)
-    with scipy_single_thread():
+    if xp is not np:
         return spd_solve(xp, K_beta, g)
+    potrf, potri = scipy.linalg.get_lapack_funcs(("potrf", "potri"), (K_beta,))
+    with scipy_single_thread():
+        L, info = potrf(K_beta, lower=1, clean=0)
+        if info == 0:
+            K_inv, info = potri(L, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"K + beta I is not positive definite (LAPACK info {info})")
+    K_inv = np.tril(K_inv) + np.tril(K_inv, -1).T             # potri fills the lower half
+    return K_inv @ g
 
 
 def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",

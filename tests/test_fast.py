@@ -181,3 +181,18 @@ def test_reference_nests_and_restores_the_fast_path():
     with pytest.raises(RuntimeError), pn.reference():
         raise RuntimeError("inside")
     assert config.use_fast()
+
+
+def test_woodbury_solve_equals_a_solve(xp, dtype, rng):
+    P = rng.standard_normal((40, 90))
+    K_beta = as_xp(xp, P @ P.T + 1 + 2.0 * np.eye(40), dtype)
+    g = as_xp(xp, rng.standard_normal((40, 7)), dtype)
+    u = fast_prox.woodbury_solve(K_beta, g)
+    assert u.dtype == dtype
+    want = np.linalg.solve(pn.to_numpy(K_beta).astype(np.float64), pn.to_numpy(g).astype(np.float64))
+    assert rel_error(u, want) < (1e-12 if dtype == np.float64 else 1e-4)
+
+
+def test_woodbury_solve_names_a_matrix_that_is_not_positive_definite():
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        fast_prox.woodbury_solve(-np.eye(3), np.ones((3, 2)))
