@@ -77,7 +77,7 @@ def test_default_names_cannot_collide_within_one_second(tmp_path, monkeypatch):
         assert a.path.name.startswith(f"train-20260101-000000-{os.getpid()}-")
 
 
-def _wait_for(path, proc, seconds=60):
+def _wait_for(path, proc, seconds=120):
     t0 = time.time()
     while not path.exists():
         assert proc.poll() is None, proc.communicate()
