@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from . import optim
-from .backend import get_xp, synchronize, to_device, to_numpy
+from .backend import get_xp, synchronize, to_device
 from .losses import SoftmaxCrossEntropy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .proxprop import backprop, check_proxprop_options, proxprop

@@ -6,7 +6,6 @@ non-zero exit and one line on stderr -- not a MemoryError traceback, not a hang.
 """
 import gzip
 import io
-import json
 import os
 import pickle
 import resource
@@ -60,8 +59,8 @@ def idx_gzip_bomb(root, chunks=100):
     head = (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28))
     zeros = gzip.compress(bytes(784 * 20000), compresslevel=1)
     (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(head) + zeros * chunks)
-    for name, magic, k in (("train-labels-idx1-ubyte", 2049, n),
-                           ("t10k-images-idx3-ubyte", 2051, 0), ("t10k-labels-idx1-ubyte", 2049, 0)):
+    for name, magic, k in (("train-labels-idx1-ubyte", 2049, n), ("t10k-images-idx3-ubyte", 2051, 0),
+                           ("t10k-labels-idx1-ubyte", 2049, 0)):
         dims = (k, 28, 28) if magic == 2051 else (k,)
         raw = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
         (folder / name).write_bytes(raw)
