@@ -31,7 +31,7 @@ from .data import DataError, load_dataset
 from .experiments import (EXPERIMENTS, build_model, memory_estimate, mlp_sizes, run_spec,
                           stability_table)
 from .model import atomic_write_bytes
-from .options import build_parser, resolve_train
+from .options import OptionError, build_parser, resolve_train
 from .plots import plot_histories
 from .resources import MemoryLimitError, check_memory
 from .runs import RunDirError, check_run_dir, claim_run_dir
@@ -42,7 +42,7 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-USER_ERRORS = (CLIError, DataError, RunDirError, CheckpointError, MemoryLimitError)
+USER_ERRORS = (CLIError, OptionError, DataError, RunDirError, CheckpointError, MemoryLimitError)
 STAGE = ["starting"]          # what the command is doing, for an out-of-memory message
 
 
@@ -212,7 +212,7 @@ def cmd_compare(args):
 
 
 def cmd_train(args):
-    resolve_train(args, CLIError)
+    resolve_train(args)
     config = {"dataset": args.dataset, "model": args.model, "momentum": args.momentum,
               "sizes": (0, *args.hidden, 0) if args.model == "mlp" else None}
     check_run_dir(args.out_dir, args.resume)
@@ -321,7 +321,7 @@ def cmd_info(args):
 
 
 def build_cli_parser():
-    return build_parser(__version__, CLIError)
+    return build_parser(__version__)
 
 
 def main(argv=None):

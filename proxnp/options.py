@@ -36,7 +36,6 @@ def int_in(low, high):
         if not low <= v <= high:
             raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {v}")
         return v
-    parse.__name__ = "integer"
     return parse
 
 
@@ -58,20 +57,21 @@ def float_in(low, high, low_open=True, high_open=False):
             raise argparse.ArgumentTypeError(f"must be a finite number in {lo}{low:g}, "
                                              f"{high:g}{hi}, got {s}")
         return v
-    parse.__name__ = "number"
     return parse
 
 
 positive = float_in(0, math.inf, high_open=True)
 
 
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are raised (as ``error_type``), not printed."""
+class OptionError(ValueError):
+    """A bad option or combination of options; the message names the flag."""
 
-    error_type = ValueError
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are raised as :class:`OptionError`, not printed."""
 
     def error(self, message):
-        raise self.error_type(f"{self.prog}: error: {message}")
+        raise OptionError(f"{self.prog}: error: {message}")
 
 
 def common(p, epochs, batch):
@@ -97,8 +97,7 @@ def common(p, epochs, batch):
                    help="threads for BLAS and for proxnp's own copy loops (default: one per core)")
 
 
-def build_parser(version, error_type=ValueError):
-    Parser.error_type = error_type
+def build_parser(version):
     parser = Parser(prog="proxnp", description="Proximal Backpropagation in NumPy/CuPy")
     parser.add_argument("--version", action="version", version=f"proxnp {version}")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
@@ -141,21 +140,21 @@ def build_parser(version, error_type=ValueError):
     return parser
 
 
-def resolve_train(args, error_type=ValueError):
+def resolve_train(args):
     """Fill in the defaults that depend on other options (in place); check combinations."""
     if args.resume and args.out_dir is None:
-        raise error_type("--resume needs --out-dir, the folder of the run to continue")
+        raise OptionError("--resume needs --out-dir, the folder of the run to continue")
     if args.model == "convnet" and args.hidden is not None:
-        raise error_type("--hidden applies to --model mlp only")
+        raise OptionError("--hidden applies to --model mlp only")
     if args.optimizer == "adam" and args.momentum is not None:
-        raise error_type("--momentum applies to --optimizer sgd or nesterov, not adam "
+        raise OptionError("--momentum applies to --optimizer sgd or nesterov, not adam "
                          "(Adam uses betas 0.9, 0.999)")
     if args.model == "mlp" and args.hidden is None:
         args.hidden = list(TRAIN_DEFAULTS["hidden"])
     if args.momentum is None:
         args.momentum = 0.0 if args.optimizer == "adam" else TRAIN_DEFAULTS["momentum"]
     if args.optimizer == "nesterov" and args.momentum == 0:
-        raise error_type("--momentum 0 with --optimizer nesterov: Nesterov needs momentum "
+        raise OptionError("--momentum 0 with --optimizer nesterov: Nesterov needs momentum "
                          "in (0, 1); use --optimizer sgd for plain SGD")
     if args.lr is None:
         args.lr = 1e-3 if args.optimizer == "adam" else (
