@@ -7,7 +7,10 @@ when an address-space limit is set (``ulimit -v``, ``RLIMIT_AS``), that limit
 minus the process's current virtual size.  Where neither can be read (not Linux)
 nothing is checked, and a real ``MemoryError`` is turned into one line by the CLI.
 """
-import resource
+try:
+    import resource
+except ImportError:           # Windows: no address-space limits to read
+    resource = None
 
 GIB = 1 << 30
 
@@ -38,8 +41,8 @@ def _proc_kib(path, key):
 def memory_available():
     """Bytes this process can still allocate, or None where that is unknown."""
     limits = [_proc_kib("/proc/meminfo", "MemAvailable")]
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS) if resource else (None, None)
+    if resource and soft != resource.RLIM_INFINITY:
         used = _proc_kib("/proc/self/status", "VmSize")
         limits.append(max(0, soft - used) if used is not None else soft)
     known = [v for v in limits if v is not None]

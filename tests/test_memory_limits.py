@@ -145,3 +145,14 @@ def test_a_remaining_memory_error_is_one_line_naming_the_stage(monkeypatch, caps
     err = capsys.readouterr().err.strip()
     assert err == ("proxnp: error: out of memory while loading the data set digits "
                    "(Unable to allocate 3.4 GiB for an array with shape (150000, 3072))")
+
+
+def test_check_memory_names_what_and_how_much():
+    from proxnp.resources import MemoryLimitError, check_memory, format_bytes, memory_available
+    available = memory_available()
+    assert available is not None and available > 0          # Linux: /proc/meminfo is readable
+    check_memory(1 << 20, "a megabyte")
+    with pytest.raises(MemoryLimitError, match=r"^the moon needs about 931322574.6 GiB of memory, "
+                                               r"but only .* are available$"):
+        check_memory(10**18, "the moon")
+    assert [format_bytes(n) for n in (512, 3 << 19, 5 << 30)] == ["512 bytes", "1.5 MiB", "5.0 GiB"]
