@@ -90,6 +90,7 @@ def grade(source, root, submissions):
 
 
 def report(name, scores):
+    """One line per student: the total and every graded cell's score."""
     lines = [name]
     for student, grades in scores.items():
         total, top = sum(g[1] for g in grades), sum(g[2] for g in grades)
@@ -99,6 +100,7 @@ def report(name, scores):
 
 
 def try_assignments(specs, submission=None, keep=None):
+    """Grade the solution and the untouched release (or ``submission``) of each assignment; print the scores."""
     sources = [resolve(s) for s in specs] if specs else available()
     if not sources:
         raise ValueError(f"no assignments found in {SOURCES}; give the path of a source notebook")
@@ -117,6 +119,7 @@ def try_assignments(specs, submission=None, keep=None):
 
 
 def main(argv=None):
+    """The command line; returns the exit status (2 on a bad argument or without nbgrader)."""
     parser = argparse.ArgumentParser(prog="python -m proxnp.assignments",
                                      description="Try the assignments with nbgrader.")
     sub = parser.add_subparsers(dest="command", required=True)
