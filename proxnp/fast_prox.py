@@ -215,23 +215,23 @@ def _range_space_cg(apply_K, g, beta, iters, tol, variant):
 def woodbury_solve(K_beta, g):
     """(K + beta I)^{-1} g for the row space's small SPD matrix K_beta = K + beta I (R x R).
 
-    On the CPU as one product with the inverse, formed from the Cholesky factor (LAPACK
-    potrf, potri: R^3 / 3 each): the product with the wide g runs on every BLAS thread,
-    where LAPACK's two triangular solves with g would run on one.  On a GPU, Cholesky
-    and two triangular solves (:func:`proxnp.backend.spd_solve`).
+    On the CPU as one product with the inverse (K + beta I)^{-1} = L^{-T} L^{-1}, formed
+    from the Cholesky factor L (LAPACK potrf, trtri: R^3 / 3 each): the product with the
+    wide g runs on every BLAS thread, where LAPACK's two triangular solves with g would
+    run on one.  On a GPU, Cholesky and two triangular solves
+    (:func:`proxnp.backend.spd_solve`).
     """
     xp = get_xp(K_beta, g)
     if xp is not np:
         return spd_solve(xp, K_beta, g)
-    potrf, potri = scipy.linalg.get_lapack_funcs(("potrf", "potri"), (K_beta,))
+    potrf, trtri = scipy.linalg.get_lapack_funcs(("potrf", "trtri"), (K_beta,))
     with scipy_single_thread():
-        L, info = potrf(K_beta, lower=1, clean=0)
+        L, info = potrf(K_beta, lower=1, clean=1)           # clean: zeros above the diagonal
         if info == 0:
-            K_inv, info = potri(L, lower=1)
+            L_inv, info = trtri(L, lower=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"K + beta I is not positive definite (LAPACK info {info})")
-    K_inv = np.tril(K_inv) + np.tril(K_inv, -1).T             # potri fills the lower half
-    return K_inv @ g
+    return (L_inv.T @ L_inv) @ g
 
 
 def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
