@@ -54,12 +54,33 @@ def accuracy_limits(histories, skip=0.2, margin=0.1):
     return max(0.0, lo - pad), min(100.0, hi + pad)
 
 
+def mark_clipped(ax):
+    """Mark the points of ``ax``'s lines that lie below its lower y-limit.
+
+    Each such point is drawn as an open downward triangle on the lower edge, in its
+    line's colour, so a zoomed accuracy panel still shows every epoch of every run.
+    Later lines get smaller triangles, nested inside the earlier ones, so runs clipped
+    at the same epoch stay distinguishable.  Returns the number of points marked.
+    """
+    lo = ax.get_ylim()[0]
+    marked = 0
+    for k, line in enumerate(list(ax.get_lines())):
+        x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+        below = np.isfinite(y) & (y < lo)
+        if below.any():
+            ax.plot(x[below], np.full(int(below.sum()), lo), "v", color=line.get_color(),
+                    mfc="none", mew=1.3, ms=max(11 - 2 * k, 3), clip_on=False, zorder=3)
+            marked += int(below.sum())
+    return marked
+
+
 def history_figure(histories, layout="mlp", title=None, time_limit=None, zoom=True):
     """One curve per run in each panel of ``layout``; returns the Figure.
 
     ``histories`` maps a run name (mathtext allowed) to a history of
     :func:`proxnp.train.fit`.  ``time_limit`` clips the time axes (the paper clips at
-    300 s); ``zoom`` narrows the accuracy axes with :func:`accuracy_limits`.
+    300 s); ``zoom`` narrows the accuracy axes with :func:`accuracy_limits` and marks
+    the points below the zoom on the lower edge (:func:`mark_clipped`).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
@@ -77,6 +98,7 @@ def history_figure(histories, layout="mlp", title=None, time_limit=None, zoom=Tr
             ax.set_yscale("log")
         if ykey == "val_acc" and zoom:
             ax.set_ylim(*accuracy_limits(histories))
+            mark_clipped(ax)
         if xkey == "time" and time_limit:
             ax.set_xlim(0, time_limit)
         ax.set_xlabel(xlabel)

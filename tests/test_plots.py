@@ -48,3 +48,18 @@ def test_unknown_layout_is_named():
 def test_plot_histories_writes_a_png(tmp_path):
     path = plots.plot_histories(HISTORIES, tmp_path / "figure.png", layout="mlp")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_points_below_the_zoom_are_marked_on_the_lower_edge():
+    fig = plots.history_figure(HISTORIES, layout="epochs")
+    ax = fig.axes[1]                                     # the zoomed validation panel
+    lo = plots.accuracy_limits(HISTORIES)[0]             # 91 %
+    curves, marks = ax.get_lines()[:2], ax.get_lines()[2:]
+    # BackProp's epochs 0 and 1 (10 %, 90 %) and ProxProp's epoch 0 (10 %) lie below 91 %
+    assert [list(m.get_xdata()) for m in marks] == [[0, 1], [0]]
+    assert all(list(m.get_ydata()) == [lo] * len(m.get_xdata()) for m in marks)
+    assert [m.get_color() for m in marks] == [c.get_color() for c in curves]
+    assert not any(m.get_clip_on() for m in marks)
+    assert marks[0].get_markersize() > marks[1].get_markersize()   # nested, both visible
+    unzoomed = plots.history_figure(HISTORIES, layout="epochs", zoom=False)
+    assert len(unzoomed.axes[1].get_lines()) == 2        # no zoom: nothing to mark
