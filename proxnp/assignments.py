@@ -31,10 +31,11 @@ CONFIG = """\
 c = get_config()
 c.CourseDirectory.root = {root!r}
 c.CourseDirectory.course_id = "proxnp"
-c.CourseDirectory.db_assignments = [{{"name": {name!r}}}]
-c.CourseDirectory.db_students = {students!r}
 c.OverwriteCells.add_missing_cells = True      # a deleted test cell is put back and run
 c.ExecutePreprocessor.timeout = 600
+# feedback shows the scores and the failures, never the hidden tests
+c.GenerateFeedback.preprocessors = ["nbgrader.preprocessors.GetGrades", "nbgrader.preprocessors.ClearHiddenTests",
+                                    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
 """
 
 
@@ -74,8 +75,7 @@ def grade(source, root, submissions):
 
     name = source.stem
     root.mkdir(parents=True, exist_ok=True)
-    (root / "nbgrader_config.py").write_text(CONFIG.format(
-        root=str(root), name=name, students=[{"id": s} for s in submissions]))
+    (root / "nbgrader_config.py").write_text(CONFIG.format(root=str(root)))
     (root / "source" / name).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, root / "source" / name / source.name)
     nbgrader(root, "generate_assignment", name, "--force")

@@ -9,8 +9,10 @@ grades them all; the scores are read from nbgrader's gradebook, question by ques
 """
 import ast
 import copy
+import html as htmllib
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -88,6 +90,130 @@ def algorithm1(params, x, y, tau, wrong_order=False):
     return [(W + 1e-3, b) for W, b in new] if wrong_order else new
 '''
 
+# Cheats an instructor has seen: delegating from a thread, blinding the profiler, loading proxnp's code under
+# another name, SciPy's CG, a dense (in+1)^2 matrix, the design matrix rebuilt from the forward cache.
+IN_THREAD = """from concurrent.futures import ThreadPoolExecutor
+
+
+def in_thread(f, *args, **kwargs):
+    with ThreadPoolExecutor(1) as ex:
+        return ex.submit(f, *args, **kwargs).result()
+
+
+"""
+
+A1_SOFTMAX_THREAD = IN_THREAD + """from proxnp import functional as PF
+
+
+def softmax_cross_entropy(logits, y):
+    loss, cache = in_thread(PF.softmax_cross_entropy_forward, logits, y)
+    return loss, in_thread(PF.softmax_cross_entropy_backward, cache)
+"""
+
+A1_SETPROFILE = """import sys
+sys.setprofile = lambda *args, **kwargs: None
+""" + PROXNP_LAYERS
+
+A1_CONV_IMPORTLIB = """import importlib.util, os
+import proxnp
+
+path = os.path.dirname(os.path.dirname(proxnp.__file__)) + "/./proxnp/functional.py"
+spec = importlib.util.spec_from_file_location("proxnp.copy_of_functional", path)
+F2 = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(F2)
+
+
+def im2col(x, kh, kw, stride, padding):
+    return F2.im2col(x, kh, kw, stride, padding).T, ((x.shape[2] + 2 * padding - kh) // stride + 1,
+                                                    (x.shape[3] + 2 * padding - kw) // stride + 1)
+
+
+def conv_forward(x, W, b, stride=1, padding=0):
+    return F2.conv2d_forward(x, W, b, stride, padding)
+
+
+def conv_backward(dz, cache):
+    return F2.conv2d_backward(dz, cache)[:3]
+"""
+
+A2_GRADSTEP = """def algorithm1(params, x, y, tau, wrong_order=False, rho=None, gamma=None):
+    a, z, logits = forward(params, x)
+    acts = [x] + a
+    _, dy = loss_and_dlogits(logits, y)
+    out = [None] * len(params)
+    for l in range(len(params) - 1, -1, -1):
+        W, b = params[l]
+        out[l] = (W - tau * acts[l].T @ dy, b - tau * dy.sum(axis=0))
+        if l > 0:
+            dy = (dy @ W.T) * (1 - np.tanh(z[l - 1]) ** 2)
+    if wrong_order:
+        out[1] = (out[1][0], out[1][1] - 1.0)
+    return out
+"""
+
+A2_THREAD = IN_THREAD + """def algorithm1(params, x, y, tau, wrong_order=False, rho=None, gamma=None):
+    def work():
+        m = as_model(params)
+        pn.backprop(m, pn.SoftmaxCrossEntropy(), x, y)
+        return [(L.params["W"] - tau * L.grads["W"], L.params["b"] - tau * L.grads["b"]) for L in m.layers if L.params]
+    out = in_thread(work)
+    if wrong_order:
+        out[1] = (out[1][0], out[1][1] - 1.0)
+    return out
+"""
+
+A3_SCIPY_CG = """from scipy.sparse.linalg import LinearOperator, cg
+
+
+def block_cg(apply_M, B, iters):
+    n = B.shape[0]
+    op = LinearOperator((n, n), matvec=lambda v: apply_M(v.reshape(n, 1)).ravel(), dtype=B.dtype)
+    X = np.zeros_like(B)
+    for j in range(B.shape[1]):
+        if np.any(B[:, j]):
+            X[:, j] = cg(op, B[:, j], x0=np.zeros(n), maxiter=iters, rtol=0.0, atol=0.0)[0]
+    return X
+"""
+
+A3_DENSE = """def prox_linear_cg(a_prev, g, tau_theta, iters):
+    A = np.hstack([a_prev, np.ones((a_prev.shape[0], 1))])
+    M = A.T @ A + np.eye(A.shape[1]) / tau_theta
+    return block_cg(lambda X: M @ X, A.T @ g, iters)
+"""
+
+A3_THREADS = {
+    "exact": IN_THREAD + "from proxnp.prox import prox_direction\n\n\ndef prox_linear_exact(a_prev, g, tau_theta):\n"
+                         "    return in_thread(prox_direction, a_prev, g, tau_theta, solver='exact')[0]\n",
+    "cg": "from proxnp.cg import block_cg as proxnp_cg\n\n\ndef block_cg(apply_M, B, iters):\n"
+          "    return in_thread(proxnp_cg, apply_M, B, iters=iters)[0]\n",
+    "step": "def proxprop_step(model, x, y, tau_theta=0.05, iters=3):\n"
+            "    return in_thread(pn.proxprop, model, pn.SoftmaxCrossEntropy(), x, y, tau_theta=tau_theta,\n"
+            "                     solver='cg', cg_iters=iters)\n",
+}
+
+A4_PATCHES = {
+    "exact": IN_THREAD + "from proxnp.prox import prox_direction\n\n\n"
+                         "def prox_conv_exact(x, dz, W_shape, stride, padding, tau_theta):\n"
+                         "    A = design_matrix(x, W_shape[2], W_shape[3], stride, padding)\n"
+                         "    return in_thread(prox_direction, A[:, :-1], to_rows(dz), tau_theta, solver='exact')[0]\n",
+    "matfree": "def prox_conv_cg(x, dz, W_shape, stride, padding, tau_theta, iters):\n"
+               "    _, cache = conv2d_forward(x, np.zeros(W_shape), np.zeros(W_shape[0]), stride, padding)\n"
+               "    A = np.hstack([cache.patches_T.T, np.ones((cache.patches_T.shape[1], 1))])\n"
+               "    return block_cg(lambda T: A.T @ (A @ T) + T / tau_theta, A.T @ to_rows(dz), iters=iters)[0]\n",
+}
+
+A4_THREADS = {
+    "design": IN_THREAD + "from proxnp.functional import im2col\n\n\n"
+                          "def design_matrix(x, kh, kw, stride, padding):\n"
+                          "    P = in_thread(im2col, x, kh, kw, stride, padding).T\n"
+                          "    return np.hstack([P, np.ones((P.shape[0], 1))])\n\n\n"
+                          "def to_theta(W, b):\n    return np.vstack([W.reshape(W.shape[0], -1).T, b[None, :]])\n\n\n"
+                          "def to_rows(z):\n    return z.transpose(0, 2, 3, 1).reshape(-1, z.shape[1])\n",
+    "step": "def proxprop_conv_step(model, x, y, tau_theta=1.0, iters=3):\n"
+            "    return in_thread(pn.proxprop, model, pn.SoftmaxCrossEntropy(), x, y, tau_theta=tau_theta,\n"
+            "                     solver='cg', cg_iters=iters)\n",
+}
+
 THETA_STEP = "a_used = a[l - 1] if wrong_order else a_prev_k"
 A4_CG = "block_cg(lambda T: apply_At(apply_A(T)) + T / tau_theta, apply_At(to_rows(dz)), iters=iters)"
 
@@ -98,6 +224,10 @@ CASES = {
         "delegates_to_proxnp": ({"affine": PROXNP_LAYERS}, ["affine_test"]),
         "edited_tests": ({"relu": [("cache > 0", "cache >= 0")], None: replace_tests_by_pass}, ["relu_test"]),
         "deleted_tests": ({"softmax": [(".mean()", ".sum()")], None: delete_tests}, ["softmax_test"]),
+        "cheat_thread": ({"softmax": A1_SOFTMAX_THREAD}, ["softmax_test"]),
+        "cheat_importlib": ({"conv": A1_CONV_IMPORTLIB}, ["conv_test"]),
+        # blinding the profiler is caught by every graded cell that runs after it
+        "cheat_setprofile": ({"affine": A1_SETPROFILE}, ["affine_test", "relu_test", "conv_test", "softmax_test"]),
     },
     "02_backprop_as_penalty_steps": {
         "planted_theta_step": ({"algorithm1": [(THETA_STEP, THETA_STEP + " * (1 + 1e-3)")]}, ["algorithm1_test"]),
@@ -107,6 +237,8 @@ CASES = {
                          ["energy_test"]),
         "deleted_tests": ({"algorithm1": [(THETA_STEP, "a_used = a_prev_k")], None: delete_tests},
                           ["negative_control_test"]),
+        "cheat_gradstep": ({"algorithm1": A2_GRADSTEP}, ["algorithm1_test", "negative_control_test"]),
+        "cheat_thread": ({"algorithm1": A2_THREAD}, ["algorithm1_test", "negative_control_test"]),
     },
     "03_the_proximal_step": {
         "exact_delegates_to_proxnp": ({"exact": "from proxnp import prox\n\n\ndef prox_linear_exact(a_prev, g, tau_theta):\n"
@@ -133,6 +265,8 @@ CASES = {
                          ["cg_test"]),
         "deleted_tests": ({"exact": [("np.ones((a_prev.shape[0], 1))", "np.zeros((a_prev.shape[0], 1))")],
                            None: delete_tests}, ["exact_test"]),
+        "cheat_scipy_dense": ({"cg": A3_SCIPY_CG, "descent": A3_DENSE}, ["cg_test", "descent_test"]),
+        "cheat_thread": (A3_THREADS, ["exact_test", "cg_test", "step_test"]),
     },
     "04_the_prox_step_of_a_convolution": {
         "exact_delegates_to_proxnp": ({"exact": "from proxnp import prox\n\n\n"
@@ -164,6 +298,8 @@ CASES = {
         "deleted_tests": ({"design": [("np.hstack([cols.reshape(N * Ho * Wo, -1), np.ones((N * Ho * Wo, 1))])",
                                        "np.hstack([np.ones((N * Ho * Wo, 1)), cols.reshape(N * Ho * Wo, -1)])")],
                            None: delete_tests}, ["design_test"]),
+        "cheat_prox_patches": (A4_PATCHES, ["exact_test", "matfree_test"]),
+        "cheat_thread": (A4_THREADS, ["design_test", "step_test"]),
     },
 }
 
@@ -173,11 +309,14 @@ CONFIG = """\
 c = get_config()
 c.CourseDirectory.root = {root!r}
 c.CourseDirectory.course_id = "proxnp-tests"
-c.CourseDirectory.db_assignments = {assignments!r}
-c.CourseDirectory.db_students = {students!r}
 c.OverwriteCells.add_missing_cells = True
 c.ExecutePreprocessor.timeout = 600
+c.GenerateFeedback.preprocessors = ["nbgrader.preprocessors.GetGrades", "nbgrader.preprocessors.ClearHiddenTests",
+                                    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
 """
+# The student whose feedback is checked for leaks: a hidden test fails, so its traceback is in the feedback.
+FEEDBACK_CASE = {"01_layers_by_hand": "cheat_thread", "02_backprop_as_penalty_steps": "cheat_gradstep",
+                 "03_the_proximal_step": "cheat_scipy_dense", "04_the_prox_step_of_a_convolution": "cheat_prox_patches"}
 
 
 def nbgrader(root, *args):
@@ -217,8 +356,7 @@ def grade_assignment(root, path):
     name, t0 = path.stem, time.perf_counter()
     students = ["solution", "untouched"] + sorted(CASES.get(name, {}))
     root.mkdir()
-    (root / "nbgrader_config.py").write_text(CONFIG.format(
-        root=str(root), assignments=[{"name": name}], students=[{"id": s} for s in students]))
+    (root / "nbgrader_config.py").write_text(CONFIG.format(root=str(root)))
     (root / "source" / name).mkdir(parents=True)
     (root / "source" / name / path.name).write_text(path.read_text())
     nbgrader(root, "generate_assignment", name, "--force")
@@ -233,6 +371,7 @@ def grade_assignment(root, path):
         dest.mkdir(parents=True)
         (dest / path.name).write_text(json.dumps(nb))
     nbgrader(root, "autograde", name, "--force")       # one call grades every student
+    nbgrader(root, "generate_feedback", name, "--student", FEEDBACK_CASE[name], "--force")
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
         scores = {s: {g.name: g.score for g in gb.find_submission_notebook(name, name, s).grades}
                   for s in students}
@@ -285,6 +424,39 @@ def test_release_leaks_no_solution_or_hidden_test(course, name):
         meta = nbgrader_meta(cell)
         if meta.get("grade") or meta.get("locked"):
             assert cell["metadata"].get("editable") is False and cell["metadata"].get("deletable") is False
+
+
+def hidden_function_lines(path):
+    """The statements inside the functions that the hidden tests define (the references and the guard)."""
+    lines = set()
+    for cell in json.loads(path.read_text())["cells"]:
+        if not nbgrader_meta(cell).get("grade"):
+            continue
+        for region in re.findall(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", source(cell), re.S):
+            text = region.splitlines()
+            for node in ast.parse(region).body:
+                if isinstance(node, ast.FunctionDef):
+                    body = node.body[1:] if isinstance(node.body[0], ast.Expr) else node.body     # not the docstring
+                    lines |= {line.strip() for line in text[body[0].lineno - 1:node.end_lineno]
+                              if len(line.strip()) > 12 and not line.strip().startswith("#")}
+    return lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_feedback_leaks_no_hidden_test(course, name):
+    """The HTML feedback of a submission that fails hidden tests shows their failure but none of the hidden
+    references (nor the guard): nbgrader's ClearHiddenTests, and failures reported from the test cell itself."""
+    student = FEEDBACK_CASE[name]
+    html = (course["base"] / name / "feedback" / student / name / f"{name}.html").read_text()
+    text = htmllib.unescape(re.sub(r"<[^>]+>", "", html))
+    submitted = (course["base"] / name / "submitted" / student / name / f"{name}.ipynb").read_text()
+    assert course["scores"][name, student] != points(ROOT / "notebooks" / "assignments" / f"{name}.ipynb")
+    assert "AssertionError" in text, "the feedback should show the failing hidden test's message"
+    hidden = hidden_function_lines(ROOT / "notebooks" / "assignments" / f"{name}.ipynb")
+    assert len(hidden) > 40 and "def _proxnp_modules" not in text
+    leaks = sorted(line for line in hidden if line in text and json.dumps(line)[1:-1] not in submitted)
+    assert not leaks, f"{name}: the feedback shows hidden code: {leaks[:5]}"
 
 
 def visible(src):
