@@ -231,14 +231,17 @@ CASES = {
     },
     "02_backprop_as_penalty_steps": {
         "planted_theta_step": ({"algorithm1": [(THETA_STEP, THETA_STEP + " * (1 + 1e-3)")]}, ["algorithm1_test"]),
-        "delegates_gradient_step": ({"algorithm1": OLD_GRADIENT_STEP},
-                                    ["algorithm1_test", "negative_control_test"]),
+        "delegates_gradient_step": ({"algorithm1": OLD_GRADIENT_STEP}, ["algorithm1_test"]),
+        # one bug in step (b), (1 - tanh^2) dropped: Algorithm 1 is wrong, the theta-step of Q3 is not
+        "bug_in_z_step": ({"algorithm1": [("gamma * (1 - np.tanh(z[l - 1]) ** 2) * s", "gamma * s")]}, ["algorithm1_test"]),
+        "planted_theta_step_sign": ({"theta_step": [("b - tau * rho * r.sum(axis=0)", "b + tau * rho * r.sum(axis=0)")]},
+                                    ["theta_step_test"]),
         "edited_tests": ({"energy": [("gamma / 2 * np.sum", "rho / 2 * np.sum")], None: replace_tests_by_pass},
                          ["energy_test"]),
-        "deleted_tests": ({"algorithm1": [(THETA_STEP, "a_used = a_prev_k")], None: delete_tests},
-                          ["negative_control_test"]),
-        "cheat_gradstep": ({"algorithm1": A2_GRADSTEP}, ["algorithm1_test", "negative_control_test"]),
-        "cheat_thread": ({"algorithm1": A2_THREAD}, ["algorithm1_test", "negative_control_test"]),
+        "deleted_tests": ({"theta_step": [("a = a_prev_half if wrong_order else a_prev_k", "a = a_prev_k")],
+                           None: delete_tests}, ["theta_step_test"]),
+        "cheat_gradstep": ({"algorithm1": A2_GRADSTEP}, ["algorithm1_test"]),
+        "cheat_thread": ({"algorithm1": A2_THREAD}, ["algorithm1_test"]),
     },
     "03_the_proximal_step": {
         "exact_delegates_to_proxnp": ({"exact": "from proxnp import prox\n\n\ndef prox_linear_exact(a_prev, g, tau_theta):\n"
@@ -505,7 +508,7 @@ def test_try_command_runs_nbgrader_and_keeps_the_course(tmp_path, capsys):
     assert main(["try", "02", "--keep", str(tmp_path / "course")]) == 0
     out = capsys.readouterr().out
     assert "solution     9 / 9" in out and "release      0 / 9" in out, out
-    assert "energy_test 3/3" in out and "negative_control_test 0/2" in out, out
+    assert "energy_test 3/3" in out and "theta_step_test 0/2" in out, out
     feedback = tmp_path / "course" / "feedback" / "solution" / "02_backprop_as_penalty_steps"
     assert (feedback / "02_backprop_as_penalty_steps.html").is_file()
 
