@@ -212,18 +212,13 @@ def _range_space_cg(apply_K, g, beta, iters, tol, variant):
 
 
 # ------------------------------------------------------------------------- the solver
-def woodbury_solve(K_beta, g):
-    """(K + beta I)^{-1} g for the row space's small SPD matrix K_beta = K + beta I (R x R).
+def woodbury_inverse(K_beta):
+    """(K + beta I)^{-1} = L^{-T} L^{-1} for the row space's small SPD matrix (R x R, NumPy).
 
-    On the CPU as one product with the inverse (K + beta I)^{-1} = L^{-T} L^{-1}, formed
-    from the Cholesky factor L (LAPACK potrf, trtri: R^3 / 3 each): the product with the
-    wide g runs on every BLAS thread, where LAPACK's two triangular solves with g would
-    run on one.  On a GPU, Cholesky and two triangular solves
-    (:func:`proxnp.backend.spd_solve`).
+    From the Cholesky factor L (LAPACK potrf, trtri: R^3 / 3 each).  Applying it is then
+    a product, which runs on every BLAS thread, where LAPACK's two triangular solves with
+    a wide right-hand side would run on one.
     """
-    xp = get_xp(K_beta, g)
-    if xp is not np:
-        return spd_solve(xp, K_beta, g)
     potrf, trtri = scipy.linalg.get_lapack_funcs(("potrf", "trtri"), (K_beta,))
     with scipy_single_thread():
         L, info = potrf(K_beta, lower=1, clean=1)           # clean: zeros above the diagonal
@@ -231,7 +226,16 @@ def woodbury_solve(K_beta, g):
             L_inv, info = trtri(L, lower=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"K + beta I is not positive definite (LAPACK info {info})")
-    return (L_inv.T @ L_inv) @ g
+    return L_inv.T @ L_inv
+
+
+def woodbury_solve(K_beta, g):
+    """(K + beta I)^{-1} g: a product with :func:`woodbury_inverse` on the CPU; on a GPU,
+    Cholesky and two triangular solves (:func:`proxnp.backend.spd_solve`)."""
+    xp = get_xp(K_beta, g)
+    if xp is not np:
+        return spd_solve(xp, K_beta, g)
+    return woodbury_inverse(K_beta) @ g
 
 
 def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
@@ -256,6 +260,8 @@ def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
         K_beta = row_gram(P)
         if solver == "exact":                                 # Woodbury / push-through
             K_beta[xp.diag_indices(R)] += beta
+            if xp is np and D1 < out:                         # A^T (K + beta I)^{-1} first:
+                return apply_At(P, woodbury_inverse(K_beta)) @ g, None   # (D+1) R^2 < R^2 out
             return apply_At(P, woodbury_solve(K_beta, g)), None
         u, info = range_space_cg(K_beta, g, beta, cg_iters, cg_tol, cg_variant)
         return apply_At(P, u), info

@@ -75,6 +75,7 @@ PROX_CASES = [                                       # (R, D, out): N < D + 1 an
     pytest.param(7, 12, 4, id="wide-N<D"),
     pytest.param(40, 9, 3, id="tall-N>D"),
     pytest.param(10, 9, 5, id="square-N=D+1"),
+    pytest.param(5, 8, 12, id="wide-N<D<out"),       # the exact row space multiplies A^T K^-1 first
 ]
 SOLVES = [pytest.param("exact", 1, space, id=f"exact-{space}") for space in ("auto", "row", "gram")]
 SOLVES += [pytest.param("cg", k, space, id=f"cg{k}-{space}")
@@ -193,6 +194,8 @@ def test_woodbury_solve_equals_a_solve(xp, dtype, rng):
     assert rel_error(u, want) < (1e-12 if dtype == np.float64 else 1e-4)
 
 
-def test_woodbury_solve_names_a_matrix_that_is_not_positive_definite():
+def test_woodbury_inverse_names_a_matrix_that_is_not_positive_definite():
     with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
         fast_prox.woodbury_solve(-np.eye(3), np.ones((3, 2)))
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        fast_prox.prox_direction(np.zeros((2, 3)), np.ones((2, 5)), -1.0, "exact", space="row")
