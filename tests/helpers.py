@@ -1,4 +1,7 @@
-"""Small model builders shared by the tests."""
+"""Small model builders and crafted files shared by the tests."""
+import io
+import zipfile
+
 import numpy as np
 
 import proxnp as pn
@@ -23,3 +26,17 @@ def batch(rng, shape, n_classes, dtype=np.float64):
     x = rng.standard_normal(shape).astype(dtype)
     y = rng.integers(0, n_classes, size=shape[0])
     return x, y
+
+
+def plant_huge_member(npz_path, member, shape, payload_bytes):
+    """Rewrite ``member`` of an .npz so that its .npy header declares ``shape`` (float32)
+    while the member holds only ``payload_bytes`` zero bytes -- a checkpoint "bomb"."""
+    with zipfile.ZipFile(npz_path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+    members[member] = header.getvalue() + b"\0" * payload_bytes
+    with zipfile.ZipFile(npz_path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)

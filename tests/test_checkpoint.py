@@ -1,11 +1,10 @@
 """Checkpoints are validated against the model and the run before anything is restored."""
-import io
 import json
-import zipfile
 
 import numpy as np
 import pytest
 
+from helpers import plant_huge_member
 from proxnp.checkpoint import CheckpointError
 from proxnp.cli import main
 from proxnp.data import load_dataset
@@ -150,15 +149,7 @@ def test_resume_needs_more_epochs_than_saved(ckpt, spirals):
 
 def test_a_member_declaring_a_huge_array_is_refused_from_its_header(ckpt, spirals):
     """A zip member whose .npy header declares 4 GB: refused before a byte is allocated."""
-    with zipfile.ZipFile(ckpt) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": "<f4", "fortran_order": False, "shape": (32768, 32768)})
-    members["model/0.W.npy"] = header.getvalue() + b"\0" * 64
-    with zipfile.ZipFile(ckpt, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
+    plant_huge_member(ckpt, "model/0.W.npy", (32768, 32768), 64)
     with pytest.raises(CheckpointError, match=r"declares shape \(32768, 32768\) \(4294967296 "
                                               r"bytes\) but holds 64 bytes"):
         resume(ckpt, spirals)

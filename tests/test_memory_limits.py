@@ -5,18 +5,17 @@ Each case runs ``python -m proxnp ...`` with its address space capped
 non-zero exit and one line on stderr -- not a MemoryError traceback, not a hang.
 """
 import gzip
-import io
 import os
 import pickle
 import resource
 import subprocess
 import sys
 import time
-import zipfile
 
 import numpy as np
 import pytest
 
+from helpers import plant_huge_member
 from proxnp.cli import main
 
 LIMIT = 1 << 30
@@ -69,16 +68,7 @@ def idx_gzip_bomb(root, chunks=100):
 
 def checkpoint_bomb(run_dir):
     """Replace model/0.W of a real checkpoint by a member declaring 30000 x 30000 float32."""
-    path = run_dir / "checkpoint.npz"
-    with zipfile.ZipFile(path) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": "<f4", "fortran_order": False, "shape": (30000, 30000)})
-    members["model/0.W.npy"] = header.getvalue() + b"\0" * 4096
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
+    plant_huge_member(run_dir / "checkpoint.npz", "model/0.W.npy", (30000, 30000), 4096)
 
 
 def _cap_memory():
