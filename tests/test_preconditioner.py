@@ -140,31 +140,25 @@ def test_exact_direction_is_preconditioned_gradient_conv2d():
         assert rel(d[i], ref) < 1e-10, (i, rel(d[i], ref))
 
 
-def _conv_errors(model, x, y):
-    """g = dJ/dz of every conv layer as rows (n, out row, out col) x channel."""
-    loss_fn = pn.SoftmaxCrossEntropy()
-    loss_fn.forward(model.forward(x), y)
-    dy, g = loss_fn.backward(), {}
-    for i in reversed(range(len(model.layers))):
-        if isinstance(model.layers[i], pn.Conv2d):
-            g[i] = dy.transpose(0, 2, 3, 1).reshape(-1, dy.shape[1])
-        dy = model.layers[i].backward(dy)
-    return g
-
-
-# ------------------------------------------------------------------ tau_theta -> infinity
-def _errors_into_layers(model, x, y):
-    """z and g = dJ/dz of every Linear layer (layer-by-layer backward pass)."""
+def _errors_into_layers(model, x, y, kind=pn.Linear):
+    """z and g = dJ/dz of every layer of type ``kind`` (layer-by-layer backward pass)."""
     loss_fn = pn.SoftmaxCrossEntropy()
     loss_fn.forward(model.forward(x), y)
     dy, out = loss_fn.backward(), {}
     for i in reversed(range(len(model.layers))):
-        if isinstance(model.layers[i], pn.Linear):
+        if isinstance(model.layers[i], kind):
             out[i] = (model.acts[i + 1].copy(), dy)
         dy = model.layers[i].backward(dy)
     return out
 
 
+def _conv_errors(model, x, y):
+    """g = dJ/dz of every conv layer as rows (n, out row, out col) x channel."""
+    return {i: dy.transpose(0, 2, 3, 1).reshape(-1, dy.shape[1])
+            for i, (_, dy) in _errors_into_layers(model, x, y, pn.Conv2d).items()}
+
+
+# ------------------------------------------------------------------ tau_theta -> infinity
 @pytest.mark.parametrize("n", [60, 8], ids=["overdetermined", "underdetermined"])
 def test_large_tau_theta_gives_layerwise_least_squares(n):
     """tau_theta -> inf: Theta^{k+1} -> the least-squares fit of z_half = z - g closest to Theta^k."""
