@@ -130,6 +130,27 @@ def spd_solve(xp, M, B):
     return solve_triangular(L, solve_triangular(L, B, lower=True), lower=True, trans="T")
 
 
+def spd_inverse(xp, M):
+    """M^{-1} = L^{-T} L^{-1} for symmetric positive definite M, from its Cholesky factor L.
+
+    NumPy arrays go to LAPACK (potrf, trtri), CuPy's to cuSOLVER (cholesky) and a
+    triangular solve against the identity.  Applying the inverse is then one product.
+    """
+    if xp is np:
+        import scipy.linalg  # noqa: PLC0415
+        potrf, trtri = scipy.linalg.get_lapack_funcs(("potrf", "trtri"), (M,))
+        L, info = potrf(M, lower=1, clean=1)                # clean: zeros above the diagonal
+        if info == 0:
+            L_inv, info = trtri(L, lower=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"matrix is not positive definite (LAPACK info {info})")
+        return L_inv.T @ L_inv
+    from cupyx.scipy.linalg import solve_triangular  # noqa: PLC0415
+    L = xp.linalg.cholesky(M)
+    L_inv = solve_triangular(L, xp.eye(M.shape[0], dtype=M.dtype), lower=True)
+    return L_inv.T @ L_inv
+
+
 def eigh(xp, K):
     """Eigenvalues (ascending) and orthonormal eigenvectors of a symmetric K: (lam, Q).
 

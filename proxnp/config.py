@@ -7,7 +7,7 @@ The reference path is the reading path (:mod:`proxnp.functional`, :mod:`proxnp.p
 each equation written once in NumPy/CuPy.  The fast kernels (:mod:`proxnp.fast_layers`,
 :mod:`proxnp.fast_prox`) compute the same numbers, up to rounding, with the same
 signatures and caches.  Layers and :func:`proxnp.proxprop` ask :func:`use_fast` which
-to call.  The switch is one process-wide flag, as Chainer's ``use_cudnn``.
+to call.  The switch is one process-wide flag (not per thread).
 """
 import contextlib
 

@@ -1,6 +1,8 @@
 """Fast proximal steps: the directions of :mod:`proxnp.prox`, computed faster.
 
-Same signatures and results (up to rounding) as the reference; what differs is how:
+Same signatures and directions (up to rounding) as the reference; what differs is how.
+(One visible difference: the range-space CG never computes the last residual, so its
+``CGInfo.residual_norms`` has ``iterations`` rows where :func:`proxnp.cg.block_cg` has one more.)
 
 * **Range-space CG** (``space="row"``, R < D+1): every CG iterate from delta = 0 lies in
   range(A^T), delta = A^T u, so CG runs on u with the inner products
@@ -20,12 +22,11 @@ Same signatures and results (up to rounding) as the reference; what differs is h
 import contextlib
 
 import numpy as np
-import scipy.linalg
 
-from .backend import eigh, get_xp, spd_solve
+from .backend import eigh, get_xp, spd_inverse, spd_solve
 from .cg import CGInfo, block_cg, scipy_cg
 from .cpu import numpy_blas_one_thread, parallel_sum, scipy_single_thread
-from .prox import SPACES, apply_A, row_gram
+from .prox import apply_A, check_solver_and_space, row_gram
 
 SMALL_PRODUCT = 1 << 24        # multiply-adds below which a product runs on one BLAS thread
 BLOCK_BYTES = 1 << 22          # rows of P per block of apply_AtA: about 4 MiB
@@ -213,28 +214,18 @@ def _range_space_cg(apply_K, g, beta, iters, tol, variant):
 
 # ------------------------------------------------------------------------- the solver
 def woodbury_inverse(K_beta):
-    """(K + beta I)^{-1} = L^{-T} L^{-1} for the row space's small SPD matrix (R x R, NumPy).
+    """(K + beta I)^{-1} for the row space's small SPD matrix (R x R), from its Cholesky
+    factor (:func:`proxnp.backend.spd_inverse`).
 
-    From the Cholesky factor L (LAPACK potrf, trtri: R^3 / 3 each).  Applying it is then
-    a product, which runs on every BLAS thread, where LAPACK's two triangular solves with
-    a wide right-hand side would run on one.
+    Applying it is then a product, which runs on every BLAS thread, where two triangular
+    solves with a wide right-hand side would run on one.
     """
-    potrf, trtri = scipy.linalg.get_lapack_funcs(("potrf", "trtri"), (K_beta,))
     with scipy_single_thread():
-        L, info = potrf(K_beta, lower=1, clean=1)           # clean: zeros above the diagonal
-        if info == 0:
-            L_inv, info = trtri(L, lower=1)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"K + beta I is not positive definite (LAPACK info {info})")
-    return L_inv.T @ L_inv
+        return spd_inverse(get_xp(K_beta), K_beta)
 
 
 def woodbury_solve(K_beta, g):
-    """(K + beta I)^{-1} g: a product with :func:`woodbury_inverse` on the CPU; on a GPU,
-    Cholesky and two triangular solves (:func:`proxnp.backend.spd_solve`)."""
-    xp = get_xp(K_beta, g)
-    if xp is not np:
-        return spd_solve(xp, K_beta, g)
+    """(K + beta I)^{-1} g as one product with :func:`woodbury_inverse`."""
     return woodbury_inverse(K_beta) @ g
 
 
@@ -248,8 +239,7 @@ def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
     xp = get_xp(P, g)
     beta = 1.0 / tau_theta
     R, D1, out = P.shape[0], P.shape[1] + 1, g.shape[1]
-    if space not in SPACES:
-        raise ValueError(f"unknown space {space!r}; expected one of {SPACES}")
+    check_solver_and_space(solver, space)
     if solver == "gradient":
         return apply_At(P, g), None                           # explicit step: grad J
     if space == "auto":
@@ -260,7 +250,7 @@ def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
         K_beta = row_gram(P)
         if solver == "exact":                                 # Woodbury / push-through
             K_beta[xp.diag_indices(R)] += beta
-            if xp is np and D1 < out:                         # A^T (K + beta I)^{-1} first:
+            if D1 < out:                                      # A^T (K + beta I)^{-1} first:
                 return apply_At(P, woodbury_inverse(K_beta)) @ g, None   # (D+1) R^2 < R^2 out
             return apply_At(P, woodbury_solve(K_beta, g)), None
         u, info = range_space_cg(K_beta, g, beta, cg_iters, cg_tol, cg_variant)

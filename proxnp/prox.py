@@ -97,6 +97,14 @@ def choose_space(R, D1, out, solver, cg_iters):
 
 
 # ------------------------------------------------------------------------- the solver
+def check_solver_and_space(solver, space):
+    """ValueError naming the option unless ``solver`` and ``space`` are known names."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+    if space not in SPACES:
+        raise ValueError(f"unknown space {space!r}; expected one of {SPACES}")
+
+
 def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
                    cg_backend="proxnp", cg_variant="textbook", cg_tol=None):
     """The ProxProp direction d = Theta^k - Theta^{k+1} = M^{-1} A^T g (D+1, out).
@@ -109,8 +117,7 @@ def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
     xp = get_xp(P, g)
     beta = 1.0 / tau_theta
     R, D1 = P.shape[0], P.shape[1] + 1
-    if space not in SPACES:
-        raise ValueError(f"unknown space {space!r}; expected one of {SPACES}")
+    check_solver_and_space(solver, space)
     if solver == "gradient":
         return apply_At(P, g), None                           # explicit step: grad J
     if space == "auto":

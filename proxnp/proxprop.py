@@ -61,13 +61,13 @@ def proxprop(model, loss_fn, x, y, *, tau_theta=1.0, solver="cg", cg_iters=3,
     check_proxprop_options(tau_theta, solver, cg_iters, cg_backend, cg_variant)
     out = model.forward(x)
     loss = loss_fn.forward(out, y)
-    dy = loss_fn.backward()                              # (8): dJ/d(output), tau = 1
+    dy = loss_fn.backward()                              # dJ/d(output), tau = 1
     prox_layers = set(model.parametrised()[:-1])         # the last one stays explicit (12)
     model.cg_info = {}
     for i in reversed(range(len(model.layers))):
         layer = model.layers[i]
         if i not in prox_layers:
-            dy = layer.backward(dy)                      # (9)/(10): plain backprop
+            dy = layer.backward(dy)                      # plain backprop: last layer (12), sigma (9)
             continue
         P, g = affine_problem(layer, dy)                 # a_{l-1}^k and g = z - z_half
         solve = fast_prox.prox_direction if use_fast() else prox.prox_direction

@@ -6,7 +6,7 @@ import pytest
 from conftest import assert_close
 
 import proxnp as pn
-from proxnp.backend import eigh, spd_solve
+from proxnp.backend import eigh, spd_inverse, spd_solve
 
 
 def test_cupy_imported_only_in_backend():
@@ -51,3 +51,16 @@ def test_eigh_and_spd_solve(xp, dtype, rng):
     X = spd_solve(xp, K, B)
     assert X.dtype == dtype
     assert_close(K @ X, B, rtol=tol, atol=tol * float(xp.abs(B).max()))
+
+
+def test_spd_inverse(xp, dtype, rng):
+    """M^{-1} from the Cholesky factor, checked against M^{-1} M = I; non-SPD raises on NumPy."""
+    P = rng.standard_normal((25, 40))
+    M = xp.asarray((P @ P.T + 0.5 * np.eye(25)).astype(dtype))
+    tol = 1e-3 if dtype == np.float32 else 1e-10
+    M_inv = spd_inverse(xp, M)
+    assert M_inv.dtype == dtype and M_inv.shape == (25, 25)
+    assert_close(M_inv @ M, xp.eye(25, dtype=dtype), atol=tol)
+    if xp is np:
+        with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+            spd_inverse(xp, -M)

@@ -285,6 +285,17 @@ def test_bad_options_raise():
         pn.proxprop(model, loss_fn, x, y, space="fourier")
 
 
+@pytest.mark.parametrize("solve", [prox.prox_direction, fast_prox.prox_direction],
+                         ids=["reference", "fast"])
+def test_prox_direction_rejects_unknown_names(solve):
+    """Called directly (not through proxprop), a misspelt solver or space is an error, not CG."""
+    P, g = np.ones((4, 3)), np.ones((4, 2))
+    with pytest.raises(ValueError, match="unknown solver 'exactt'"):
+        solve(P, g, 0.5, solver="exactt")
+    with pytest.raises(ValueError, match="unknown space 'fourier'"):
+        solve(P, g, 0.5, solver="exact", space="fourier")
+
+
 def test_block_cg_edge_cases():
     M = np.diag([1.0, 2.0, 3.0])
     B = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])       # second column: zero rhs
