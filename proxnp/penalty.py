@@ -51,9 +51,9 @@ def blocks(model):
     idx = model.parametrised()
     if not idx:
         raise ValueError("the model has no parametrised layer (Linear or Conv2d)")
-    L = model.layers
-    sigmas = [L[i + 1:j] for i, j in zip(idx[:-1], idx[1:])]
-    return Blocks(L[:idx[0]], [L[i] for i in idx], sigmas, L[idx[-1] + 1:])
+    layers = model.layers
+    sigmas = [layers[i + 1:j] for i, j in zip(idx[:-1], idx[1:])]
+    return Blocks(layers[:idx[0]], [layers[i] for i in idx], sigmas, layers[idx[-1] + 1:])
 
 
 def describe(model):
