@@ -6,14 +6,13 @@ authors' code; see docs/theory.md, "Mean and sum", for why the prox data term is
     loss = loss_fn.forward(logits, y)   # 0-d array
     dlogits = loss_fn.backward()
 """
-import numpy as np
-
 from . import functional as F
 from .backend import get_xp
+from .layers import FLOAT_DTYPES
 
 
 def _check_float(name, what, x):
-    if getattr(x, "dtype", None) not in (np.float32, np.float64):
+    if getattr(x, "dtype", None) not in FLOAT_DTYPES:
         raise ValueError(f"{name}: {what} must be a float32 or float64 array, got "
                          f"{getattr(x, 'dtype', type(x).__name__)} (convert with "
                          ".astype(np.float32))")

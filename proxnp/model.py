@@ -13,10 +13,8 @@ import zipfile
 import numpy as np
 
 from .backend import device_of, to_device, to_numpy
-from .layers import is_parametrised
+from .layers import FLOAT_DTYPES, is_parametrised
 from .resources import MemoryLimitError, check_memory
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class Sequential:
