@@ -121,7 +121,7 @@ def conv2d_backward(dz, cache, need_dx=True):
 
 
 def conv2d_input_grad(dz, cache):
-    """dx = col2im(W_mat^T @ dz_mat): eq. (10) of the paper for a convolution."""
+    """dx = col2im(W_mat^T @ dz_mat): the gradient in eq. (10) of the paper, for a convolution."""
     xp = get_xp(dz, cache.W)
     dz_mat = conv_channel_rows(dz)
     dx_t = _padded_zeros(xp, cache.x_shape, cache.padding, xp.result_type(cache.W, dz))

@@ -46,7 +46,7 @@ def affine_backward(dz, cache, need_da=True):
 
 
 def affine_input_grad(dz, cache):
-    """da_prev = dz @ W^T: eq. (10) of the paper for a linear layer (tau = 1)."""
+    """da_prev = dz @ W^T: the gradient in eq. (10) of the paper, for a linear layer."""
     return dz @ cache.W.T
 
 
@@ -69,7 +69,7 @@ def im2col(x, kh, kw, stride=1, padding=0):
 
     x (N, C, H, W)  ->  patches_T (C*kh*kw, N*Ho*Wo); rows ordered (c, i, j) to match
     ``W.reshape(F, -1)``, columns ordered (n, ho, wo).  The patch matrix P of the
-    paper's ridge problem (one row per output pixel) is ``patches_T.T``.  Entry (i, j)
+    ridge form of (11) (one row per output pixel) is ``patches_T.T``.  Entry (i, j)
     of every window is one strided slice of the zero-padded input.
     """
     xp = get_xp(x)
@@ -140,7 +140,7 @@ def conv2d_backward(dz, cache, need_dx=True):
 
 
 def conv2d_input_grad(dz, cache):
-    """dx = col2im(W_mat^T @ dz_mat): eq. (10) of the paper for a convolution."""
+    """dx = col2im(W_mat^T @ dz_mat): the gradient in eq. (10) of the paper, for a convolution."""
     F, C, kh, kw = cache.W.shape
     dpatches_T = cache.W.reshape(F, -1).T @ conv_channel_rows(dz)   # (C*kh*kw, N*Ho*Wo)
     return col2im(dpatches_T, cache.x_shape, kh, kw, cache.stride, cache.padding)

@@ -15,10 +15,10 @@ between Theta and its parameters (see :mod:`proxnp.layers`):
 * Conv2d: P the im2col patch matrix (N*Ho*Wo, C*kh*kw), one row per output pixel,
   Theta = [W_mat^T; b^T] (C*kh*kw+1, F).
 
-So (11) is ridge regression.  With beta = 1/tau_theta and the *update*
+So (11) is ridge regression.  With the *update*
 delta = Theta^{k+1} - Theta^k (since A Theta^k - z_half = g)::
 
-    M delta = -A^T g,   M = A^T A + beta I                                     (14)
+    M delta = -A^T g,   M = A^T A + I/tau_theta                                (14)
 
 and the direction handed to the optimizer is d = -delta = M^{-1} A^T g = M^{-1} grad J
 (Proposition 2, tau = 1).  Solving for delta rather than Theta^{k+1} keeps float32
@@ -27,13 +27,13 @@ accurate: Theta^{k+1} = Theta^k + small, and the direct form loses the small par
 Two ways to solve it, with R rows and D+1 columns in A:
 
 * ``"row"`` (R < D+1, the paper's MLP: N = 500 < 3073): by the push-through identity
-  M^{-1} A^T = A^T (K + beta I)^{-1} with K = A A^T (R x R), a Cholesky of K + beta I
+  M^{-1} A^T = A^T (K + I/tau_theta)^{-1} with K = A A^T (R x R), a Cholesky of K + I/tau_theta
   (Woodbury);
 * ``"gram"``: a Cholesky of M itself ((D+1) x (D+1)).
 
-CG (``solver="cg"``) runs textbook block CG (:func:`proxnp.cg.block_cg`) on (14) from
-delta = 0, with M formed (``"gram"``) or applied as A^T (A X) + beta X (``"matfree"``,
-and ``"row"``).  The bias column of ones is never materialised: A x = P x[:-1] + x[-1].
+CG (``solver="cg"``) runs block CG (:func:`proxnp.cg.block_cg`, textbook unless
+``cg_variant`` says otherwise) on (14) from delta = 0, with M formed (``"gram"``) or
+applied as A^T (A X) + X/tau_theta (``"matfree"``, and ``"row"``).  The bias column of ones is never materialised: A x = P x[:-1] + x[-1].
 
 This is the reference path; :mod:`proxnp.fast_prox` computes the same directions faster.
 """
@@ -115,7 +115,7 @@ def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
     docstring; "auto" takes :func:`choose_space`.  Returns (d, CGInfo or None).
     """
     xp = get_xp(P, g)
-    beta = 1.0 / tau_theta
+    inv_tau_theta = 1.0 / tau_theta
     R, D1 = P.shape[0], P.shape[1] + 1
     check_solver_and_space(solver, space)
     if solver == "gradient":
@@ -124,20 +124,20 @@ def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
         space = choose_space(R, D1, g.shape[1], solver, cg_iters)
     if solver == "exact":
         if space == "row":                                    # Woodbury / push-through
-            K_beta = row_gram(P) + beta * xp.eye(R, dtype=P.dtype)
-            return apply_At(P, spd_solve(xp, K_beta, g)), None
+            K_damped = row_gram(P) + inv_tau_theta * xp.eye(R, dtype=P.dtype)
+            return apply_At(P, spd_solve(xp, K_damped, g)), None
         if space == "gram":                                   # (14) by Cholesky
-            M = col_gram(P) + beta * xp.eye(D1, dtype=P.dtype)
+            M = col_gram(P) + inv_tau_theta * xp.eye(D1, dtype=P.dtype)
             return spd_solve(xp, M, apply_At(P, g)), None
         raise ValueError("the exact solver needs space 'row' or 'gram', not 'matfree'")
     if space == "gram":
-        M = col_gram(P) + beta * xp.eye(D1, dtype=P.dtype)
+        M = col_gram(P) + inv_tau_theta * xp.eye(D1, dtype=P.dtype)
 
         def apply_M(X):
             return M @ X
     else:                                                     # "row", "matfree"
         def apply_M(X):
-            return apply_At(P, apply_A(P, X)) + beta * X
+            return apply_At(P, apply_A(P, X)) + inv_tau_theta * X
     rhs = apply_At(P, g)                                      # = grad_Theta J
     if cg_backend == "scipy":
         return scipy_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol), None
