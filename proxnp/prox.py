@@ -27,13 +27,14 @@ accurate: Theta^{k+1} = Theta^k + small, and the direct form loses the small par
 Two ways to solve it, with R rows and D+1 columns in A:
 
 * ``"row"`` (R < D+1, the paper's MLP: N = 500 < 3073): by the push-through identity
-  M^{-1} A^T = A^T (K + I/tau_theta)^{-1} with K = A A^T (R x R), a Cholesky of K + I/tau_theta
-  (Woodbury);
+  M^{-1} A^T = A^T (K + I/tau_theta)^{-1} with K = A A^T (R x R), a Cholesky of
+  K + I/tau_theta (Woodbury);
 * ``"gram"``: a Cholesky of M itself ((D+1) x (D+1)).
 
 CG (``solver="cg"``) runs block CG (:func:`proxnp.cg.block_cg`, textbook unless
 ``cg_variant`` says otherwise) on (14) from delta = 0, with M formed (``"gram"``) or
-applied as A^T (A X) + X/tau_theta (``"matfree"``, and ``"row"``).  The bias column of ones is never materialised: A x = P x[:-1] + x[-1].
+applied as A^T (A X) + X/tau_theta (``"matfree"``, and ``"row"``).  The bias column of
+ones is never materialised: A x = P x[:-1] + x[-1].
 
 This is the reference path; :mod:`proxnp.fast_prox` computes the same directions faster.
 """
