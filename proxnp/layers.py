@@ -34,6 +34,11 @@ from .config import use_fast
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _ops():
+    """The module whose conv and pooling kernels run: fast unless inside proxnp.reference()."""
+    return fast_layers if use_fast() else F
+
+
 def _check_dtype(dtype):
     dtype = np.dtype(dtype)
     if dtype not in FLOAT_DTYPES:
@@ -156,14 +161,12 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         if x.shape[2] + 2 * self.padding < kh or x.shape[3] + 2 * self.padding < kw:
             raise ValueError(f"{self}: input {x.shape[2]}x{x.shape[3]} is smaller than the kernel")
-        ops = fast_layers if use_fast() else F
-        z, self.cache = ops.conv2d_forward(x, self.params["W"], self.params["b"],
-                                           self.stride, self.padding)
+        z, self.cache = _ops().conv2d_forward(x, self.params["W"], self.params["b"],
+                                              self.stride, self.padding)
         return z
 
     def backward(self, dz):
-        ops = fast_layers if use_fast() else F
-        dx, self.grads["W"], self.grads["b"] = ops.conv2d_backward(
+        dx, self.grads["W"], self.grads["b"] = _ops().conv2d_backward(
             dz, self.cache, need_dx=self.need_input_grad)
         return dx
 
@@ -187,8 +190,7 @@ class Conv2d(Layer):
 
     def input_grad(self, dz):
         """dx = col2im(W_mat^T @ dz_mat) (eq. 10)."""
-        ops = fast_layers if use_fast() else F
-        return ops.conv2d_input_grad(dz, self.cache)
+        return _ops().conv2d_input_grad(dz, self.cache)
 
     def __repr__(self):
         kh, kw = self.kernel_size
@@ -243,13 +245,11 @@ class MaxPool2d(Layer):
         self._check_input(x, (None, None, None, None), 4)
         if min(x.shape[2], x.shape[3]) < self.kernel_size:
             raise ValueError(f"{self}: input {x.shape[2]}x{x.shape[3]} is smaller than the window")
-        ops = fast_layers if use_fast() else F
-        out, self.cache = ops.max_pool2d_forward(x, self.kernel_size, self.stride)
+        out, self.cache = _ops().max_pool2d_forward(x, self.kernel_size, self.stride)
         return out
 
     def backward(self, dout):
-        ops = fast_layers if use_fast() else F
-        return ops.max_pool2d_backward(dout, self.cache)
+        return _ops().max_pool2d_backward(dout, self.cache)
 
     def __repr__(self):
         return f"MaxPool2d({self.kernel_size}, stride={self.stride})"
