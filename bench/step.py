@@ -21,8 +21,9 @@ reference path (``proxnp.reference()``) instead of the fast kernels.  On
 Targets: MLP BackProp <= 1.0x PyTorch CPU; direction steps: ProxProp exact <= 1.2x and
 cg3 <= 1.4x BackProp on the MLP, cg3 <= 2x on the ConvNet.
 """
-import contextlib
+
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -30,8 +31,8 @@ import numpy as np
 
 import proxnp as pn
 from proxnp.backend import get_xp, synchronize, to_device
-from proxnp.cpu import host_threads, reuse_host_memory
-from proxnp.experiments import PAPER_MLP, convnet, mlp
+from proxnp.fast.cpu import host_threads, reuse_host_memory
+from proxnp.training.models import PAPER_MLP, convnet, mlp
 
 
 def proxnp_step(model, opt, x, y, method, update=True, reference=False, **kw):
@@ -46,6 +47,7 @@ def proxnp_step(model, opt, x, y, method, update=True, reference=False, **kw):
                 pn.proxprop(model, loss_fn, x, y, **kw)
         if update:
             opt.step()
+
     return step
 
 
@@ -65,6 +67,7 @@ def matmul_floor(model, x):
             a.T @ dz[i]
             if i:
                 dz[i] @ W.T
+
     return step
 
 
@@ -88,10 +91,18 @@ def torch_step(kind, x, y, threads, device="cpu"):
             layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
         net = nn.Sequential(*layers)
     else:
-        net = nn.Sequential(nn.Conv2d(3, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                            nn.Conv2d(16, 20, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                            nn.Conv2d(20, 20, 5, padding=2), nn.ReLU(), nn.Flatten(),
-                            nn.Linear(1280, 10))
+        net = nn.Sequential(
+            nn.Conv2d(3, 16, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 20, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(20, 20, 5, padding=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(1280, 10),
+        )
     net = net.to(dev)
     if kind == "mlp":
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.95, nesterov=True)
@@ -106,15 +117,18 @@ def torch_step(kind, x, y, threads, device="cpu"):
         opt.step()
         if dev == "cuda":
             torch.cuda.synchronize()
+
     return step
 
 
 def threads():
     try:
         from threadpoolctl import threadpool_info
+
         return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
     except Exception:
         import os
+
         return os.cpu_count() or 1
 
 
@@ -160,29 +174,37 @@ def bench(kind, args):
     rng = np.random.default_rng(0)
     if kind == "mlp":
         x = rng.random((args.batch, PAPER_MLP[0]), dtype=np.float32)
-        build = lambda: mlp(PAPER_MLP, rng=np.random.default_rng(1))      # noqa: E731
+        build = lambda: mlp(PAPER_MLP, rng=np.random.default_rng(1))  # noqa: E731
         make_opt = lambda m: pn.optim.SGD(m, lr=1e-3, momentum=0.95, nesterov=True)  # noqa: E731
         tau_theta = 0.05
         variants = [("exact", {}), ("cg", {"cg_iters": 3}), ("cg", {"cg_iters": 10})]
     else:
         x = rng.random((args.batch, 3, 32, 32), dtype=np.float32)
-        build = lambda: convnet(rng=np.random.default_rng(1))             # noqa: E731
-        make_opt = lambda m: pn.optim.Adam(m, lr=1e-3)                    # noqa: E731
+        build = lambda: convnet(rng=np.random.default_rng(1))  # noqa: E731
+        make_opt = lambda m: pn.optim.Adam(m, lr=1e-3)  # noqa: E731
         tau_theta = 1.0
         variants = [("cg", {"cg_iters": 3}), ("cg", {"cg_iters": 10}), ("exact", {})]
     y = rng.integers(0, 10, args.batch)
     xd, yd = to_device(x, args.device), to_device(y, args.device)
     xp = get_xp(xd)
     methods = [("backprop", "backprop", {})]
-    methods += [(solver if solver == "exact" else f"cg{kw['cg_iters']}", "proxprop",
-                 dict(solver=solver, tau_theta=tau_theta, **kw)) for solver, kw in variants]
+    methods += [
+        (
+            solver if solver == "exact" else f"cg{kw['cg_iters']}",
+            "proxprop",
+            dict(solver=solver, tau_theta=tau_theta, **kw),
+        )
+        for solver, kw in variants
+    ]
     fns = {}
     for name, method, kw in methods:
         model = build().to(args.device)
         opt = make_opt(model)
         for what, update in (("direction", False), ("training step", True)):
-            fns[f"{name} {what}"] = (proxnp_step(model, opt, xd, yd, method, update,
-                                                 args.reference, **kw), xp)
+            fns[f"{name} {what}"] = (
+                proxnp_step(model, opt, xd, yd, method, update, args.reference, **kw),
+                xp,
+            )
     if kind == "mlp":
         fns["matmul floor (products only)"] = (matmul_floor(build().to(args.device), xd), xp)
     ts = torch_step(kind, x, y, threads(), args.device)
@@ -200,23 +222,39 @@ def bench(kind, args):
             else:
                 rows.append((f"ProxProp {name} {what}", sec, t_bp, f"BackProp {what}"))
     if kind == "mlp":
-        rows.append(("BackProp direction / matmul floor", t["backprop direction"],
-                     t["matmul floor (products only)"], "matmul floor"))
+        rows.append(
+            (
+                "BackProp direction / matmul floor",
+                t["backprop direction"],
+                t["matmul floor (products only)"],
+                "matmul floor",
+            )
+        )
     if torch_name in t:
-        rows.append((f"BackProp training step / {torch_name.split(' training')[0]}",
-                     t["backprop training step"], t[torch_name], torch_name))
-    title = (f"{'MLP 3072-4000-1000-4000-10' if kind == 'mlp' else 'ConvNet (authors code)'}, "
-             f"batch {args.batch}, float32, {args.device}"
-             f"{', reference path' if args.reference else ''}"
-             f"{f', {threads()} BLAS threads, {host_threads()} host threads' if args.device == 'cpu' else ''}, "
-             f"median of {args.steps} rounds (one untimed, one timed step each) after 2 warm-up steps")
+        rows.append(
+            (
+                f"BackProp training step / {torch_name.split(' training')[0]}",
+                t["backprop training step"],
+                t[torch_name],
+                torch_name,
+            )
+        )
+    title = (
+        f"{'MLP 3072-4000-1000-4000-10' if kind == 'mlp' else 'ConvNet (authors code)'}, "
+        f"batch {args.batch}, float32, {args.device}"
+        f"{', reference path' if args.reference else ''}"
+        f"{f', {threads()} BLAS threads, {host_threads()} host threads' if args.device == 'cpu' else ''}, "
+        f"median of {args.steps} rounds (one untimed, one timed step each) after 2 warm-up steps"
+    )
     table(title, rows)
 
 
 def bench_pieces(args):
     """The solver's pieces on the MLP's first prox layer (R = batch, D = 3072, out = 4000)."""
-    from proxnp import fast_prox, prox
+    from proxnp import prox
     from proxnp.backend import eigh
+    from proxnp.fast import prox as fast_prox
+
     rng = np.random.default_rng(2)
     P = to_device(rng.standard_normal((args.batch, 3072), dtype=np.float32) / 30, args.device)
     g = to_device(rng.standard_normal((args.batch, 4000), dtype=np.float32) / 500, args.device)
@@ -229,16 +267,21 @@ def bench_pieces(args):
         "A^T u (the final product)": lambda: fast_prox.apply_At(P, g),
         "eigh(K)": lambda: eigh(xp, K),
         "(K + beta I)^{-1} g, fast path": lambda: fast_prox.woodbury_solve(K_beta, g),
-        "range-space cg3, direct basis": lambda: fast_prox.range_space_cg(K, g, 20.0, 3,
-                                                                          basis="direct"),
-        "range-space cg10, direct basis": lambda: fast_prox.range_space_cg(K, g, 20.0, 10,
-                                                                           basis="direct"),
-        "range-space cg10, eigenbasis": lambda: fast_prox.range_space_cg(K, g, 20.0, 10,
-                                                                         basis="eigen"),
+        "range-space cg3, direct basis": lambda: fast_prox.range_space_cg(
+            K, g, 20.0, 3, basis="direct"
+        ),
+        "range-space cg10, direct basis": lambda: fast_prox.range_space_cg(
+            K, g, 20.0, 10, basis="direct"
+        ),
+        "range-space cg10, eigenbasis": lambda: fast_prox.range_space_cg(
+            K, g, 20.0, 10, basis="eigen"
+        ),
     }
     t = time_each({name: (fn, xp) for name, fn in fns.items()}, args.steps)
-    table(f"Solver pieces, MLP layer 1 (R={args.batch}, D=3072, out=4000), float32, {args.device}",
-          [(name, sec, None, None) for name, sec in t.items()])
+    table(
+        f"Solver pieces, MLP layer 1 (R={args.batch}, D=3072, out=4000), float32, {args.device}",
+        [(name, sec, None, None) for name, sec in t.items()],
+    )
 
 
 def main():
@@ -249,10 +292,13 @@ def main():
     p.add_argument("--skip-conv", action="store_true")
     p.add_argument("--skip-mlp", action="store_true")
     p.add_argument("--pieces", action="store_true", help="also time the solver's pieces")
-    p.add_argument("--reference", action="store_true",
-                   help="time the plain reference path (proxnp.reference()) instead")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="time the plain reference path (proxnp.reference()) instead",
+    )
     args = p.parse_args()
-    reuse_host_memory()                      # as the command line does (see proxnp.cpu)
+    reuse_host_memory()  # as the command line does (see proxnp.cpu)
     if args.pieces:
         bench_pieces(args)
     if not args.skip_mlp:

@@ -1,4 +1,5 @@
 """Sphinx configuration: MyST pages, the lessons executed at build time, autodoc, offline math."""
+
 import os
 import pathlib
 import pkgutil
@@ -22,7 +23,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
-    "sphinx-mathjax-offline",   # MathJax 3 from the installed package into _static/: no CDN
+    "sphinx-mathjax-offline",  # MathJax 3 from the installed package into _static/: no CDN
 ]
 myst_enable_extensions = ["dollarmath", "amsmath"]
 exclude_patterns = ["_build"]
@@ -33,16 +34,16 @@ suppress_warnings = ["myst.header"]
 nb_execution_mode = "force"
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
-nb_execution_timeout = 600           # seconds per cell
-nb_ipywidgets_js = {}                # never load widget scripts from a CDN
-nb_merge_streams = True              # consecutive prints of a cell in one output block
+nb_execution_timeout = 600  # seconds per cell
+nb_ipywidgets_js = {}  # never load widget scripts from a CDN
+nb_merge_streams = True  # consecutive prints of a cell in one output block
 
 html_theme = "sphinx_book_theme"
 html_title = "proxnp"
 html_static_path = ["_static"]
 html_css_files = ["proxnp.css"]
 html_theme_options = {
-    "use_download_button": True,     # each lesson page offers its .ipynb
+    "use_download_button": True,  # each lesson page offers its .ipynb
     "use_fullscreen_button": False,
     "show_toc_level": 2,
     "home_page_in_toc": True,
@@ -77,8 +78,13 @@ def _literal_examples(app, what, name, obj, options, lines):
     out, paragraph = [], None
     for i, line in enumerate(lines):
         indented = line.startswith("    ") and line.strip()
-        if (indented and i > 0 and not lines[i - 1].strip() and paragraph is not None
-                and not paragraph.rstrip().endswith("::")):
+        if (
+            indented
+            and i > 0
+            and not lines[i - 1].strip()
+            and paragraph is not None
+            and not paragraph.rstrip().endswith("::")
+        ):
             out += ["::", ""]
             paragraph = "::"
         out.append(line)
@@ -89,8 +95,13 @@ def _literal_examples(app, what, name, obj, options, lines):
 
 def _modules_not_on_page(source):
     import proxnp
-    names = [m.name for m in pkgutil.iter_modules(proxnp.__path__) if m.name != "__main__"]
-    return [n for n in sorted(names) if not re.search(rf"automodule:: proxnp\.{n}\s", source)]
+
+    names = [
+        m.name
+        for m in pkgutil.walk_packages(proxnp.__path__, "proxnp.")
+        if not m.name.endswith("__main__")
+    ]
+    return [n for n in sorted(names) if not re.search(rf"automodule:: {re.escape(n)}\s", source)]
 
 
 def _complete_api_page(app, docname, source):
@@ -99,8 +110,11 @@ def _complete_api_page(app, docname, source):
         return
     missing = _modules_not_on_page(source[0])
     if missing:
-        source[0] += "\n## Other modules\n\n```{eval-rst}\n" + "".join(
-            f".. automodule:: proxnp.{n}\n" for n in missing) + "```\n"
+        source[0] += (
+            "\n## Other modules\n\n```{eval-rst}\n"
+            + "".join(f".. automodule:: {n}\n" for n in missing)
+            + "```\n"
+        )
 
 
 def setup(app):

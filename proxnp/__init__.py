@@ -1,26 +1,53 @@
 """proxnp: Proximal Backpropagation (Frerix et al., ICLR 2018) in NumPy and CuPy.
 
-Read in this order to meet every equation of the paper once:
-functional -> layers -> model -> penalty -> cg -> prox -> proxprop.
-The fast kernels (fast_layers, fast_prox, cpu) compute the same numbers; inside
-``with proxnp.reference():`` the plain reading path runs instead.
+The package is laid out by audience.  The paper's modules sit at the top, flat; read them in
+this order to meet every equation of the paper once:
+
+    functional -> layers -> model -> losses -> penalty -> cg -> prox -> proxprop -> optim
+
+beside ``gradcheck`` (finite-difference checks), ``backend`` (NumPy or CuPy, from the arrays)
+and ``lessons`` (the notebooks' sizes).  Everything else lives apart, under names that say it
+is not the reading path:
+
+* :mod:`proxnp.fast` -- the same numbers, fast: threaded convolution and pooling, the
+  range-space CG, CPU threads.  Inside ``with proxnp.reference():`` the plain code runs instead.
+* :mod:`proxnp.training` -- model builders, data, the fit loop, plots, checkpoints and files.
+* :mod:`proxnp.cli` -- the command line, its options, run folders and the paper's experiments.
+* :mod:`proxnp.assignments` -- tooling for the nbgrader course.
 """
-from . import functional, gradcheck
+
+from . import functional, gradcheck, optim
 from .backend import get_xp, gpu_available, to_device, to_numpy
-from .config import reference
+from .fast import reference
 from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
+from .proxprop import backprop, proxprop
+from .training.files import load_model, save_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Conv2d", "Flatten", "Linear", "MaxPool2d", "MeanSquaredError", "ReLU", "Sequential",
-    "Sigmoid", "SoftmaxCrossEntropy", "Tanh", "functional", "get_xp", "gpu_available",
-    "gradcheck", "reference", "to_device", "to_numpy",
+    "Conv2d",
+    "Flatten",
+    "Linear",
+    "MaxPool2d",
+    "MeanSquaredError",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "SoftmaxCrossEntropy",
+    "Tanh",
+    "backprop",
+    "functional",
+    "get_xp",
+    "gpu_available",
+    "gradcheck",
+    "load_model",
+    "optim",
+    "proxprop",
+    "reference",
+    "save_model",
+    "to_device",
+    "to_numpy",
 ]
-
-from . import optim  # noqa: E402
-from .proxprop import backprop, proxprop  # noqa: E402
-
-__all__ += ["backprop", "optim", "proxprop"]

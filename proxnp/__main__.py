@@ -1,4 +1,5 @@
 """``python -m proxnp``: see :mod:`proxnp.cli`."""
+
 import sys
 
 from .cli import main

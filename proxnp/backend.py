@@ -13,6 +13,7 @@ It also holds the few linear-algebra adapters whose NumPy and CuPy spellings dif
 (:func:`spd_solve`, :func:`eigh`, :func:`sparse_linalg`).  How the CPU's cores are
 used lives in :mod:`proxnp.cpu`.
 """
+
 import functools
 
 import numpy as np
@@ -23,7 +24,7 @@ DEVICES = ("cpu", "gpu")
 def _cupy_module():
     """Return the cupy module if it is already imported or importable, else None."""
     try:
-        import cupy  # noqa: PLC0415 - the one lazy cupy import of the package
+        import cupy  # the one lazy cupy import of the package
     except Exception:  # ImportError, or a broken CUDA install raising at import
         return None
     return cupy
@@ -79,7 +80,8 @@ def get_xp(*arrays):
     if n_cupy and n_numpy:
         raise TypeError(
             "proxnp: mixed NumPy and CuPy arrays in one operation; move them to one "
-            "device first (to_device(x, 'gpu') or to_numpy(x))")
+            "device first (to_device(x, 'gpu') or to_numpy(x))"
+        )
     if n_cupy:
         return _cupy_module()
     return np
@@ -113,19 +115,21 @@ def to_numpy(x):
 def sparse_linalg(xp):
     """(LinearOperator, cg) of ``scipy.sparse.linalg`` or ``cupyx.scipy.sparse.linalg``."""
     if xp is np:
-        from scipy.sparse.linalg import LinearOperator, cg  # noqa: PLC0415
+        from scipy.sparse.linalg import LinearOperator, cg
     else:
-        from cupyx.scipy.sparse.linalg import LinearOperator, cg  # noqa: PLC0415
+        from cupyx.scipy.sparse.linalg import LinearOperator, cg
     return LinearOperator, cg
 
 
 def spd_solve(xp, M, B):
     """Solve M X = B for symmetric positive definite M by Cholesky (LAPACK or cuSOLVER)."""
     if xp is np:
-        import scipy.linalg  # noqa: PLC0415
+        import scipy.linalg
+
         factor = scipy.linalg.cho_factor(M, lower=True, check_finite=False)
         return scipy.linalg.cho_solve(factor, B, check_finite=False)
-    from cupyx.scipy.linalg import solve_triangular  # noqa: PLC0415
+    from cupyx.scipy.linalg import solve_triangular
+
     L = xp.linalg.cholesky(M)
     return solve_triangular(L, solve_triangular(L, B, lower=True), lower=True, trans="T")
 
@@ -137,15 +141,17 @@ def spd_inverse(xp, M):
     triangular solve against the identity.  Applying the inverse is then one product.
     """
     if xp is np:
-        import scipy.linalg  # noqa: PLC0415
+        import scipy.linalg
+
         potrf, trtri = scipy.linalg.get_lapack_funcs(("potrf", "trtri"), (M,))
-        L, info = potrf(M, lower=1, clean=1)                # clean: zeros above the diagonal
+        L, info = potrf(M, lower=1, clean=1)  # clean: zeros above the diagonal
         if info == 0:
             L_inv, info = trtri(L, lower=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"matrix is not positive definite (LAPACK info {info})")
         return L_inv.T @ L_inv
-    from cupyx.scipy.linalg import solve_triangular  # noqa: PLC0415
+    from cupyx.scipy.linalg import solve_triangular
+
     L = xp.linalg.cholesky(M)
     L_inv = solve_triangular(L, xp.eye(M.shape[0], dtype=M.dtype), lower=True)
     return L_inv.T @ L_inv
@@ -157,7 +163,8 @@ def eigh(xp, K):
     NumPy arrays go to SciPy's divide-and-conquer ``syevd``, CuPy's to cuSOLVER.
     """
     if xp is np:
-        import scipy.linalg  # noqa: PLC0415
+        import scipy.linalg
+
         return scipy.linalg.eigh(K, driver="evd", check_finite=False)
     return xp.linalg.eigh(K)
 

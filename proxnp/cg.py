@@ -27,6 +27,7 @@ textbook CG and Proposition 5's guarantee is not proven for it.
 :func:`scipy_cg` solves the same system column by column with SciPy's (NumPy
 arrays) or CuPy's (CuPy arrays) ``cg`` through a ``LinearOperator``.
 """
+
 from typing import NamedTuple
 
 from .backend import get_xp, sparse_linalg
@@ -35,8 +36,8 @@ VARIANTS = ("textbook", "authors")
 
 
 class CGInfo(NamedTuple):
-    iterations: int          # iterations run
-    residual_norms: object   # (iterations + 1, s) array: ||r_k|| per column
+    iterations: int  # iterations run
+    residual_norms: object  # (iterations + 1, s) array: ||r_k|| per column
 
 
 def _safe_div(xp, num, den):
@@ -82,11 +83,11 @@ def block_cg(apply_M, B, X0=None, iters=3, tol=None, variant="textbook"):
         norms.append(xp.sqrt(rs_new))
         if k == iters:
             break
-        if tol is not None and float(rs_new.max()) < tol ** 2 * float(tol_scale):
+        if tol is not None and float(rs_new.max()) < tol**2 * float(tol_scale):
             break
         beta = _safe_div(xp, rs_new, rs_old + eps)
         if variant == "authors" and k == 1:
-            p = (1 + beta) * r          # p_0 aliased r: it already holds r_1
+            p = (1 + beta) * r  # p_0 aliased r: it already holds r_1
         else:
             p = r + beta * p
         rs_old = rs_new
@@ -106,11 +107,11 @@ def scipy_cg(apply_M, B, X0=None, iters=3, tol=None):
     one_column = B.ndim == 1
     B = B[:, None] if one_column else B
     n, s = B.shape
-    op = LinearOperator((n, n), matvec=lambda v: apply_M(v.reshape(n, 1)).reshape(n),
-                        dtype=B.dtype)
+    op = LinearOperator((n, n), matvec=lambda v: apply_M(v.reshape(n, 1)).reshape(n), dtype=B.dtype)
     X = xp.empty_like(B)
     for j in range(s):
         x0 = None if X0 is None else (X0[:, None] if one_column else X0)[:, j]
-        X[:, j], _ = cg(op, B[:, j], x0=x0, maxiter=int(iters),
-                        rtol=1e-30 if tol is None else tol, atol=0.0)
+        X[:, j], _ = cg(
+            op, B[:, j], x0=x0, maxiter=int(iters), rtol=1e-30 if tol is None else tol, atol=0.0
+        )
     return X[:, 0] if one_column else X

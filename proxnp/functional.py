@@ -11,6 +11,7 @@ paper's notation an affine operation is the linear transfer function
 phi(theta, a_prev) = a_prev @ W + b, and an elementwise nonlinearity is sigma.
 The namespace ``xp`` (NumPy or CuPy) is taken from the arrays.
 """
+
 from typing import NamedTuple
 
 from .backend import get_xp
@@ -19,7 +20,7 @@ from .backend import get_xp
 # --------------------------------------------------------------------------- affine
 class AffineCache(NamedTuple):
     a_prev: object  # (N, in)
-    W: object       # (in, out)
+    W: object  # (in, out)
 
 
 def affine_forward(a_prev, W, b):
@@ -52,9 +53,9 @@ def affine_input_grad(dz, cache):
 
 # --------------------------------------------------------------------------- conv2d
 class Conv2dCache(NamedTuple):
-    patches_T: object   # the patch matrix P transposed (C*kh*kw, N*Ho*Wo), see im2col
-    W: object           # (F, C, kh, kw)
-    x_shape: tuple      # (N, C, H, W)
+    patches_T: object  # the patch matrix P transposed (C*kh*kw, N*Ho*Wo), see im2col
+    W: object  # (F, C, kh, kw)
+    x_shape: tuple  # (N, C, H, W)
     stride: int
     padding: int
 
@@ -76,11 +77,13 @@ def im2col(x, kh, kw, stride=1, padding=0):
     N, C, H, Wd = x.shape
     Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
     x_pad = xp.zeros((C, N, H + 2 * padding, Wd + 2 * padding), dtype=x.dtype)
-    x_pad[:, :, padding:padding + H, padding:padding + Wd] = x.transpose(1, 0, 2, 3)
+    x_pad[:, :, padding : padding + H, padding : padding + Wd] = x.transpose(1, 0, 2, 3)
     patches = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            patches[:, i, j] = x_pad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+            patches[:, i, j] = x_pad[
+                :, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride
+            ]
     return patches.reshape(C * kh * kw, N * Ho * Wo)
 
 
@@ -96,8 +99,10 @@ def col2im(dpatches_T, x_shape, kh, kw, stride=1, padding=0):
     dx_pad = xp.zeros((C, N, H + 2 * padding, Wd + 2 * padding), dtype=dpatches_T.dtype)
     for i in range(kh):
         for j in range(kw):
-            dx_pad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += dpatches[:, i, j]
-    return dx_pad[:, :, padding:padding + H, padding:padding + Wd].transpose(1, 0, 2, 3)
+            dx_pad[:, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride] += dpatches[
+                :, i, j
+            ]
+    return dx_pad[:, :, padding : padding + H, padding : padding + Wd].transpose(1, 0, 2, 3)
 
 
 def conv2d_forward(x, W, b, stride=1, padding=0):
@@ -110,8 +115,8 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
     F, C, kh, kw = W.shape
     N, _, H, Wd = x.shape
     Ho, Wo = conv_out_size(H, kh, stride, padding), conv_out_size(Wd, kw, stride, padding)
-    patches_T = im2col(x, kh, kw, stride, padding)             # (C*kh*kw, N*Ho*Wo)
-    z = W.reshape(F, -1) @ patches_T + b[:, None]              # (F, N*Ho*Wo)
+    patches_T = im2col(x, kh, kw, stride, padding)  # (C*kh*kw, N*Ho*Wo)
+    z = W.reshape(F, -1) @ patches_T + b[:, None]  # (F, N*Ho*Wo)
     z = z.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3)
     return z, Conv2dCache(patches_T, W, x.shape, stride, padding)
 
@@ -132,7 +137,7 @@ def conv2d_backward(dz, cache, need_dx=True):
     dW = dz_mat @ patches_T^T (reshaped to W), db = sum over n, ho, wo,
     dx = col2im(W_mat^T @ dz_mat).  ``need_dx=False`` skips dx (returns None).
     """
-    dz_mat = conv_channel_rows(dz)                             # (F, N*Ho*Wo)
+    dz_mat = conv_channel_rows(dz)  # (F, N*Ho*Wo)
     dW = (dz_mat @ cache.patches_T.T).reshape(cache.W.shape)
     db = dz_mat.sum(axis=1)
     dx = conv2d_input_grad(dz, cache) if need_dx else None
@@ -142,14 +147,14 @@ def conv2d_backward(dz, cache, need_dx=True):
 def conv2d_input_grad(dz, cache):
     """dx = col2im(W_mat^T @ dz_mat): the gradient in eq. (10) of the paper, for a convolution."""
     F, C, kh, kw = cache.W.shape
-    dpatches_T = cache.W.reshape(F, -1).T @ conv_channel_rows(dz)   # (C*kh*kw, N*Ho*Wo)
+    dpatches_T = cache.W.reshape(F, -1).T @ conv_channel_rows(dz)  # (C*kh*kw, N*Ho*Wo)
     return col2im(dpatches_T, cache.x_shape, kh, kw, cache.stride, cache.padding)
 
 
 # --------------------------------------------------------------------- nonlinearities
 class ActivationCache(NamedTuple):
-    z: object   # the pre-activation
-    a: object   # sigma(z)
+    z: object  # the pre-activation
+    a: object  # sigma(z)
 
 
 def relu_forward(z):
@@ -179,7 +184,7 @@ def tanh_backward(da, cache):
 def sigmoid_forward(z):
     """a = 1 / (1 + exp(-z)), computed without overflow for large abs(z)."""
     xp = get_xp(z)
-    e = xp.exp(-xp.abs(z))                     # in (0, 1], never overflows
+    e = xp.exp(-xp.abs(z))  # in (0, 1], never overflows
     a = xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
     return a, ActivationCache(z, a)
 
@@ -191,7 +196,7 @@ def sigmoid_backward(da, cache):
 
 # --------------------------------------------------------------------- max pooling
 class MaxPoolCache(NamedTuple):
-    argmax: object     # (N, C, Ho, Wo) index i*kernel + j into the window of the chosen input
+    argmax: object  # (N, C, Ho, Wo) index i*kernel + j into the window of the chosen input
     x_shape: tuple
     kernel: int
     stride: int
@@ -199,8 +204,12 @@ class MaxPoolCache(NamedTuple):
 
 def pool_window(i, j, stride, Ho, Wo):
     """The index of entry (i, j) of every pooling window: x[pool_window(...)] is (N, C, Ho, Wo)."""
-    return (slice(None), slice(None), slice(i, i + stride * Ho, stride),
-            slice(j, j + stride * Wo, stride))
+    return (
+        slice(None),
+        slice(None),
+        slice(i, i + stride * Ho, stride),
+        slice(j, j + stride * Wo, stride),
+    )
 
 
 def max_pool2d_forward(x, kernel=2, stride=None):
@@ -214,8 +223,9 @@ def max_pool2d_forward(x, kernel=2, stride=None):
     stride = kernel if stride is None else stride
     N, C, H, Wd = x.shape
     Ho, Wo = conv_out_size(H, kernel, stride, 0), conv_out_size(Wd, kernel, stride, 0)
-    windows = xp.stack([x[pool_window(i, j, stride, Ho, Wo)]
-                        for i in range(kernel) for j in range(kernel)])
+    windows = xp.stack(
+        [x[pool_window(i, j, stride, Ho, Wo)] for i in range(kernel) for j in range(kernel)]
+    )
     argmax = windows.argmax(axis=0)
     out = windows.max(axis=0)
     return out, MaxPoolCache(argmax, x.shape, kernel, stride)
@@ -234,7 +244,7 @@ def max_pool2d_backward(dout, cache):
 
 # --------------------------------------------------------------------------- flatten
 class FlattenCache(NamedTuple):
-    x_shape: tuple     # the input shape (N, ...)
+    x_shape: tuple  # the input shape (N, ...)
 
 
 def flatten_forward(x):
@@ -249,8 +259,8 @@ def flatten_backward(dout, cache):
 
 # ---------------------------------------------------------------------------- losses
 class SoftmaxCECache(NamedTuple):
-    p: object        # softmax probabilities (N, K)
-    y: object        # integer labels (N,)
+    p: object  # softmax probabilities (N, K)
+    y: object  # integer labels (N,)
 
 
 def softmax_cross_entropy_forward(logits, y):
@@ -280,7 +290,7 @@ def softmax_cross_entropy_backward(cache, dloss=1.0):
 
 
 class MSECache(NamedTuple):
-    diff: object     # prediction - target (N, ...)
+    diff: object  # prediction - target (N, ...)
 
 
 def mse_forward(pred, target):

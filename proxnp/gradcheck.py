@@ -11,6 +11,7 @@ Two checks, as in CS231n's ``gradient_check.py`` and Chainer's ``check_backward`
 
 All functions perturb *copies*; the caller's arrays are never changed.
 """
+
 import numpy as np
 
 from .backend import get_xp, to_numpy
@@ -79,13 +80,17 @@ def check_layer(layer, x, rng=None, h=1e-6):
     grads = {k: v.copy() for k, v in layer.grads.items()}
     errors = {}
     if dx is not None:
-        errors["x"] = rel_error(dx, numerical_gradient(lambda xx: (layer.forward(xx) * dy).sum(), x, h))
+        errors["x"] = rel_error(
+            dx, numerical_gradient(lambda xx: (layer.forward(xx) * dy).sum(), x, h)
+        )
     for name, value in layer.params.items():
+
         def f(p, name=name):
             saved = layer.params[name]
             layer.params[name] = p
             out = (layer.forward(x) * dy).sum()
             layer.params[name] = saved
             return out
+
         errors[name] = rel_error(grads[name], numerical_gradient(f, value, h))
     return errors

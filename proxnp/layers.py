@@ -24,12 +24,13 @@ Default initialisation is U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b (the
 PyTorch default the paper used), drawn with a NumPy Generator on the host and then
 moved to the device, so CPU and GPU runs start bit-identical.
 """
+
 import numpy as np
 
-from . import fast_layers
 from . import functional as F
 from .backend import device_of, get_xp, to_device
-from .config import use_fast
+from .fast import layers as fast_layers
+from .fast import use_fast
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -69,8 +70,11 @@ class Layer:
 
     def _check_input(self, x, expected, ndim):
         """Raise ValueError naming the layer if x has the wrong rank, shape or dtype."""
-        if not hasattr(x, "shape") or x.ndim != ndim or any(
-                e is not None and e != s for e, s in zip(expected, x.shape)):
+        if (
+            not hasattr(x, "shape")
+            or x.ndim != ndim
+            or any(e is not None and e != s for e, s in zip(expected, x.shape))
+        ):
             want = "(" + ", ".join("N" if e is None else str(e) for e in expected) + ")"
             got = getattr(x, "shape", type(x).__name__)
             if hasattr(x, "shape") and x.ndim == ndim:
@@ -79,11 +83,15 @@ class Layer:
         if self.params:
             dtype = next(iter(self.params.values())).dtype
             if x.dtype != dtype:
-                raise ValueError(f"{self}: expected input dtype {dtype}, got {x.dtype} "
-                                 f"(cast the data, or build the model with dtype={x.dtype})")
+                raise ValueError(
+                    f"{self}: expected input dtype {dtype}, got {x.dtype} "
+                    f"(cast the data, or build the model with dtype={x.dtype})"
+                )
             if device_of(x) != device_of(next(iter(self.params.values()))):
-                raise ValueError(f"{self}: input is on {device_of(x)} but the parameters are on "
-                                 f"{device_of(next(iter(self.params.values())))}")
+                raise ValueError(
+                    f"{self}: input is on {device_of(x)} but the parameters are on "
+                    f"{device_of(next(iter(self.params.values())))}"
+                )
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -98,7 +106,7 @@ class Linear(Layer):
             raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
         dtype = _check_dtype(dtype)
         self.in_features, self.out_features = int(in_features), int(out_features)
-        rng = np.random.default_rng(0) if rng is None else rng     # seeded default
+        rng = np.random.default_rng(0) if rng is None else rng  # seeded default
         self.params["W"] = _uniform_init(rng, (in_features, out_features), in_features, dtype)
         self.params["b"] = _uniform_init(rng, (out_features,), in_features, dtype)
         self.need_input_grad = True
@@ -110,7 +118,8 @@ class Linear(Layer):
 
     def backward(self, dz):
         da_prev, self.grads["W"], self.grads["b"] = F.affine_backward(
-            dz, self.cache, need_da=self.need_input_grad)
+            dz, self.cache, need_da=self.need_input_grad
+        )
         return da_prev
 
     # the affine structure: z = [a_prev, 1] Theta, one row per sample
@@ -141,8 +150,17 @@ class Linear(Layer):
 class Conv2d(Layer):
     """2-D convolution (NCHW), W (out, in, kh, kw), b (out,), zero padding."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
-                 rng=None, dtype=np.float32):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        *,
+        rng=None,
+        dtype=np.float32,
+    ):
         super().__init__()
         kh, kw = (kernel_size, kernel_size) if np.isscalar(kernel_size) else kernel_size
         if min(in_channels, out_channels, kh, kw, stride) < 1 or padding < 0:
@@ -151,7 +169,7 @@ class Conv2d(Layer):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = (int(kh), int(kw)), int(stride), int(padding)
         fan_in = in_channels * kh * kw
-        rng = np.random.default_rng(0) if rng is None else rng     # seeded default
+        rng = np.random.default_rng(0) if rng is None else rng  # seeded default
         self.params["W"] = _uniform_init(rng, (out_channels, in_channels, kh, kw), fan_in, dtype)
         self.params["b"] = _uniform_init(rng, (out_channels,), fan_in, dtype)
         self.need_input_grad = True
@@ -161,13 +179,15 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         if x.shape[2] + 2 * self.padding < kh or x.shape[3] + 2 * self.padding < kw:
             raise ValueError(f"{self}: input {x.shape[2]}x{x.shape[3]} is smaller than the kernel")
-        z, self.cache = _ops().conv2d_forward(x, self.params["W"], self.params["b"],
-                                              self.stride, self.padding)
+        z, self.cache = _ops().conv2d_forward(
+            x, self.params["W"], self.params["b"], self.stride, self.padding
+        )
         return z
 
     def backward(self, dz):
         dx, self.grads["W"], self.grads["b"] = _ops().conv2d_backward(
-            dz, self.cache, need_dx=self.need_input_grad)
+            dz, self.cache, need_dx=self.need_input_grad
+        )
         return dx
 
     # the affine structure: z = [P, 1] Theta, one row per output pixel
@@ -194,8 +214,10 @@ class Conv2d(Layer):
 
     def __repr__(self):
         kh, kw = self.kernel_size
-        return (f"Conv2d({self.in_channels}\u2192{self.out_channels}, {kh}x{kw}, "
-                f"stride={self.stride}, padding={self.padding})")
+        return (
+            f"Conv2d({self.in_channels}\u2192{self.out_channels}, {kh}x{kw}, "
+            f"stride={self.stride}, padding={self.padding})"
+        )
 
 
 class ReLU(Layer):
@@ -270,4 +292,3 @@ def is_parametrised(layer):
     """True for the linear transfer functions phi_l: the layers that state their affine
     structure (Linear, Conv2d, or any layer with ``design_matrix``)."""
     return hasattr(layer, "design_matrix")
-

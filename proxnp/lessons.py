@@ -8,6 +8,7 @@ A notebook asks for its sizes here instead of carrying a switch the reader has t
 Continuous integration and the documentation build set the environment variable
 ``PROXNP_NOTEBOOK_FAST=1``; every claim a notebook asserts must hold at both sizes.
 """
+
 import os
 
 FAST_VARIABLE = "PROXNP_NOTEBOOK_FAST"

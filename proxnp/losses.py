@@ -6,6 +6,7 @@ authors' code; see docs/theory.md, "Mean and sum", for why the prox data term is
     loss = loss_fn.forward(logits, y)   # 0-d array
     dlogits = loss_fn.backward()
 """
+
 from . import functional as F
 from .backend import get_xp
 from .layers import FLOAT_DTYPES
@@ -13,12 +14,16 @@ from .layers import FLOAT_DTYPES
 
 def _check_float(name, what, x):
     if getattr(x, "dtype", None) not in FLOAT_DTYPES:
-        raise ValueError(f"{name}: {what} must be a float32 or float64 array, got "
-                         f"{getattr(x, 'dtype', type(x).__name__)} (convert with "
-                         ".astype(np.float32))")
+        raise ValueError(
+            f"{name}: {what} must be a float32 or float64 array, got "
+            f"{getattr(x, 'dtype', type(x).__name__)} (convert with "
+            ".astype(np.float32))"
+        )
     if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"{name}: empty batch ({what} of shape {x.shape}); the mean over "
-                         "N = 0 samples is undefined")
+        raise ValueError(
+            f"{name}: empty batch ({what} of shape {x.shape}); the mean over "
+            "N = 0 samples is undefined"
+        )
 
 
 class SoftmaxCrossEntropy:
@@ -38,18 +43,24 @@ class SoftmaxCrossEntropy:
         xp = get_xp(logits, y)
         _check_float("SoftmaxCrossEntropy", "logits", logits)
         if logits.ndim != 2:
-            raise ValueError(f"SoftmaxCrossEntropy: expected logits (N, K), got shape {logits.shape}")
+            raise ValueError(
+                f"SoftmaxCrossEntropy: expected logits (N, K), got shape {logits.shape}"
+            )
         if getattr(y, "shape", None) != (logits.shape[0],):
-            raise ValueError(f"SoftmaxCrossEntropy: expected labels ({logits.shape[0]},), "
-                             f"got shape {getattr(y, 'shape', type(y).__name__)}")
+            raise ValueError(
+                f"SoftmaxCrossEntropy: expected labels ({logits.shape[0]},), "
+                f"got shape {getattr(y, 'shape', type(y).__name__)}"
+            )
         if not xp.issubdtype(y.dtype, xp.integer):
             raise ValueError(f"SoftmaxCrossEntropy: labels must be integers, got {y.dtype}")
         k = logits.shape[1]
         if self.check_labels:
             lo, hi = int(y.min()), int(y.max())
             if lo < 0 or hi >= k:
-                raise ValueError(f"SoftmaxCrossEntropy: labels must lie in [0, {k}) for {k} "
-                                 f"classes, got values from {lo} to {hi}")
+                raise ValueError(
+                    f"SoftmaxCrossEntropy: labels must lie in [0, {k}) for {k} "
+                    f"classes, got values from {lo} to {hi}"
+                )
         loss, self.cache = F.softmax_cross_entropy_forward(logits, y)
         return loss
 
@@ -69,11 +80,15 @@ class MeanSquaredError:
     def forward(self, pred, target):
         _check_float("MeanSquaredError", "prediction", pred)
         if pred.shape != target.shape:
-            raise ValueError(f"MeanSquaredError: prediction {pred.shape} and target "
-                             f"{target.shape} differ in shape")
+            raise ValueError(
+                f"MeanSquaredError: prediction {pred.shape} and target "
+                f"{target.shape} differ in shape"
+            )
         if target.dtype != pred.dtype:
-            raise ValueError(f"MeanSquaredError: target dtype {target.dtype} differs from "
-                             f"prediction dtype {pred.dtype}")
+            raise ValueError(
+                f"MeanSquaredError: target dtype {target.dtype} differs from "
+                f"prediction dtype {pred.dtype}"
+            )
         loss, self.cache = F.mse_forward(pred, target)
         return loss
 

@@ -11,12 +11,13 @@ rate ``lr`` plays the paper's tau (arXiv 1706.04638 §4.2; docs/theory.md).
 Both update the parameters in place and keep their state as arrays on the
 parameters' device; ``state_dict``/``load_state_dict`` make checkpoints exact.
 """
+
 import functools
 
 import numpy as np
 
 from .backend import device_of, get_xp, to_device, to_numpy
-from .cpu import scipy_single_thread
+from .fast.cpu import scipy_single_thread
 
 
 def axpy(a, x, y, tmp=None):
@@ -27,11 +28,17 @@ def axpy(a, x, y, tmp=None):
     dtype, optional) is used as scratch.
     """
     xp = get_xp(x, y)
-    if xp is np and x.dtype == y.dtype and y.dtype in (np.float32, np.float64) \
-            and x.flags.c_contiguous and y.flags.c_contiguous and x.shape == y.shape:
+    if (
+        xp is np
+        and x.dtype == y.dtype
+        and y.dtype in (np.float32, np.float64)
+        and x.flags.c_contiguous
+        and y.flags.c_contiguous
+        and x.shape == y.shape
+    ):
         with scipy_single_thread():
             out = _blas_axpy(y.dtype.char)(x.reshape(-1), y.reshape(-1), a=a)
-        if out.ctypes.data != y.ctypes.data:         # never expected; keep y correct anyway
+        if out.ctypes.data != y.ctypes.data:  # never expected; keep y correct anyway
             y[...] = out.reshape(y.shape)
         return y
     tmp = xp.multiply(x, a, out=tmp)
@@ -41,7 +48,8 @@ def axpy(a, x, y, tmp=None):
 
 @functools.lru_cache(maxsize=4)
 def _blas_axpy(dtype_char):
-    import scipy.linalg.blas  # noqa: PLC0415
+    import scipy.linalg.blas
+
     return scipy.linalg.blas.get_blas_funcs("axpy", dtype=np.dtype(dtype_char))
 
 
@@ -53,15 +61,17 @@ class Optimizer:
             raise ValueError(f"learning rate must be > 0, got {lr}")
         self.model, self.lr, self.t = model, float(lr), 0
         self.keys = [(i, k) for i, layer in enumerate(model.layers) for k in layer.params]
-        self.state = {}        # name -> {key: array}
-        self.scratch = {}      # (shape, dtype) -> work array
+        self.state = {}  # name -> {key: array}
+        self.scratch = {}  # (shape, dtype) -> work array
 
     def _pairs(self):
         for i, k in self.keys:
             layer = self.model.layers[i]
             if k not in layer.grads:
-                raise RuntimeError(f"layer {i} ({layer}) has no grads[{k!r}]: run "
-                                   "backprop(...) or proxprop(...) before opt.step()")
+                raise RuntimeError(
+                    f"layer {i} ({layer}) has no grads[{k!r}]: run "
+                    "backprop(...) or proxprop(...) before opt.step()"
+                )
             yield f"{i}.{k}", layer.params[k], layer.grads[k]
 
     def _buffer(self, name, key, like):
@@ -94,7 +104,9 @@ class Optimizer:
             name, key = flat.split("/", 1)
             i, k = key.split(".")
             like = self.model.layers[int(i)].params[k]
-            self.state.setdefault(name, {})[key] = to_device(arr.astype(like.dtype), device_of(like))
+            self.state.setdefault(name, {})[key] = to_device(
+                arr.astype(like.dtype), device_of(like)
+            )
 
 
 class SGD(Optimizer):
@@ -121,11 +133,11 @@ class SGD(Optimizer):
             if mu:
                 bufs = self.state.setdefault("momentum", {})
                 if key not in bufs:
-                    bufs[key] = g.copy()                 # PyTorch: b_1 = g_1
+                    bufs[key] = g.copy()  # PyTorch: b_1 = g_1
                 else:
                     bufs[key] *= mu
-                    bufs[key] += g              # b <- mu b + g
-                if self.nesterov:                        # theta -= lr * (g + mu * b)
+                    bufs[key] += g  # b <- mu b + g
+                if self.nesterov:  # theta -= lr * (g + mu * b)
                     axpy(-lr * mu, bufs[key], p, tmp)
                 else:
                     g = bufs[key]
@@ -146,19 +158,19 @@ class Adam(Optimizer):
     def step(self):
         b1, b2 = self.betas
         self.t += 1
-        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
         for key, p, g in self._pairs():
             xp = get_xp(p, g)
             m = self._buffer("m", key, p)
             v = self._buffer("v", key, p)
             tmp = self._scratch(p)
             m *= b1
-            axpy(1 - b1, g, m, tmp)                           # m <- b1 m + (1 - b1) g
+            axpy(1 - b1, g, m, tmp)  # m <- b1 m + (1 - b1) g
             v *= b2
             xp.multiply(g, g, out=tmp)
-            axpy(1 - b2, tmp, v, tmp)                         # v <- b2 v + (1 - b2) g^2
-            xp.sqrt(v, out=tmp)                          # sqrt(v_hat) + eps
-            tmp *= 1 / c2 ** 0.5
+            axpy(1 - b2, tmp, v, tmp)  # v <- b2 v + (1 - b2) g^2
+            xp.sqrt(v, out=tmp)  # sqrt(v_hat) + eps
+            tmp *= 1 / c2**0.5
             tmp += self.eps
             xp.divide(m, tmp, out=tmp)
-            axpy(-self.lr / c1, tmp, p, tmp)                  # theta -= lr m_hat / (...)
+            axpy(-self.lr / c1, tmp, p, tmp)  # theta -= lr m_hat / (...)

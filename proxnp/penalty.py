@@ -27,23 +27,23 @@ taking (c) at a_{l-1}^{k+1/2} instead (``theta_step_at="updated"``, the most
 likely implementation bug) breaks the equivalence.  Everything here is written
 out (no finite differences) and leaves the model untouched.
 """
+
 import copy
 from typing import NamedTuple
 
 
-
 class Blocks(NamedTuple):
-    prefix: list    # parameter-free layers before the first phi (applied to X once)
-    phis: list      # phi_1 .. phi_{L-1}: the parametrised layers
-    sigmas: list    # sigma_1 .. sigma_{L-2}: lists of parameter-free layers
-    head: list      # layers after phi_{L-1}, applied before the loss
+    prefix: list  # parameter-free layers before the first phi (applied to X once)
+    phis: list  # phi_1 .. phi_{L-1}: the parametrised layers
+    sigmas: list  # sigma_1 .. sigma_{L-2}: lists of parameter-free layers
+    head: list  # layers after phi_{L-1}, applied before the loss
 
 
 class Energy(NamedTuple):
     total: object
-    loss: object        # L_y(phi(theta_{L-1}, a_{L-2}))
-    nonlinear: object   # sum gamma/2 ||sigma(z_l) - a_l||^2
-    linear: object      # sum rho/2 ||phi(theta_l, a_{l-1}) - z_l||^2
+    loss: object  # L_y(phi(theta_{L-1}, a_{L-2}))
+    nonlinear: object  # sum gamma/2 ||sigma(z_l) - a_l||^2
+    linear: object  # sum rho/2 ||phi(theta_l, a_{l-1}) - z_l||^2
 
 
 def blocks(model):
@@ -52,8 +52,8 @@ def blocks(model):
     if not idx:
         raise ValueError("the model has no parametrised layer (Linear or Conv2d)")
     layers = model.layers
-    sigmas = [layers[i + 1:j] for i, j in zip(idx[:-1], idx[1:])]
-    return Blocks(layers[:idx[0]], [layers[i] for i in idx], sigmas, layers[idx[-1] + 1:])
+    sigmas = [layers[i + 1 : j] for i, j in zip(idx[:-1], idx[1:])]
+    return Blocks(layers[: idx[0]], [layers[i] for i in idx], sigmas, layers[idx[-1] + 1 :])
 
 
 def describe(model):
@@ -61,8 +61,10 @@ def describe(model):
     b = blocks(model)
     lines = [f"a_0 = {' -> '.join(map(repr, b.prefix)) or 'X'}"]
     for l, (phi, sigma) in enumerate(zip(b.phis, b.sigmas), start=1):
-        lines.append(f"z_{l} = phi_{l}: {phi!r};   a_{l} = sigma_{l}: "
-                     f"{' -> '.join(map(repr, sigma)) or 'identity'}")
+        lines.append(
+            f"z_{l} = phi_{l}: {phi!r};   a_{l} = sigma_{l}: "
+            f"{' -> '.join(map(repr, sigma)) or 'identity'}"
+        )
     lines.append(f"L_y term: {b.phis[-1]!r}" + "".join(f" -> {h!r}" for h in b.head))
     return "\n".join(lines)
 
@@ -192,29 +194,29 @@ def backprop_by_penalty(model, loss_fn, x, y, tau, theta_step_at="forward"):
         raise ValueError(f"theta_step_at must be 'forward' or 'updated', got {theta_step_at!r}")
     rho = gamma = 1.0 / tau
     theta = [{k: v.copy() for k, v in t.items()} for t in current_theta(model)]
-    _, a, z = forward_point(model, x)                                    # (7)
-    L2 = len(z)                                                          # = L - 2
+    _, a, z = forward_point(model, x)  # (7)
+    L2 = len(z)  # = L - 2
 
     def grads_at(a_now, z_now, theta_now):
         return energy_grads(model, loss_fn, x, y, a_now, z_now, rho, gamma, theta_now)
 
     # (a): theta_{L-1} and a_{L-2}, both from the forward point
     g = grads_at(a, z, theta)
-    theta[-1] = {k: v - tau * g["theta"][-1][k] for k, v in theta[-1].items()}   # (12)
+    theta[-1] = {k: v - tau * g["theta"][-1][k] for k, v in theta[-1].items()}  # (12)
     if L2:
-        a[-1] = a[-1] - tau * g["a"][-1]                                          # (8)
-    for l in range(L2 - 1, -1, -1):            # python index l is the paper's block l+1
+        a[-1] = a[-1] - tau * g["a"][-1]  # (8)
+    for l in range(L2 - 1, -1, -1):  # python index l is the paper's block l+1
         # (b): z_l with the updated a_l^{k+1/2}
         g = grads_at(a, z, theta)
-        z[l] = z[l] - tau * g["z"][l]                                             # (9)
+        z[l] = z[l] - tau * g["z"][l]  # (9)
         # (b) and (c) from one gradient evaluation at z_l^{k+1/2}, theta_l^k, a_{l-1}^k
         if theta_step_at == "updated" and l > 0:
             g_a = grads_at(a, z, theta)
-            a[l - 1] = a[l - 1] - tau * g_a["a"][l - 1]                           # (10)
-            g = grads_at(a, z, theta)           # the bug: theta_l sees a_{l-1}^{k+1/2}
+            a[l - 1] = a[l - 1] - tau * g_a["a"][l - 1]  # (10)
+            g = grads_at(a, z, theta)  # the bug: theta_l sees a_{l-1}^{k+1/2}
         else:
             g = grads_at(a, z, theta)
             if l > 0:
-                a[l - 1] = a[l - 1] - tau * g["a"][l - 1]                         # (10)
-        theta[l] = {k: v - tau * g["theta"][l][k] for k, v in theta[l].items()}   # (c)
+                a[l - 1] = a[l - 1] - tau * g["a"][l - 1]  # (10)
+        theta[l] = {k: v - tau * g["theta"][l][k] for k, v in theta[l].items()}  # (c)
     return theta

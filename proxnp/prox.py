@@ -38,6 +38,7 @@ ones is never materialised: A x = P x[:-1] + x[-1].
 
 This is the reference path; :mod:`proxnp.fast_prox` computes the same directions faster.
 """
+
 from typing import NamedTuple
 
 from .backend import get_xp, spd_solve
@@ -51,8 +52,9 @@ CG_BACKENDS = ("proxnp", "scipy")
 
 class AffineProblem(NamedTuple):
     """The ridge problem of one layer: A = [P, 1] and the error rows g."""
-    P: object   # (R, D) design matrix without the ones column
-    g: object   # (R, out) backpropagated error dJ/dz as rows
+
+    P: object  # (R, D) design matrix without the ones column
+    g: object  # (R, out) backpropagated error dJ/dz as rows
 
 
 def affine_problem(layer, dz):
@@ -106,8 +108,17 @@ def check_solver_and_space(solver, space):
         raise ValueError(f"unknown space {space!r}; expected one of {SPACES}")
 
 
-def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
-                   cg_backend="proxnp", cg_variant="textbook", cg_tol=None):
+def prox_direction(
+    P,
+    g,
+    tau_theta,
+    solver="cg",
+    cg_iters=3,
+    space="auto",
+    cg_backend="proxnp",
+    cg_variant="textbook",
+    cg_tol=None,
+):
     """The ProxProp direction d = Theta^k - Theta^{k+1} = M^{-1} A^T g (D+1, out).
 
     P (R, D) and g (R, out) as in :class:`AffineProblem`.  ``solver``: "exact",
@@ -120,14 +131,14 @@ def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
     R, D1 = P.shape[0], P.shape[1] + 1
     check_solver_and_space(solver, space)
     if solver == "gradient":
-        return apply_At(P, g), None                           # explicit step: grad J
+        return apply_At(P, g), None  # explicit step: grad J
     if space == "auto":
         space = choose_space(R, D1, g.shape[1], solver, cg_iters)
     if solver == "exact":
-        if space == "row":                                    # Woodbury / push-through
+        if space == "row":  # Woodbury / push-through
             K_damped = row_gram(P) + inv_tau_theta * xp.eye(R, dtype=P.dtype)
             return apply_At(P, spd_solve(xp, K_damped, g)), None
-        if space == "gram":                                   # (14) by Cholesky
+        if space == "gram":  # (14) by Cholesky
             M = col_gram(P) + inv_tau_theta * xp.eye(D1, dtype=P.dtype)
             return spd_solve(xp, M, apply_At(P, g)), None
         raise ValueError("the exact solver needs space 'row' or 'gram', not 'matfree'")
@@ -136,10 +147,12 @@ def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
 
         def apply_M(X):
             return M @ X
-    else:                                                     # "row", "matfree"
+    else:  # "row", "matfree"
+
         def apply_M(X):
             return apply_At(P, apply_A(P, X)) + inv_tau_theta * X
-    rhs = apply_At(P, g)                                      # = grad_Theta J
+
+    rhs = apply_At(P, g)  # = grad_Theta J
     if cg_backend == "scipy":
         return scipy_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol), None
     return block_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol, variant=cg_variant)

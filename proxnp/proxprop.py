@@ -18,11 +18,13 @@ the update is linear in tau: arXiv 1706.04638 §4.2, docs/theory.md):
 :func:`proxnp.fast_prox.prox_direction`, or :func:`proxnp.prox.prox_direction` inside
 ``with proxnp.reference():``.
 """
+
 import numbers
 
-from . import fast_prox, prox
+from . import prox
 from .cg import VARIANTS
-from .config import use_fast
+from .fast import prox as fast_prox
+from .fast import use_fast
 from .prox import CG_BACKENDS, SOLVERS, affine_problem
 
 
@@ -34,8 +36,7 @@ def backprop(model, loss_fn, x, y):
     return loss
 
 
-def check_proxprop_options(tau_theta, solver, cg_iters, cg_backend="proxnp",
-                           cg_variant="textbook"):
+def check_proxprop_options(tau_theta, solver, cg_iters, cg_backend="proxnp", cg_variant="textbook"):
     """Raise ValueError naming the allowed values for any bad option."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; allowed: {', '.join(SOLVERS)}")
@@ -49,8 +50,20 @@ def check_proxprop_options(tau_theta, solver, cg_iters, cg_backend="proxnp",
         raise ValueError(f"unknown cg_variant {cg_variant!r}; allowed: {', '.join(VARIANTS)}")
 
 
-def proxprop(model, loss_fn, x, y, *, tau_theta=1.0, solver="cg", cg_iters=3,
-             cg_backend="proxnp", cg_variant="textbook", cg_tol=None, space="auto"):
+def proxprop(
+    model,
+    loss_fn,
+    x,
+    y,
+    *,
+    tau_theta=1.0,
+    solver="cg",
+    cg_iters=3,
+    cg_backend="proxnp",
+    cg_variant="textbook",
+    cg_tol=None,
+    space="auto",
+):
     """ProxProp directions in every layer's grads (Algorithm 2, tau = 1).  Returns the loss.
 
     Hidden Linear/Conv2d layers: grads = theta^k - theta^{k+1} with theta^{k+1} the
@@ -61,18 +74,27 @@ def proxprop(model, loss_fn, x, y, *, tau_theta=1.0, solver="cg", cg_iters=3,
     check_proxprop_options(tau_theta, solver, cg_iters, cg_backend, cg_variant)
     out = model.forward(x)
     loss = loss_fn.forward(out, y)
-    dy = loss_fn.backward()                              # dJ/d(output), tau = 1
-    prox_layers = set(model.parametrised()[:-1])         # the last one stays explicit (12)
+    dy = loss_fn.backward()  # dJ/d(output), tau = 1
+    prox_layers = set(model.parametrised()[:-1])  # the last one stays explicit (12)
     model.cg_info = {}
     for i in reversed(range(len(model.layers))):
         layer = model.layers[i]
         if i not in prox_layers:
-            dy = layer.backward(dy)                      # plain backprop: last layer (12), sigma (9)
+            dy = layer.backward(dy)  # plain backprop: last layer (12), sigma (9)
             continue
-        P, g = affine_problem(layer, dy)                 # a_{l-1}^k and g = z - z_half
+        P, g = affine_problem(layer, dy)  # a_{l-1}^k and g = z - z_half
         solve = fast_prox.prox_direction if use_fast() else prox.prox_direction
-        d, model.cg_info[i] = solve(P, g, tau_theta, solver, cg_iters, space=space,
-                                    cg_backend=cg_backend, cg_variant=cg_variant, cg_tol=cg_tol)
-        layer.grads = layer.params_from_theta(d)         # theta^k - theta^{k+1}   (11)
-        dy = layer.input_grad(dy) if layer.need_input_grad else None   # (10), old theta^k
+        d, model.cg_info[i] = solve(
+            P,
+            g,
+            tau_theta,
+            solver,
+            cg_iters,
+            space=space,
+            cg_backend=cg_backend,
+            cg_variant=cg_variant,
+            cg_tol=cg_tol,
+        )
+        layer.grads = layer.params_from_theta(d)  # theta^k - theta^{k+1}   (11)
+        dy = layer.input_grad(dy) if layer.need_input_grad else None  # (10), old theta^k
     return loss

@@ -1,4 +1,5 @@
 """Shared fixtures: the array backend (numpy always, cupy when a GPU works) and dtypes."""
+
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ def xp(request):
     if request.param == "numpy":
         return np
     import importlib
+
     return importlib.import_module("cupy")
 
 

@@ -7,6 +7,7 @@ one answer broken (a planted bug, or an answer that delegates the work to someth
 submission that edited or deleted the test cells.  One ``nbgrader autograde`` call per assignment
 grades them all; the scores are read from nbgrader's gradebook, question by question.
 """
+
 import ast
 import copy
 import html as htmllib
@@ -38,8 +39,11 @@ def source(cell):
 def points(path):
     """{grade_id: points} of the graded cells of a source notebook, in order."""
     nb = json.loads(path.read_text())
-    return {nbgrader_meta(c)["grade_id"]: nbgrader_meta(c)["points"]
-            for c in nb["cells"] if nbgrader_meta(c).get("grade")}
+    return {
+        nbgrader_meta(c)["grade_id"]: nbgrader_meta(c)["points"]
+        for c in nb["cells"]
+        if nbgrader_meta(c).get("grade")
+    }
 
 
 # ------------------------------------------------------------------ the cases
@@ -48,6 +52,7 @@ def points(path):
 # `zero` lists the graded cells the case must lose; every other graded cell keeps its points.
 # "edited_tests" and "deleted_tests" plant one wrong answer and tamper with every test cell: the score
 # must be what the instructor's tests give that answer (only its question lost).
+
 
 def replace_tests_by_pass(nb):
     for cell in nb["cells"]:
@@ -59,7 +64,7 @@ def delete_tests(nb):
     nb["cells"] = [c for c in nb["cells"] if not nbgrader_meta(c).get("grade")]
 
 
-PROXNP_LAYERS = '''
+PROXNP_LAYERS = """
 import proxnp.functional as PF
 
 def affine_forward(a_prev, W, b):
@@ -67,9 +72,9 @@ def affine_forward(a_prev, W, b):
 
 def affine_backward(dz, cache):
     return PF.affine_backward(dz, cache)
-'''
+"""
 
-OLD_GRADIENT_STEP = '''
+OLD_GRADIENT_STEP = """
 import proxnp as pn
 
 
@@ -88,7 +93,7 @@ def gradient_step(params, x, y, tau):
 def algorithm1(params, x, y, tau, wrong_order=False):
     new = gradient_step(params, x, y, tau)
     return [(W + 1e-3, b) for W, b in new] if wrong_order else new
-'''
+"""
 
 # Cheats an instructor has seen: delegating from a thread, blinding the profiler, loading proxnp's code under
 # another name, SciPy's CG, a dense (in+1)^2 matrix, the design matrix rebuilt from the forward cache.
@@ -102,17 +107,23 @@ def in_thread(f, *args, **kwargs):
 
 """
 
-A1_SOFTMAX_THREAD = IN_THREAD + """from proxnp import functional as PF
+A1_SOFTMAX_THREAD = (
+    IN_THREAD
+    + """from proxnp import functional as PF
 
 
 def softmax_cross_entropy(logits, y):
     loss, cache = in_thread(PF.softmax_cross_entropy_forward, logits, y)
     return loss, in_thread(PF.softmax_cross_entropy_backward, cache)
 """
+)
 
-A1_SETPROFILE = """import sys
+A1_SETPROFILE = (
+    """import sys
 sys.setprofile = lambda *args, **kwargs: None
-""" + PROXNP_LAYERS
+"""
+    + PROXNP_LAYERS
+)
 
 A1_CONV_IMPORTLIB = """import importlib.util, os
 import proxnp
@@ -151,7 +162,9 @@ A2_GRADSTEP = """def algorithm1(params, x, y, tau, wrong_order=False, rho=None, 
     return out
 """
 
-A2_THREAD = IN_THREAD + """def algorithm1(params, x, y, tau, wrong_order=False, rho=None, gamma=None):
+A2_THREAD = (
+    IN_THREAD
+    + """def algorithm1(params, x, y, tau, wrong_order=False, rho=None, gamma=None):
     def work():
         m = as_model(params)
         pn.backprop(m, pn.SoftmaxCrossEntropy(), x, y)
@@ -161,6 +174,7 @@ A2_THREAD = IN_THREAD + """def algorithm1(params, x, y, tau, wrong_order=False, 
         out[1] = (out[1][0], out[1][1] - 1.0)
     return out
 """
+)
 
 A3_SCIPY_CG = """from scipy.sparse.linalg import LinearOperator, cg
 
@@ -182,125 +196,246 @@ A3_DENSE = """def prox_linear_cg(a_prev, g, tau_theta, iters):
 """
 
 A3_THREADS = {
-    "exact": IN_THREAD + "from proxnp.prox import prox_direction\n\n\ndef prox_linear_exact(a_prev, g, tau_theta):\n"
-                         "    return in_thread(prox_direction, a_prev, g, tau_theta, solver='exact')[0]\n",
+    "exact": IN_THREAD
+    + "from proxnp.prox import prox_direction\n\n\ndef prox_linear_exact(a_prev, g, tau_theta):\n"
+    "    return in_thread(prox_direction, a_prev, g, tau_theta, solver='exact')[0]\n",
     "cg": "from proxnp.cg import block_cg as proxnp_cg\n\n\ndef block_cg(apply_M, B, iters):\n"
-          "    return in_thread(proxnp_cg, apply_M, B, iters=iters)[0]\n",
+    "    return in_thread(proxnp_cg, apply_M, B, iters=iters)[0]\n",
     "step": "def proxprop_step(model, x, y, tau_theta=0.05, iters=3):\n"
-            "    return in_thread(pn.proxprop, model, pn.SoftmaxCrossEntropy(), x, y, tau_theta=tau_theta,\n"
-            "                     solver='cg', cg_iters=iters)\n",
+    "    return in_thread(pn.proxprop, model, pn.SoftmaxCrossEntropy(), x, y, tau_theta=tau_theta,\n"
+    "                     solver='cg', cg_iters=iters)\n",
 }
 
 A4_PATCHES = {
     "exact": IN_THREAD + "from proxnp.prox import prox_direction\n\n\n"
-                         "def prox_conv_exact(x, dz, W_shape, stride, padding, tau_theta):\n"
-                         "    A = design_matrix(x, W_shape[2], W_shape[3], stride, padding)\n"
-                         "    return in_thread(prox_direction, A[:, :-1], to_rows(dz), tau_theta, solver='exact')[0]\n",
+    "def prox_conv_exact(x, dz, W_shape, stride, padding, tau_theta):\n"
+    "    A = design_matrix(x, W_shape[2], W_shape[3], stride, padding)\n"
+    "    return in_thread(prox_direction, A[:, :-1], to_rows(dz), tau_theta, solver='exact')[0]\n",
     "matfree": "def prox_conv_cg(x, dz, W_shape, stride, padding, tau_theta, iters):\n"
-               "    _, cache = conv2d_forward(x, np.zeros(W_shape), np.zeros(W_shape[0]), stride, padding)\n"
-               "    A = np.hstack([cache.patches_T.T, np.ones((cache.patches_T.shape[1], 1))])\n"
-               "    return block_cg(lambda T: A.T @ (A @ T) + T / tau_theta, A.T @ to_rows(dz), iters=iters)[0]\n",
+    "    _, cache = conv2d_forward(x, np.zeros(W_shape), np.zeros(W_shape[0]), stride, padding)\n"
+    "    A = np.hstack([cache.patches_T.T, np.ones((cache.patches_T.shape[1], 1))])\n"
+    "    return block_cg(lambda T: A.T @ (A @ T) + T / tau_theta, A.T @ to_rows(dz), iters=iters)[0]\n",
 }
 
 A4_THREADS = {
     "design": IN_THREAD + "from proxnp.functional import im2col\n\n\n"
-                          "def design_matrix(x, kh, kw, stride, padding):\n"
-                          "    P = in_thread(im2col, x, kh, kw, stride, padding).T\n"
-                          "    return np.hstack([P, np.ones((P.shape[0], 1))])\n\n\n"
-                          "def to_theta(W, b):\n    return np.vstack([W.reshape(W.shape[0], -1).T, b[None, :]])\n\n\n"
-                          "def to_rows(z):\n    return z.transpose(0, 2, 3, 1).reshape(-1, z.shape[1])\n",
+    "def design_matrix(x, kh, kw, stride, padding):\n"
+    "    P = in_thread(im2col, x, kh, kw, stride, padding).T\n"
+    "    return np.hstack([P, np.ones((P.shape[0], 1))])\n\n\n"
+    "def to_theta(W, b):\n    return np.vstack([W.reshape(W.shape[0], -1).T, b[None, :]])\n\n\n"
+    "def to_rows(z):\n    return z.transpose(0, 2, 3, 1).reshape(-1, z.shape[1])\n",
     "step": "def proxprop_conv_step(model, x, y, tau_theta=1.0, iters=3):\n"
-            "    return in_thread(pn.proxprop, model, pn.SoftmaxCrossEntropy(), x, y, tau_theta=tau_theta,\n"
-            "                     solver='cg', cg_iters=iters)\n",
+    "    return in_thread(pn.proxprop, model, pn.SoftmaxCrossEntropy(), x, y, tau_theta=tau_theta,\n"
+    "                     solver='cg', cg_iters=iters)\n",
 }
 
 THETA_STEP = "a_used = a[l - 1] if wrong_order else a_prev_k"
-A4_CG = "block_cg(lambda T: apply_At(apply_A(T)) + T / tau_theta, apply_At(to_rows(dz)), iters=iters)"
+A4_CG = (
+    "block_cg(lambda T: apply_At(apply_A(T)) + T / tau_theta, apply_At(to_rows(dz)), iters=iters)"
+)
 
 CASES = {
     "01_layers_by_hand": {
         "planted_affine": ({"affine": [("dz.sum(axis=0)", "dz.mean(axis=0)")]}, ["affine_test"]),
-        "planted_conv": ({"conv": [("rows.sum(axis=0)", "rows.sum(axis=0) * (1 + 1e-3)")]}, ["conv_test"]),
+        "planted_conv": (
+            {"conv": [("rows.sum(axis=0)", "rows.sum(axis=0) * (1 + 1e-3)")]},
+            ["conv_test"],
+        ),
         "delegates_to_proxnp": ({"affine": PROXNP_LAYERS}, ["affine_test"]),
-        "edited_tests": ({"relu": [("cache > 0", "cache >= 0")], None: replace_tests_by_pass}, ["relu_test"]),
-        "deleted_tests": ({"softmax": [(".mean()", ".sum()")], None: delete_tests}, ["softmax_test"]),
+        "edited_tests": (
+            {"relu": [("cache > 0", "cache >= 0")], None: replace_tests_by_pass},
+            ["relu_test"],
+        ),
+        "deleted_tests": (
+            {"softmax": [(".mean()", ".sum()")], None: delete_tests},
+            ["softmax_test"],
+        ),
         "cheat_thread": ({"softmax": A1_SOFTMAX_THREAD}, ["softmax_test"]),
         "cheat_importlib": ({"conv": A1_CONV_IMPORTLIB}, ["conv_test"]),
         # blinding the profiler is caught by every graded cell that runs after it
-        "cheat_setprofile": ({"affine": A1_SETPROFILE}, ["affine_test", "relu_test", "conv_test", "softmax_test"]),
+        "cheat_setprofile": (
+            {"affine": A1_SETPROFILE},
+            ["affine_test", "relu_test", "conv_test", "softmax_test"],
+        ),
     },
     "02_backprop_as_penalty_steps": {
-        "planted_theta_step": ({"algorithm1": [(THETA_STEP, THETA_STEP + " * (1 + 1e-3)")]}, ["algorithm1_test"]),
+        "planted_theta_step": (
+            {"algorithm1": [(THETA_STEP, THETA_STEP + " * (1 + 1e-3)")]},
+            ["algorithm1_test"],
+        ),
         "delegates_gradient_step": ({"algorithm1": OLD_GRADIENT_STEP}, ["algorithm1_test"]),
         # one bug in step (b), (1 - tanh^2) dropped: Algorithm 1 is wrong, the theta-step of Q3 is not
-        "bug_in_z_step": ({"algorithm1": [("gamma * (1 - np.tanh(z[l - 1]) ** 2) * s", "gamma * s")]}, ["algorithm1_test"]),
-        "planted_theta_step_sign": ({"theta_step": [("b - tau * rho * r.sum(axis=0)", "b + tau * rho * r.sum(axis=0)")]},
-                                    ["theta_step_test"]),
-        "edited_tests": ({"energy": [("gamma / 2 * np.sum", "rho / 2 * np.sum")], None: replace_tests_by_pass},
-                         ["energy_test"]),
-        "deleted_tests": ({"theta_step": [("a = a_prev_half if wrong_order else a_prev_k", "a = a_prev_k")],
-                           None: delete_tests}, ["theta_step_test"]),
+        "bug_in_z_step": (
+            {"algorithm1": [("gamma * (1 - np.tanh(z[l - 1]) ** 2) * s", "gamma * s")]},
+            ["algorithm1_test"],
+        ),
+        "planted_theta_step_sign": (
+            {"theta_step": [("b - tau * rho * r.sum(axis=0)", "b + tau * rho * r.sum(axis=0)")]},
+            ["theta_step_test"],
+        ),
+        "edited_tests": (
+            {"energy": [("gamma / 2 * np.sum", "rho / 2 * np.sum")], None: replace_tests_by_pass},
+            ["energy_test"],
+        ),
+        "deleted_tests": (
+            {
+                "theta_step": [("a = a_prev_half if wrong_order else a_prev_k", "a = a_prev_k")],
+                None: delete_tests,
+            },
+            ["theta_step_test"],
+        ),
         "cheat_gradstep": ({"algorithm1": A2_GRADSTEP}, ["algorithm1_test"]),
         "cheat_thread": ({"algorithm1": A2_THREAD}, ["algorithm1_test"]),
     },
     "03_the_proximal_step": {
-        "exact_delegates_to_proxnp": ({"exact": "from proxnp import prox\n\n\ndef prox_linear_exact(a_prev, g, tau_theta):\n"
-                                                "    return prox.prox_direction(a_prev, g, tau_theta, solver='exact')[0]\n"},
-                                      ["exact_test"]),
-        "cg_ignores_iters": ({"cg": "def block_cg(apply_M, B, iters):\n"
-                                    "    return np.linalg.solve(apply_M(np.eye(B.shape[0])), B)\n"}, ["cg_test"]),
-        "cg_delegates_to_proxnp": ({"cg": "from proxnp.cg import block_cg as proxnp_cg\n\n\n"
-                                          "def block_cg(apply_M, B, iters):\n"
-                                          "    return proxnp_cg(apply_M, B, iters=iters)[0]\n"}, ["cg_test"]),
-        "prox_cg_returns_exact": ({"descent": "def prox_linear_cg(a_prev, g, tau_theta, iters):\n"
-                                             "    return prox_linear_exact(a_prev, g, tau_theta)\n"}, ["descent_test"]),
-        "planted_prox_cg_tau": ({"descent": [("X / tau_theta", "X * tau_theta")]}, ["descent_test"]),
-        "step_plain_backprop": ({"step": "def proxprop_step(model, x, y, tau_theta=0.05, iters=3):\n"
-                                         "    return pn.backprop(model, pn.SoftmaxCrossEntropy(), x, y)\n"},
-                                ["step_test"]),
-        "step_delegates_to_proxprop": ({"step": "def proxprop_step(model, x, y, tau_theta=0.05, iters=3):\n"
-                                                "    return pn.proxprop(model, pn.SoftmaxCrossEntropy(), x, y,\n"
-                                                "                       tau_theta=tau_theta, solver='cg', cg_iters=iters)\n"},
-                                       ["step_test"]),
-        "step_ignores_iters": ({"step": [("prox_linear_cg(inputs[i], g, tau_theta, iters)",
-                                          "prox_linear_cg(inputs[i], g, tau_theta, 3)")]}, ["step_test"]),
-        "edited_tests": ({"cg": [("np.divide(rs_new, rs,", "np.divide(rs, rs_new,")], None: replace_tests_by_pass},
-                         ["cg_test"]),
-        "deleted_tests": ({"exact": [("np.ones((a_prev.shape[0], 1))", "np.zeros((a_prev.shape[0], 1))")],
-                           None: delete_tests}, ["exact_test"]),
-        "cheat_scipy_dense": ({"cg": A3_SCIPY_CG, "descent": A3_DENSE}, ["cg_test", "descent_test"]),
+        "exact_delegates_to_proxnp": (
+            {
+                "exact": "from proxnp import prox\n\n\ndef prox_linear_exact(a_prev, g, tau_theta):\n"
+                "    return prox.prox_direction(a_prev, g, tau_theta, solver='exact')[0]\n"
+            },
+            ["exact_test"],
+        ),
+        "cg_ignores_iters": (
+            {
+                "cg": "def block_cg(apply_M, B, iters):\n"
+                "    return np.linalg.solve(apply_M(np.eye(B.shape[0])), B)\n"
+            },
+            ["cg_test"],
+        ),
+        "cg_delegates_to_proxnp": (
+            {
+                "cg": "from proxnp.cg import block_cg as proxnp_cg\n\n\n"
+                "def block_cg(apply_M, B, iters):\n"
+                "    return proxnp_cg(apply_M, B, iters=iters)[0]\n"
+            },
+            ["cg_test"],
+        ),
+        "prox_cg_returns_exact": (
+            {
+                "descent": "def prox_linear_cg(a_prev, g, tau_theta, iters):\n"
+                "    return prox_linear_exact(a_prev, g, tau_theta)\n"
+            },
+            ["descent_test"],
+        ),
+        "planted_prox_cg_tau": (
+            {"descent": [("X / tau_theta", "X * tau_theta")]},
+            ["descent_test"],
+        ),
+        "step_plain_backprop": (
+            {
+                "step": "def proxprop_step(model, x, y, tau_theta=0.05, iters=3):\n"
+                "    return pn.backprop(model, pn.SoftmaxCrossEntropy(), x, y)\n"
+            },
+            ["step_test"],
+        ),
+        "step_delegates_to_proxprop": (
+            {
+                "step": "def proxprop_step(model, x, y, tau_theta=0.05, iters=3):\n"
+                "    return pn.proxprop(model, pn.SoftmaxCrossEntropy(), x, y,\n"
+                "                       tau_theta=tau_theta, solver='cg', cg_iters=iters)\n"
+            },
+            ["step_test"],
+        ),
+        "step_ignores_iters": (
+            {
+                "step": [
+                    (
+                        "prox_linear_cg(inputs[i], g, tau_theta, iters)",
+                        "prox_linear_cg(inputs[i], g, tau_theta, 3)",
+                    )
+                ]
+            },
+            ["step_test"],
+        ),
+        "edited_tests": (
+            {
+                "cg": [("np.divide(rs_new, rs,", "np.divide(rs, rs_new,")],
+                None: replace_tests_by_pass,
+            },
+            ["cg_test"],
+        ),
+        "deleted_tests": (
+            {
+                "exact": [("np.ones((a_prev.shape[0], 1))", "np.zeros((a_prev.shape[0], 1))")],
+                None: delete_tests,
+            },
+            ["exact_test"],
+        ),
+        "cheat_scipy_dense": (
+            {"cg": A3_SCIPY_CG, "descent": A3_DENSE},
+            ["cg_test", "descent_test"],
+        ),
         "cheat_thread": (A3_THREADS, ["exact_test", "cg_test", "step_test"]),
     },
     "04_the_prox_step_of_a_convolution": {
-        "exact_delegates_to_proxnp": ({"exact": "from proxnp import prox\n\n\n"
-                                                "def prox_conv_exact(x, dz, W_shape, stride, padding, tau_theta):\n"
-                                                "    A = design_matrix(x, W_shape[2], W_shape[3], stride, padding)\n"
-                                                "    return prox.prox_direction(A[:, :-1], to_rows(dz), tau_theta, solver='exact')[0]\n"},
-                                      ["exact_test"]),
-        "cg_forms_design_matrix": ({"matfree": "def prox_conv_cg(x, dz, W_shape, stride, padding, tau_theta, iters):\n"
-                                               "    A = design_matrix(x, W_shape[2], W_shape[3], stride, padding)\n"
-                                               "    return block_cg(lambda T: A.T @ (A @ T) + T / tau_theta, A.T @ to_rows(dz), iters=iters)[0]\n"},
-                                   ["matfree_test"]),
-        "cg_returns_exact": ({"matfree": "def prox_conv_cg(x, dz, W_shape, stride, padding, tau_theta, iters):\n"
-                                         "    return prox_conv_exact(x, dz, W_shape, stride, padding, tau_theta)\n"},
-                             ["matfree_test"]),
-        "cg_ignores_iters": ({"matfree": [(A4_CG, A4_CG.replace("iters=iters", "iters=100"))]}, ["matfree_test"]),
-        "cg_delegates_to_proxnp": ({"matfree": "from proxnp import prox\nfrom proxnp.functional import im2col\n\n\n"
-                                               "def prox_conv_cg(x, dz, W_shape, stride, padding, tau_theta, iters):\n"
-                                               "    P = im2col(x, W_shape[2], W_shape[3], stride, padding).T\n"
-                                               "    return prox.prox_direction(P, to_rows(dz), tau_theta, solver='cg', cg_iters=iters)[0]\n"},
-                                   ["matfree_test"]),
-        "step_plain_backprop": ({"step": "def proxprop_conv_step(model, x, y, tau_theta=1.0, iters=3):\n"
-                                         "    return pn.backprop(model, pn.SoftmaxCrossEntropy(), x, y)\n"},
-                                ["step_test"]),
-        "step_delegates_to_proxprop": ({"step": "def proxprop_conv_step(model, x, y, tau_theta=1.0, iters=3):\n"
-                                                "    return pn.proxprop(model, pn.SoftmaxCrossEntropy(), x, y,\n"
-                                                "                       tau_theta=tau_theta, solver='cg', cg_iters=iters)\n"},
-                                       ["step_test"]),
-        "edited_tests": ({"exact": [("/ tau_theta", "* tau_theta")], None: replace_tests_by_pass}, ["exact_test"]),
-        "deleted_tests": ({"design": [("np.hstack([cols.reshape(N * Ho * Wo, -1), np.ones((N * Ho * Wo, 1))])",
-                                       "np.hstack([np.ones((N * Ho * Wo, 1)), cols.reshape(N * Ho * Wo, -1)])")],
-                           None: delete_tests}, ["design_test"]),
+        "exact_delegates_to_proxnp": (
+            {
+                "exact": "from proxnp import prox\n\n\n"
+                "def prox_conv_exact(x, dz, W_shape, stride, padding, tau_theta):\n"
+                "    A = design_matrix(x, W_shape[2], W_shape[3], stride, padding)\n"
+                "    return prox.prox_direction(A[:, :-1], to_rows(dz), tau_theta, solver='exact')[0]\n"
+            },
+            ["exact_test"],
+        ),
+        "cg_forms_design_matrix": (
+            {
+                "matfree": "def prox_conv_cg(x, dz, W_shape, stride, padding, tau_theta, iters):\n"
+                "    A = design_matrix(x, W_shape[2], W_shape[3], stride, padding)\n"
+                "    return block_cg(lambda T: A.T @ (A @ T) + T / tau_theta, A.T @ to_rows(dz), iters=iters)[0]\n"
+            },
+            ["matfree_test"],
+        ),
+        "cg_returns_exact": (
+            {
+                "matfree": "def prox_conv_cg(x, dz, W_shape, stride, padding, tau_theta, iters):\n"
+                "    return prox_conv_exact(x, dz, W_shape, stride, padding, tau_theta)\n"
+            },
+            ["matfree_test"],
+        ),
+        "cg_ignores_iters": (
+            {"matfree": [(A4_CG, A4_CG.replace("iters=iters", "iters=100"))]},
+            ["matfree_test"],
+        ),
+        "cg_delegates_to_proxnp": (
+            {
+                "matfree": "from proxnp import prox\nfrom proxnp.functional import im2col\n\n\n"
+                "def prox_conv_cg(x, dz, W_shape, stride, padding, tau_theta, iters):\n"
+                "    P = im2col(x, W_shape[2], W_shape[3], stride, padding).T\n"
+                "    return prox.prox_direction(P, to_rows(dz), tau_theta, solver='cg', cg_iters=iters)[0]\n"
+            },
+            ["matfree_test"],
+        ),
+        "step_plain_backprop": (
+            {
+                "step": "def proxprop_conv_step(model, x, y, tau_theta=1.0, iters=3):\n"
+                "    return pn.backprop(model, pn.SoftmaxCrossEntropy(), x, y)\n"
+            },
+            ["step_test"],
+        ),
+        "step_delegates_to_proxprop": (
+            {
+                "step": "def proxprop_conv_step(model, x, y, tau_theta=1.0, iters=3):\n"
+                "    return pn.proxprop(model, pn.SoftmaxCrossEntropy(), x, y,\n"
+                "                       tau_theta=tau_theta, solver='cg', cg_iters=iters)\n"
+            },
+            ["step_test"],
+        ),
+        "edited_tests": (
+            {"exact": [("/ tau_theta", "* tau_theta")], None: replace_tests_by_pass},
+            ["exact_test"],
+        ),
+        "deleted_tests": (
+            {
+                "design": [
+                    (
+                        "np.hstack([cols.reshape(N * Ho * Wo, -1), np.ones((N * Ho * Wo, 1))])",
+                        "np.hstack([np.ones((N * Ho * Wo, 1)), cols.reshape(N * Ho * Wo, -1)])",
+                    )
+                ],
+                None: delete_tests,
+            },
+            ["design_test"],
+        ),
         "cheat_prox_patches": (A4_PATCHES, ["exact_test", "matfree_test"]),
         "cheat_thread": (A4_THREADS, ["design_test", "step_test"]),
     },
@@ -318,13 +453,18 @@ c.GenerateFeedback.preprocessors = ["nbgrader.preprocessors.GetGrades", "nbgrade
                                     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
 """
 # The student whose feedback is checked for leaks: a hidden test fails, so its traceback is in the feedback.
-FEEDBACK_CASE = {"01_layers_by_hand": "cheat_thread", "02_backprop_as_penalty_steps": "cheat_gradstep",
-                 "03_the_proximal_step": "cheat_scipy_dense", "04_the_prox_step_of_a_convolution": "cheat_prox_patches"}
+FEEDBACK_CASE = {
+    "01_layers_by_hand": "cheat_thread",
+    "02_backprop_as_penalty_steps": "cheat_gradstep",
+    "03_the_proximal_step": "cheat_scipy_dense",
+    "04_the_prox_step_of_a_convolution": "cheat_prox_patches",
+}
 
 
 def nbgrader(root, *args):
-    run = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root,
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "nbgrader", *args], cwd=root, capture_output=True, text=True
+    )
     assert run.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}"
     return run
 
@@ -332,8 +472,11 @@ def nbgrader(root, *args):
 def filled(release, solution, edits):
     """The released notebook with every answer cell taken from the (edited) solution."""
     nb = copy.deepcopy(release)
-    answers = {nbgrader_meta(c)["grade_id"]: source(c) for c in solution["cells"]
-               if nbgrader_meta(c).get("solution")}
+    answers = {
+        nbgrader_meta(c)["grade_id"]: source(c)
+        for c in solution["cells"]
+        if nbgrader_meta(c).get("solution")
+    }
     for grade_id, edit in edits.items():
         if grade_id is None:
             continue
@@ -369,15 +512,21 @@ def grade_assignment(root, path):
         if student == "untouched":
             nb = release
         else:
-            nb = filled(release, solution, dict(CASES[name][student][0]) if student in CASES.get(name, {}) else {})
+            nb = filled(
+                release,
+                solution,
+                dict(CASES[name][student][0]) if student in CASES.get(name, {}) else {},
+            )
         dest = root / "submitted" / student / name
         dest.mkdir(parents=True)
         (dest / path.name).write_text(json.dumps(nb))
-    nbgrader(root, "autograde", name, "--force")       # one call grades every student
+    nbgrader(root, "autograde", name, "--force")  # one call grades every student
     nbgrader(root, "generate_feedback", name, "--student", FEEDBACK_CASE[name], "--force")
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
-        scores = {s: {g.name: g.score for g in gb.find_submission_notebook(name, name, s).grades}
-                  for s in students}
+        scores = {
+            s: {g.name: g.score for g in gb.find_submission_notebook(name, name, s).grades}
+            for s in students
+        }
     return scores, time.perf_counter() - t0
 
 
@@ -387,10 +536,17 @@ def course(tmp_path_factory):
     base = tmp_path_factory.mktemp("courses")
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(ASSIGNMENTS)) as pool:
-        results = dict(zip(NAMES, pool.map(lambda p: grade_assignment(base / p.stem, p), ASSIGNMENTS)))
-    print(f"\nnbgrader generate + autograde: {time.perf_counter() - t0:.0f} s in all;",
-          {n: f"{len(r[0])} students, {r[1]:.0f} s" for n, r in results.items()})
-    return {"base": base, "scores": {(n, s): v for n, r in results.items() for s, v in r[0].items()}}
+        results = dict(
+            zip(NAMES, pool.map(lambda p: grade_assignment(base / p.stem, p), ASSIGNMENTS))
+        )
+    print(
+        f"\nnbgrader generate + autograde: {time.perf_counter() - t0:.0f} s in all;",
+        {n: f"{len(r[0])} students, {r[1]:.0f} s" for n, r in results.items()},
+    )
+    return {
+        "base": base,
+        "scores": {(n, s): v for n, r in results.items() for s, v in r[0].items()},
+    }
 
 
 # ------------------------------------------------------------------ tests
@@ -426,7 +582,10 @@ def test_release_leaks_no_solution_or_hidden_test(course, name):
     for cell in release["cells"]:
         meta = nbgrader_meta(cell)
         if meta.get("grade") or meta.get("locked"):
-            assert cell["metadata"].get("editable") is False and cell["metadata"].get("deletable") is False
+            assert (
+                cell["metadata"].get("editable") is False
+                and cell["metadata"].get("deletable") is False
+            )
 
 
 def hidden_function_lines(path):
@@ -435,13 +594,20 @@ def hidden_function_lines(path):
     for cell in json.loads(path.read_text())["cells"]:
         if not nbgrader_meta(cell).get("grade"):
             continue
-        for region in re.findall(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", source(cell), re.S):
+        for region in re.findall(
+            r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", source(cell), re.S
+        ):
             text = region.splitlines()
             for node in ast.parse(region).body:
                 if isinstance(node, ast.FunctionDef):
-                    body = node.body[1:] if isinstance(node.body[0], ast.Expr) else node.body     # not the docstring
-                    lines |= {line.strip() for line in text[body[0].lineno - 1:node.end_lineno]
-                              if len(line.strip()) > 12 and not line.strip().startswith("#")}
+                    body = (
+                        node.body[1:] if isinstance(node.body[0], ast.Expr) else node.body
+                    )  # not the docstring
+                    lines |= {
+                        line.strip()
+                        for line in text[body[0].lineno - 1 : node.end_lineno]
+                        if len(line.strip()) > 12 and not line.strip().startswith("#")
+                    }
     return lines
 
 
@@ -454,11 +620,15 @@ def test_feedback_leaks_no_hidden_test(course, name):
     html = (course["base"] / name / "feedback" / student / name / f"{name}.html").read_text()
     text = htmllib.unescape(re.sub(r"<[^>]+>", "", html))
     submitted = (course["base"] / name / "submitted" / student / name / f"{name}.ipynb").read_text()
-    assert course["scores"][name, student] != points(ROOT / "notebooks" / "assignments" / f"{name}.ipynb")
+    assert course["scores"][name, student] != points(
+        ROOT / "notebooks" / "assignments" / f"{name}.ipynb"
+    )
     assert "AssertionError" in text, "the feedback should show the failing hidden test's message"
     hidden = hidden_function_lines(ROOT / "notebooks" / "assignments" / f"{name}.ipynb")
     assert len(hidden) > 40 and "def _proxnp_modules" not in text
-    leaks = sorted(line for line in hidden if line in text and json.dumps(line)[1:-1] not in submitted)
+    leaks = sorted(
+        line for line in hidden if line in text and json.dumps(line)[1:-1] not in submitted
+    )
     assert not leaks, f"{name}: the feedback shows hidden code: {leaks[:5]}"
 
 
@@ -492,19 +662,29 @@ def test_notebook_conventions(path):
             graded += 1
             assert meta["locked"] and meta["points"] > 0, meta["grade_id"]
             assert "### BEGIN HIDDEN TESTS" in src, f"{meta['grade_id']} has no hidden tests"
-            bare = [n.lineno for n in ast.walk(ast.parse(visible(src)))
-                    if isinstance(n, ast.Assert) and n.msg is None]
-            assert not bare, f"{path.stem} {meta['grade_id']}: visible assert without a message, lines {bare}"
-            assert "# By hand" in visible(src), f"{meta['grade_id']}: no visible hand-checkable case"
+            bare = [
+                n.lineno
+                for n in ast.walk(ast.parse(visible(src)))
+                if isinstance(n, ast.Assert) and n.msg is None
+            ]
+            assert not bare, (
+                f"{path.stem} {meta['grade_id']}: visible assert without a message, lines {bare}"
+            )
+            assert "# By hand" in visible(src), (
+                f"{meta['grade_id']}: no visible hand-checkable case"
+            )
         else:
-            assert meta.get("solution") or meta.get("locked"), f"{meta['grade_id']}: neither answer nor locked"
+            assert meta.get("solution") or meta.get("locked"), (
+                f"{meta['grade_id']}: neither answer nor locked"
+            )
     assert graded >= 3
 
 
 # ------------------------------------------------------------------ the one-command try
 @pytest.mark.slow
 def test_try_command_runs_nbgrader_and_keeps_the_course(tmp_path, capsys):
-    from proxnp.assignments import main
+    from proxnp.assignments.course import main
+
     assert main(["try", "02", "--keep", str(tmp_path / "course")]) == 0
     out = capsys.readouterr().out
     assert "solution     9 / 9" in out and "release      0 / 9" in out, out
@@ -514,15 +694,17 @@ def test_try_command_runs_nbgrader_and_keeps_the_course(tmp_path, capsys):
 
 
 def test_try_command_without_nbgrader_says_how_to_install(monkeypatch, capsys):
-    from proxnp.assignments import main
-    monkeypatch.setitem(sys.modules, "nbgrader", None)          # import nbgrader -> ImportError
+    from proxnp.assignments.course import main
+
+    monkeypatch.setitem(sys.modules, "nbgrader", None)  # import nbgrader -> ImportError
     assert main(["try", "01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ['proxnp.assignments needs nbgrader: pip install -e ".[course]"']
 
 
 def test_try_command_names_the_assignments_on_a_bad_name(capsys):
-    from proxnp.assignments import main
+    from proxnp.assignments.course import main
+
     assert main(["try", "9"]) == 2
     err = capsys.readouterr().err
     assert "'9' names no assignment" in err and "04_the_prox_step_of_a_convolution" in err

@@ -1,12 +1,14 @@
 """The array backend: namespaces, devices, the linear-algebra adapters, the one CuPy import."""
+
 import pathlib
 
 import numpy as np
 import pytest
-from conftest import assert_close
 
 import proxnp as pn
 from proxnp.backend import eigh, spd_inverse, spd_solve
+
+from conftest import assert_close
 
 
 def test_cupy_imported_only_in_backend():
@@ -33,6 +35,7 @@ def test_gpu_request_without_a_gpu_names_the_reason():
 @pytest.mark.gpu
 def test_mixed_namespaces_raise():
     import cupy
+
     with pytest.raises(TypeError, match="mixed NumPy and CuPy"):
         pn.get_xp(np.zeros(2), cupy.zeros(2))
 

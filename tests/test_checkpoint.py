@@ -1,19 +1,29 @@
 """Checkpoints are validated against the model and the run before anything is restored."""
+
 import json
 
 import numpy as np
 import pytest
 
-from helpers import plant_huge_member
-from proxnp.checkpoint import CheckpointError
 from proxnp.cli import main
-from proxnp.data import load_dataset
-from proxnp.experiments import mlp
-from proxnp.model import load_npz
-from proxnp.train import fit
+from proxnp.training.checkpoint import CheckpointError
+from proxnp.training.data import load_dataset
+from proxnp.training.files import load_npz
+from proxnp.training.fit import fit
+from proxnp.training.models import mlp
 
-KW = dict(method="proxprop", solver="cg", cg_iters=2, tau_theta=0.1, lr=0.5,
-          optimizer="nesterov", momentum=0.9, batch_size=50)
+from helpers import plant_huge_member
+
+KW = dict(
+    method="proxprop",
+    solver="cg",
+    cg_iters=2,
+    tau_theta=0.1,
+    lr=0.5,
+    optimizer="nesterov",
+    momentum=0.9,
+    batch_size=50,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +57,20 @@ def resume(path, data, epochs=3, **kw):
     try:
         return fit(model, data, epochs=epochs, checkpoint=path, resume=True, **{**KW, **kw})
     finally:
-        resume.untouched = all(np.array_equal(before[k], v)
-                               for k, v in model.state_dict().items())
+        resume.untouched = all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def _set(key, value):
     def edit(arrays, meta):
         meta[key] = value
+
     return edit
 
 
 def _drop_meta(key):
     def edit(arrays, meta):
         del meta[key]
+
     return edit
 
 
@@ -96,22 +107,25 @@ def _string_loss(arrays, meta):
     meta["history"]["epochs"][1]["train_loss"] = "low"
 
 
-@pytest.mark.parametrize("edit,message", [
-    (_drop_meta("history"), "meta lacks history"),
-    (_drop_meta("settings"), "meta lacks settings"),
-    (_set("epoch", "two"), "meta field 'epoch' must be an integer >= 1, got 'two'"),
-    (_set("epoch", 0), "meta field 'epoch' must be an integer >= 1, got 0"),
-    (_set("opt_t", 5), "5 optimizer steps do not match 2 epochs of 4 batches"),
-    (_set("rng", {"bit_generator": "PCG64", "state": "x"}), "meta field 'rng' is not a PCG64"),
-    (_short_history, "history holds 2 records, expected 3"),
-    (_string_loss, "history record 1: train_loss = 'low' is not a finite number"),
-    (_drop_opt, "missing ['opt/momentum/0.W', 'opt/momentum/0.b'"),
-    (_extra_layer, "unexpected ['opt/momentum/7.W']"),
-    (_wrong_shape, r"opt/momentum/0.W: expected float32(2, 16), got float32(16, 2)"),
-    (_wrong_dtype, r"opt/momentum/0.b: expected float32(16,), got float64(16,)"),
-    (_nan_weight, "model/0.W contains NaN or inf"),
-    (_inf_buffer, "opt/momentum/2.b contains NaN or inf"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (_drop_meta("history"), "meta lacks history"),
+        (_drop_meta("settings"), "meta lacks settings"),
+        (_set("epoch", "two"), "meta field 'epoch' must be an integer >= 1, got 'two'"),
+        (_set("epoch", 0), "meta field 'epoch' must be an integer >= 1, got 0"),
+        (_set("opt_t", 5), "5 optimizer steps do not match 2 epochs of 4 batches"),
+        (_set("rng", {"bit_generator": "PCG64", "state": "x"}), "meta field 'rng' is not a PCG64"),
+        (_short_history, "history holds 2 records, expected 3"),
+        (_string_loss, "history record 1: train_loss = 'low' is not a finite number"),
+        (_drop_opt, "missing ['opt/momentum/0.W', 'opt/momentum/0.b'"),
+        (_extra_layer, "unexpected ['opt/momentum/7.W']"),
+        (_wrong_shape, r"opt/momentum/0.W: expected float32(2, 16), got float32(16, 2)"),
+        (_wrong_dtype, r"opt/momentum/0.b: expected float32(16,), got float64(16,)"),
+        (_nan_weight, "model/0.W contains NaN or inf"),
+        (_inf_buffer, "opt/momentum/2.b contains NaN or inf"),
+    ],
+)
 def test_a_bad_checkpoint_is_refused_and_nothing_restored(ckpt, spirals, edit, message):
     rewrite(ckpt, edit)
     with pytest.raises(CheckpointError) as info:
@@ -120,10 +134,15 @@ def test_a_bad_checkpoint_is_refused_and_nothing_restored(ckpt, spirals, edit, m
     assert resume.untouched
 
 
-@pytest.mark.parametrize("change,name", [
-    (dict(lr=0.4), "lr"), (dict(optimizer="sgd"), "optimizer"), (dict(method="backprop"), "method"),
-    (dict(seed=3), "seed"),
-])
+@pytest.mark.parametrize(
+    "change,name",
+    [
+        (dict(lr=0.4), "lr"),
+        (dict(optimizer="sgd"), "optimizer"),
+        (dict(method="backprop"), "method"),
+        (dict(seed=3), "seed"),
+    ],
+)
 def test_a_checkpoint_of_another_run_is_refused(ckpt, spirals, change, name):
     with pytest.raises(CheckpointError, match=f"saved by a run with other settings .*{name}"):
         resume(ckpt, spirals, **change)
@@ -150,15 +169,27 @@ def test_resume_needs_more_epochs_than_saved(ckpt, spirals):
 def test_a_member_declaring_a_huge_array_is_refused_from_its_header(ckpt, spirals):
     """A zip member whose .npy header declares 4 GB: refused before a byte is allocated."""
     plant_huge_member(ckpt, "model/0.W.npy", (32768, 32768), 64)
-    with pytest.raises(CheckpointError, match=r"declares shape \(32768, 32768\) \(4294967296 "
-                                              r"bytes\) but holds 64 bytes"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"declares shape \(32768, 32768\) \(4294967296 "
+        r"bytes\) but holds 64 bytes",
+    ):
         resume(ckpt, spirals)
 
 
 def test_cli_resume_of_a_bad_checkpoint_is_one_line(tmp_path, capsys):
     out = tmp_path / "r"
-    argv = ["train", "--dataset", "spirals", "--hidden", "8", "--batch-size", "100",
-            "--out-dir", str(out)]
+    argv = [
+        "train",
+        "--dataset",
+        "spirals",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "100",
+        "--out-dir",
+        str(out),
+    ]
     assert main(argv + ["--epochs", "1"]) == 0
     rewrite(out / "checkpoint.npz", _nan_weight)
     assert main(argv + ["--epochs", "2", "--resume"]) == 2

@@ -1,12 +1,14 @@
 """End-to-end command line runs on tiny settings."""
+
 import json
 import subprocess
 import sys
 
 import pytest
-from test_data import write_cifar
 
 from proxnp.cli import main
+
+from test_data import write_cifar
 
 
 def test_compare_reduced_shows_proxprop_below_backprop(tmp_path, capsys):
@@ -36,48 +38,137 @@ def test_compare_reduced_shows_proxprop_below_backprop(tmp_path, capsys):
 
 def test_train_resume_continues(tmp_path):
     out = tmp_path / "t"
-    base = ["train", "--dataset", "spirals", "--hidden", "16", "--batch-size", "50",
-            "--out-dir", str(out)]
+    base = [
+        "train",
+        "--dataset",
+        "spirals",
+        "--hidden",
+        "16",
+        "--batch-size",
+        "50",
+        "--out-dir",
+        str(out),
+    ]
     assert main(base + ["--epochs", "2"]) == 0
-    assert main(base + ["--epochs", "3", "--resume", "--lr", "0.3"]) == 2     # not the same run
+    assert main(base + ["--epochs", "3", "--resume", "--lr", "0.3"]) == 2  # not the same run
     assert main(base + ["--epochs", "3", "--resume"]) == 0
     rows = (out / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[1] for r in rows[1:]] == ["0", "1", "2", "3"]
     full = tmp_path / "full"
-    assert main(["train", "--dataset", "spirals", "--hidden", "16", "--batch-size", "50",
-                 "--out-dir", str(full), "--epochs", "3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "spirals",
+                "--hidden",
+                "16",
+                "--batch-size",
+                "50",
+                "--out-dir",
+                str(full),
+                "--epochs",
+                "3",
+            ]
+        )
+        == 0
+    )
     a = [r.split(",")[2] for r in rows[1:]]
     b = [r.split(",")[2] for r in (full / "metrics.csv").read_text().splitlines()[1:]]
     assert a == b
 
 
 def test_train_convnet_on_digits(tmp_path):
-    assert main(["train", "--model", "convnet", "--dataset", "digits", "--epochs", "1",
-                 "--subset", "200", "--batch-size", "50", "--optimizer", "adam", "--lr", "1e-3",
-                 "--tau-theta", "1", "--out-dir", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "convnet",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "1",
+                "--subset",
+                "200",
+                "--batch-size",
+                "50",
+                "--optimizer",
+                "adam",
+                "--lr",
+                "1e-3",
+                "--tau-theta",
+                "1",
+                "--out-dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_threads_option_caps_the_host_threads_during_training(tmp_path, monkeypatch):
-    from proxnp import cli, cpu
+    from proxnp.cli import commands as cli
+    from proxnp.fast import cpu
+
     seen = []
     real_fit = cli.fit
 
     def recording_fit(*args, **kw):
         seen.append(cpu.host_threads())
         return real_fit(*args, **kw)
+
     monkeypatch.setattr(cli, "fit", recording_fit)
     default = cpu.host_threads()
-    assert main(["train", "--model", "convnet", "--dataset", "digits", "--epochs", "1",
-                 "--subset", "100", "--batch-size", "50", "--threads", "1",
-                 "--out-dir", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "convnet",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "1",
+                "--subset",
+                "100",
+                "--batch-size",
+                "50",
+                "--threads",
+                "1",
+                "--out-dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     assert seen == [1]
     assert cpu.host_threads() == default
 
 
 def test_train_divergence_exits_nonzero(tmp_path, capsys):
-    assert main(["train", "--dataset", "spirals", "--method", "backprop", "--lr", "1e5",
-                 "--optimizer", "sgd", "--momentum", "0", "--epochs", "10",
-                 "--out-dir", str(tmp_path / "d")]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "spirals",
+                "--method",
+                "backprop",
+                "--lr",
+                "1e5",
+                "--optimizer",
+                "sgd",
+                "--momentum",
+                "0",
+                "--epochs",
+                "10",
+                "--out-dir",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 1
+    )
     assert "diverged at epoch" in capsys.readouterr().err
     assert (tmp_path / "d" / "metrics.csv").exists()
 
@@ -86,28 +177,65 @@ def test_reproduce_on_fake_cifar(tmp_path, capsys):
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", n_per_batch=20)
     for exp in ("mlp", "convnet"):
         out = tmp_path / exp
-        assert main(["reproduce", exp, "--data-dir", str(tmp_path / "data"), "--epochs", "1",
-                     "--batch-size", "30", "--out-dir", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "reproduce",
+                    exp,
+                    "--data-dir",
+                    str(tmp_path / "data"),
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "30",
+                    "--out-dir",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         assert (out / "figure.png").exists()
     out = tmp_path / "stab"
-    assert main(["reproduce", "stability", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
-                 "--batch-size", "30", "--taus", "1e6", "0.05", "--out-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "stability",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "30",
+                "--taus",
+                "1e6",
+                "0.05",
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = (out / "stability.md").read_text()
     assert "| BackProp | – |" in table and "ProxProp (cg3)" in table
     assert "Full-batch training loss" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["train", "--solver", "newton"], "invalid choice: 'newton'"),
-    (["train", "--tau-theta", "-1"], "must be a finite number > 0"),
-    (["train", "--dataset", "cifar10"], "pass --data-dir"),
-    (["reproduce", "mlp", "--data-dir", "/nonexistent"], "no such directory"),
-    (["compare", "--device", "gpu"], "no usable GPU"),
-    (["train", "--resume", "--out-dir", "/nonexistent/run"], "no checkpoint.npz"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--solver", "newton"], "invalid choice: 'newton'"),
+        (["train", "--tau-theta", "-1"], "must be a finite number > 0"),
+        (["train", "--dataset", "cifar10"], "pass --data-dir"),
+        (["reproduce", "mlp", "--data-dir", "/nonexistent"], "no such directory"),
+        (["compare", "--device", "gpu"], "no usable GPU"),
+        (["train", "--resume", "--out-dir", "/nonexistent/run"], "no checkpoint.npz"),
+    ],
+)
 def test_bad_arguments_give_one_line(argv, message, capsys):
     if "gpu" in argv:
         from proxnp import gpu_available
+
         if gpu_available():
             pytest.skip("a GPU is usable here")
     assert main(argv) == 2
@@ -118,24 +246,35 @@ def test_bad_arguments_give_one_line(argv, message, capsys):
 def test_module_entry_point_and_info():
     r = subprocess.run([sys.executable, "-m", "proxnp", "info"], capture_output=True, text=True)
     assert r.returncode == 0 and "numpy" in r.stdout and "GPU:" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "proxnp", "train", "--epochs", "x"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "proxnp", "train", "--epochs", "x"], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["train", "--epochs", "-5"], "--epochs"), (["train", "--epochs", "0"], "--epochs"),
-    (["train", "--momentum", "2"], "--momentum"), (["train", "--momentum", "-0.1"], "--momentum"),
-    (["train", "--momentum", "1"], "--momentum"),
-    (["train", "--cg-iters", "1000000000"], "--cg-iters"),
-    (["train", "--cg-iters", "0"], "--cg-iters"),
-    (["train", "--seed", "-1"], "--seed"), (["train", "--lr", "nan"], "--lr"),
-    (["train", "--lr", "inf"], "--lr"), (["train", "--lr", "0"], "--lr"),
-    (["train", "--batch-size", "0"], "--batch-size"), (["train", "--subset", "0"], "--subset"),
-    (["train", "--threads", "0"], "--threads"), (["train", "--hidden", "8", "0"], "--hidden"),
-    (["train", "--tau-theta", "nan"], "--tau-theta"), (["compare", "--epochs", "1.5"], "--epochs"),
-    (["reproduce", "stability", "--taus", "1", "-1"], "--taus"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["train", "--epochs", "-5"], "--epochs"),
+        (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--momentum", "2"], "--momentum"),
+        (["train", "--momentum", "-0.1"], "--momentum"),
+        (["train", "--momentum", "1"], "--momentum"),
+        (["train", "--cg-iters", "1000000000"], "--cg-iters"),
+        (["train", "--cg-iters", "0"], "--cg-iters"),
+        (["train", "--seed", "-1"], "--seed"),
+        (["train", "--lr", "nan"], "--lr"),
+        (["train", "--lr", "inf"], "--lr"),
+        (["train", "--lr", "0"], "--lr"),
+        (["train", "--batch-size", "0"], "--batch-size"),
+        (["train", "--subset", "0"], "--subset"),
+        (["train", "--threads", "0"], "--threads"),
+        (["train", "--hidden", "8", "0"], "--hidden"),
+        (["train", "--tau-theta", "nan"], "--tau-theta"),
+        (["compare", "--epochs", "1.5"], "--epochs"),
+        (["reproduce", "stability", "--taus", "1", "-1"], "--taus"),
+    ],
+)
 def test_every_number_is_range_checked_naming_the_flag(argv, flag, capsys, tmp_path):
     assert main(argv + ["--out-dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
@@ -143,12 +282,15 @@ def test_every_number_is_range_checked_naming_the_flag(argv, flag, capsys, tmp_p
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["train", "--model", "convnet", "--hidden", "8"], "--hidden applies to --model mlp only"),
-    (["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to"),
-    (["train", "--momentum", "0"], "--momentum 0 with --optimizer nesterov"),
-    (["train", "--resume"], "--resume needs --out-dir"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--model", "convnet", "--hidden", "8"], "--hidden applies to --model mlp only"),
+        (["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to"),
+        (["train", "--momentum", "0"], "--momentum 0 with --optimizer nesterov"),
+        (["train", "--resume"], "--resume needs --out-dir"),
+    ],
+)
 def test_option_combinations_that_do_not_fit(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -157,6 +299,7 @@ def test_option_combinations_that_do_not_fit(argv, message, capsys):
 
 def test_help_states_a_default_for_every_option(capsys):
     from proxnp.cli import build_cli_parser
+
     sub = next(a for a in build_cli_parser()._actions if a.dest == "command")
     for name in ("compare", "train", "reproduce"):
         for action in sub.choices[name]._actions:
@@ -165,25 +308,38 @@ def test_help_states_a_default_for_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for shown in ("--lr LR learning rate, the paper's tau (default: 1e-3 with adam; otherwise "
-                  "0.05 for backprop, 1 for proxprop)",
-                  "(default: 0.05 for mlp, 1 for convnet)", "(default: 256 256)",
-                  "at most 1000 (default: 3)", "(default: nesterov)", "(default: cg)",
-                  "training epochs (default: 20)"):
+    for shown in (
+        "--lr LR learning rate, the paper's tau (default: 1e-3 with adam; otherwise "
+        "0.05 for backprop, 1 for proxprop)",
+        "(default: 0.05 for mlp, 1 for convnet)",
+        "(default: 256 256)",
+        "at most 1000 (default: 3)",
+        "(default: nesterov)",
+        "(default: cg)",
+        "training epochs (default: 20)",
+    ):
         assert shown in text
 
 
-@pytest.mark.parametrize("argv,used", [
-    ([], dict(lr=1.0, tau_theta=0.05, momentum=0.95, hidden=[256, 256], epochs=20,
-              batch_size=100)),
-    (["--method", "backprop"], dict(lr=0.05, momentum=0.95)),
-    (["--optimizer", "adam"], dict(lr=1e-3, tau_theta=0.05, momentum=0.0)),
-    (["--model", "convnet", "--optimizer", "adam"], dict(lr=1e-3, tau_theta=1.0, hidden=None)),
-    (["--model", "convnet"], dict(lr=1.0, tau_theta=1.0)),
-])
+@pytest.mark.parametrize(
+    "argv,used",
+    [
+        (
+            [],
+            dict(
+                lr=1.0, tau_theta=0.05, momentum=0.95, hidden=[256, 256], epochs=20, batch_size=100
+            ),
+        ),
+        (["--method", "backprop"], dict(lr=0.05, momentum=0.95)),
+        (["--optimizer", "adam"], dict(lr=1e-3, tau_theta=0.05, momentum=0.0)),
+        (["--model", "convnet", "--optimizer", "adam"], dict(lr=1e-3, tau_theta=1.0, hidden=None)),
+        (["--model", "convnet"], dict(lr=1.0, tau_theta=1.0)),
+    ],
+)
 def test_defaults_follow_the_paper(argv, used):
     from proxnp.cli import build_cli_parser
-    from proxnp.options import resolve_train
+    from proxnp.cli.options import resolve_train
+
     args = resolve_train(build_cli_parser().parse_args(["train", *argv]))
     assert {k: getattr(args, k) for k in used} == used
 
@@ -203,22 +359,46 @@ def test_config_json_records_what_was_used(tmp_path):
 def test_readme_convnet_adam_example_trains_with_its_defaults(tmp_path):
     """train --model convnet --optimizer adam without --lr: Adam at 1e-3, tau_theta = 1."""
     out = tmp_path / "c"
-    assert main(["train", "--model", "convnet", "--optimizer", "adam", "--epochs", "2",
-                 "--batch-size", "50", "--subset", "500", "--out-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "convnet",
+                "--optimizer",
+                "adam",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "50",
+                "--subset",
+                "500",
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())["proxprop"]
     rows = (out / "metrics.csv").read_text().splitlines()[1:]
     assert s["status"] == "ok" and s["final_train_loss"] < float(rows[0].split(",")[2])
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--momentum", "0.99", "--lr", "20"], "diverging: the training loss rose from"),
-    (["--method", "backprop", "--optimizer", "sgd", "--momentum", "0", "--lr", "20"],
-     "training loss is stuck at chance level"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--momentum", "0.99", "--lr", "20"], "diverging: the training loss rose from"),
+        (
+            ["--method", "backprop", "--optimizer", "sgd", "--momentum", "0", "--lr", "20"],
+            "training loss is stuck at chance level",
+        ),
+    ],
+)
 def test_finite_blow_ups_are_reported_as_diverging(argv, message, tmp_path, capsys):
     out = tmp_path / "d"
-    assert main(["train", "--hidden", "64", "64", "--epochs", "3", "--out-dir", str(out),
-                 *argv]) == 1
+    assert (
+        main(["train", "--hidden", "64", "64", "--epochs", "3", "--out-dir", str(out), *argv]) == 1
+    )
     err = capsys.readouterr().err
     assert message in err and "(try a smaller --lr)" in err
     summary = json.loads((out / "summary.json").read_text())

@@ -6,6 +6,7 @@ may reach NumPy implicitly (the double's arrays refuse ``numpy.asarray``, as CuP
 no NumPy array may enter a device computation.  CUDA itself is not tested here: that is
 ``bench/gpu_check.sh`` on a real GPU.
 """
+
 import os
 import pathlib
 import re
@@ -25,8 +26,14 @@ def pythonpath_with_double():
 
 def run_gpu_tests():
     env = dict(os.environ, PYTHONPATH=pythonpath_with_double())
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                           "tests"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.mark.slow
@@ -41,18 +48,23 @@ def test_every_gpu_test_passes_on_the_cupy_double():
 
 
 def _cupy_modules():
-    return {m: sys.modules[m] for m in list(sys.modules)
-            if m in ("cupy", "cupyx") or m.startswith(("cupy.", "cupyx."))}
+    return {
+        m: sys.modules[m]
+        for m in list(sys.modules)
+        if m in ("cupy", "cupyx") or m.startswith(("cupy.", "cupyx."))
+    }
 
 
 def test_the_double_refuses_what_cupy_refuses():
     import numpy as np
-    saved = _cupy_modules()                       # a real CuPy, if this process has one
+
+    saved = _cupy_modules()  # a real CuPy, if this process has one
     for name in saved:
         del sys.modules[name]
     sys.path.insert(0, str(DOUBLE))
     try:
         import cupy
+
         a = cupy.asarray(np.arange(3.0))
         assert type(a).__module__ == "cupy" and not isinstance(a, np.ndarray)
         with pytest.raises(TypeError, match="Implicit conversion"):
@@ -62,7 +74,7 @@ def test_the_double_refuses_what_cupy_refuses():
         with pytest.raises(TypeError, match="NumPy array was passed"):
             cupy.concatenate([a, np.ones(3)])
         np.testing.assert_array_equal((a * 2 + 1).get(), [1.0, 3.0, 5.0])
-        assert float(a.sum()) == 3.0 and type(a.sum()) is cupy.ndarray   # 0-d, as in CuPy
+        assert float(a.sum()) == 3.0 and type(a.sum()) is cupy.ndarray  # 0-d, as in CuPy
     finally:
         sys.path.remove(str(DOUBLE))
         for name in _cupy_modules():
@@ -79,8 +91,10 @@ def test_gpu_notebook_takes_its_gpu_branch_on_the_double(monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     path = ROOT / "notebooks" / "06_same_code_on_a_gpu.ipynb"
     nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}}).execute()
-    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                      for o in c.get("outputs", []))
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
+    printed = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
     assert "GPU usable: True" in printed and "weights are cupy arrays" in printed, printed

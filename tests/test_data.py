@@ -1,4 +1,5 @@
 """Loaders: embedded digits, spirals, CIFAR-10 batches and IDX files, good and bad."""
+
 import gzip
 import math
 import pickle
@@ -6,16 +7,25 @@ import pickle
 import numpy as np
 import pytest
 
-from proxnp.data import DataError, RestrictedUnpickler, load_dataset, read_idx, restricted_load
+from proxnp.training.data import (
+    DataError,
+    RestrictedUnpickler,
+    load_dataset,
+    read_idx,
+    restricted_load,
+)
 
 
 def write_cifar(folder, n_per_batch=20, seed=0, protocol=2):
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        d = {b"batch_label": b"x", b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-             b"labels": [int(v) for v in rng.integers(0, 10, n_per_batch)],
-             b"filenames": [b"f"] * n_per_batch}
+        d = {
+            b"batch_label": b"x",
+            b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, n_per_batch)],
+            b"filenames": [b"f"] * n_per_batch,
+        }
         (folder / name).write_bytes(pickle.dumps(d, protocol=protocol))
     return folder
 
@@ -25,10 +35,14 @@ def write_idx(folder, n=60, n_test=20, gz=True, seed=0):
     folder.mkdir(parents=True, exist_ok=True)
 
     def put(name, magic, arr):
-        raw = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape) \
+        raw = (
+            magic.to_bytes(4, "big")
+            + b"".join(d.to_bytes(4, "big") for d in arr.shape)
             + arr.astype(np.uint8).tobytes()
+        )
         path = folder / (name + (".gz" if gz else ""))
         path.write_bytes(gzip.compress(raw) if gz else raw)
+
     put("train-images-idx3-ubyte", 2051, rng.integers(0, 256, (n, 28, 28)))
     put("train-labels-idx1-ubyte", 2049, rng.integers(0, 10, n))
     put("t10k-images-idx3-ubyte", 2051, rng.integers(0, 256, (n_test, 28, 28)))
@@ -38,7 +52,9 @@ def write_idx(folder, n=60, n_test=20, gz=True, seed=0):
 
 def test_digits_split_and_scaling():
     d = load_dataset("digits", seed=3)
-    assert d.x_train.shape == (1197, 64) and d.x_val.shape == (300, 64) and d.x_test.shape == (300, 64)
+    assert (
+        d.x_train.shape == (1197, 64) and d.x_val.shape == (300, 64) and d.x_test.shape == (300, 64)
+    )
     assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int64
     assert 0 <= d.x_train.min() and d.x_train.max() == 1.0
     img = load_dataset("digits", seed=3, flat=False)
@@ -58,8 +74,9 @@ def test_cifar_layout_and_paper_split(tmp_path):
     d = load_dataset("cifar10", data_dir=tmp_path, flat=False)
     assert d.x_train.shape == (90, 3, 32, 32) and d.x_val.shape == (10, 3, 32, 32)
     assert d.x_test.shape == (20, 3, 32, 32) and d.x_train.max() <= 1.0
-    raw = pickle.loads((tmp_path / "cifar-10-batches-py" / "data_batch_5").read_bytes(),
-                       encoding="bytes")
+    raw = pickle.loads(
+        (tmp_path / "cifar-10-batches-py" / "data_batch_5").read_bytes(), encoding="bytes"
+    )
     # validation = the last training images (the tail of data_batch_5), pixels / 255
     assert np.allclose(d.x_val.reshape(10, -1), raw[b"data"][-10:] / 255.0, atol=1e-6)
     assert np.array_equal(d.y_val, raw[b"labels"][-10:])
@@ -76,12 +93,16 @@ def test_cifar_missing_truncated_and_malformed(tmp_path):
     with pytest.raises(DataError, match="data_batch_2: not a valid CIFAR-10 python batch"):
         load_dataset("cifar10", data_dir=folder)
     write_cifar(folder)
-    (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((3, 5), np.uint8),
-                                                       b"labels": [0, 1, 2]}, protocol=2))
-    with pytest.raises(DataError, match=r"test_batch: b'data' must be a uint8 array of shape \(n, 3072\)"):
+    (folder / "test_batch").write_bytes(
+        pickle.dumps({b"data": np.zeros((3, 5), np.uint8), b"labels": [0, 1, 2]}, protocol=2)
+    )
+    with pytest.raises(
+        DataError, match=r"test_batch: b'data' must be a uint8 array of shape \(n, 3072\)"
+    ):
         load_dataset("cifar10", data_dir=folder)
-    (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((3, 3072), np.uint8),
-                                                       b"labels": [0, 1, 12]}, protocol=2))
+    (folder / "test_batch").write_bytes(
+        pickle.dumps({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1, 12]}, protocol=2)
+    )
     with pytest.raises(DataError, match="integers in 0..9"):
         load_dataset("cifar10", data_dir=folder)
     with pytest.raises(DataError, match="pass --data-dir"):
@@ -93,6 +114,7 @@ def test_cifar_missing_truncated_and_malformed(tmp_path):
 class Boom:
     def __reduce__(self):
         import os
+
         return (os.system, ("touch PWNED",))
 
 
@@ -172,9 +194,10 @@ def test_cifar_pickles_of_every_protocol_load_alike(tmp_path, protocol):
 
 
 def test_arrays_are_rebuilt_from_raw_bytes_of_the_declared_size(tmp_path):
-    class ZeroStrided:                     # numpy.ndarray((200000, 3072), strides=(0, 0))
+    class ZeroStrided:  # numpy.ndarray((200000, 3072), strides=(0, 0))
         def __reduce__(self):
             return (np.ndarray, ((200000, 3072), np.dtype(np.uint8), b"\0", 0, (0, 0)))
+
     path = tmp_path / "zs"
     path.write_bytes(pickle.dumps({b"data": ZeroStrided()}, protocol=2))
     assert len(path.read_bytes()) < 300
@@ -182,12 +205,16 @@ def test_arrays_are_rebuilt_from_raw_bytes_of_the_declared_size(tmp_path):
         restricted_load(path)
     fn, args, state = np.zeros((4, 4), np.uint8).__reduce__()
 
-    class Short:                            # declares (400, 400), holds 16 bytes
+    class Short:  # declares (400, 400), holds 16 bytes
         def __reduce__(self):
             return (fn, args, (state[0], (400, 400), *state[2:]))
+
     path.write_bytes(pickle.dumps({b"a": Short()}, protocol=2))
-    with pytest.raises(DataError, match=r"shape \(400, 400\) and dtype uint8 needs 160000 "
-                                        "bytes, the file holds 16"):
+    with pytest.raises(
+        DataError,
+        match=r"shape \(400, 400\) and dtype uint8 needs 160000 "
+        "bytes, the file holds 16",
+    ):
         restricted_load(path)
     path.write_bytes(pickle.dumps({b"a": np.zeros(3, dtype=[("f", "u1")])}, protocol=2))
     with pytest.raises(DataError, match="refusing"):
@@ -198,10 +225,11 @@ def test_labels_must_be_a_flat_list_of_ints(tmp_path):
     folder = write_cifar(tmp_path / "c")
     nested = [0, 1]
     for _ in range(32):
-        nested = [nested, nested]                # 2^33 items behind a few hundred bytes
+        nested = [nested, nested]  # 2^33 items behind a few hundred bytes
     for labels in (nested, [0, 1, True], [0, 1], [0, 1, 2, 3], [0.0, 1.0, 2.0]):
-        (folder / "data_batch_1").write_bytes(pickle.dumps(
-            {b"data": np.zeros((3, 3072), np.uint8), b"labels": labels}, protocol=2))
+        (folder / "data_batch_1").write_bytes(
+            pickle.dumps({b"data": np.zeros((3, 3072), np.uint8), b"labels": labels}, protocol=2)
+        )
         with pytest.raises(DataError, match=r"b'labels' must be a flat list of 3 integers"):
             load_dataset("cifar10", data_dir=folder)
 
@@ -220,8 +248,9 @@ def test_idx_dimensions_whose_product_wraps_name_the_file(tmp_path):
     assert np.prod(np.array(dims, dtype=np.int64)) == 0 and math.prod(dims) == 1 << 64
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes((2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims))
-    with pytest.raises(DataError, match=f"{path} \\(dimensions \\[4194304, 2097152, 2097152\\]\\)"
-                                        " needs about"):
+    with pytest.raises(
+        DataError, match=f"{path} \\(dimensions \\[4194304, 2097152, 2097152\\]\\) needs about"
+    ):
         read_idx(path, 2051, 3)
 
 
@@ -229,7 +258,7 @@ def test_idx_gzip_is_inflated_no_further_than_its_header_declares(tmp_path):
     folder = write_idx(tmp_path, n=20, gz=True)
     p = folder / "train-labels-idx1-ubyte.gz"
     raw = gzip.decompress(p.read_bytes())
-    p.write_bytes(gzip.compress(raw + bytes(10**6)))         # a megabyte more than declared
+    p.write_bytes(gzip.compress(raw + bytes(10**6)))  # a megabyte more than declared
     with pytest.raises(DataError, match=r"size 29\+ bytes does not match dimensions \[20\]"):
         read_idx(p, 2049, 1)
     p.write_bytes(gzip.compress(raw[:-3]))

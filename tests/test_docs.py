@@ -5,6 +5,7 @@ raises fails the build. The checks below read the built pages: every lesson page
 and no error, every script and stylesheet is local (math renders offline), the API page opens
 with what users call.
 """
+
 import html.parser
 import os
 import pathlib
@@ -19,6 +20,7 @@ import pytest
 import proxnp
 
 DOCS = pathlib.Path(__file__).parents[1] / "docs"
+SUBPACKAGES = ("fast", "training", "cli", "assignments")
 NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
@@ -27,8 +29,14 @@ class _Page(html.parser.HTMLParser):
 
     def __init__(self):
         super().__init__()
-        self.scripts, self.links, self.output_images, self.tracebacks, self.blockquotes = [], [], [], 0, 0
-        self._divs = []          # for each open <div>: does it open a cell output?
+        self.scripts, self.links, self.output_images, self.tracebacks, self.blockquotes = (
+            [],
+            [],
+            [],
+            0,
+            0,
+        )
+        self._divs = []  # for each open <div>: does it open a cell output?
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -69,14 +77,30 @@ def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("docs")
     start = time.perf_counter()
     env = dict(os.environ, PROXNP_NOTEBOOK_FAST="1")
-    r = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html",
-                        str(DOCS), str(out / "html")], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-b",
+            "html",
+            str(DOCS),
+            str(out / "html"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     seconds = time.perf_counter() - start
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-20000:]
     executed = [float(s) for s in re.findall(r"Executed notebook in ([0-9.]+) seconds", log)]
-    print(f"\ndocs build: {seconds:.1f} s, of which {len(executed)} notebooks executed in "
-          f"{sum(executed):.1f} s")
+    print(
+        f"\ndocs build: {seconds:.1f} s, of which {len(executed)} notebooks executed in "
+        f"{sum(executed):.1f} s"
+    )
     return out / "html"
 
 
@@ -139,19 +163,23 @@ def test_lessons_page_lists_every_lesson(site):
         assert f"_notebooks/{nb.stem}.html" in page, nb.name
 
 
-def test_api_page_opens_with_what_users_call(site):
+def test_api_page_follows_the_package_plan(site):
+    # Every module once, the paper's modules first in the package docstring's reading order,
+    # then the subpackages that are not the reading path.
     page = (site / "api.html").read_text(encoding="utf-8")
-    order = re.findall(r'id="module-(proxnp\.\w+)"', page)
-    modules = {f"proxnp.{m.name}" for m in pkgutil.iter_modules(proxnp.__path__) if m.name != "__main__"}
+    order = re.findall(r'id="module-(proxnp(?:\.\w+)*)"', page)
+    modules = {
+        m.name
+        for m in pkgutil.walk_packages(proxnp.__path__, "proxnp.")
+        if not m.name.endswith("__main__")
+    } | {"proxnp"}
     assert set(order) == modules, "every module on the API page, once"
     assert len(order) == len(set(order))
-    first = [order.index(f"proxnp.{m}") for m in
-             ("layers", "losses", "model", "proxprop", "optim", "train", "data")]
-    assert first == sorted(first), "layers, losses, model, proxprop, optim, train, data in this order"
-    internals = [i for i, m in enumerate(order) if m.split(".")[1] in
-                 ("penalty", "prox", "cg", "functional", "backend", "cpu", "fast_layers", "fast_prox")]
-    assert len(internals) >= 5 and max(first) < min(internals), order
-    assert order.index("proxnp.backend") > len(order) // 2, order
+    reading = re.search(r"\n\s*(functional ->[^\n]*)", proxnp.__doc__).group(1).split(" -> ")
+    at = [order.index(f"proxnp.{m}") for m in reading]
+    assert at == sorted(at), "the reading path in the package docstring's order"
+    apart = [i for i, m in enumerate(order) if m.count(".") and m.split(".")[1] in SUBPACKAGES]
+    assert max(at) < min(apart), order
     assert "proxnp.prox.prox_direction" in page and "proxnp.backprop" in page
 
 
@@ -162,8 +190,9 @@ def test_docstring_examples_are_code_blocks(site):
     api = (site / "api.html").read_text(encoding="utf-8")
     # proxnp.proxprop's module docstring opens with its two example calls.
     blocks = [re.sub(r"<[^>]+>", "", b) for b in re.findall(r"<pre>(.*?)</pre>", api, re.S)]
-    assert any("backprop(model" in b and "proxprop(model" in b for b in blocks), \
+    assert any("backprop(model" in b and "proxprop(model" in b for b in blocks), (
         "the proxprop module's examples are not a code block"
+    )
 
 
 def test_wide_tables_wrap_inside_the_page(site):

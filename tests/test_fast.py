@@ -4,15 +4,19 @@ float64 to ~1e-10 relative, float32 within float32 rounding, on awkward shapes (
 padding, odd sizes, overlapping pools, N < D and N > D, several CG iteration counts),
 on NumPy and (``gpu`` marker) on CuPy.
 """
+
 import numpy as np
 import pytest
-from conftest import device_name
-from helpers import batch, mlp, small_convnet
 
 import proxnp as pn
-from proxnp import config, fast_layers, fast_prox, prox
+from proxnp import fast, prox
 from proxnp import functional as F
+from proxnp.fast import layers as fast_layers
+from proxnp.fast import prox as fast_prox
 from proxnp.gradcheck import rel_error
+
+from conftest import device_name
+from helpers import batch, mlp, small_convnet
 
 TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 2e-5}
 
@@ -57,7 +61,7 @@ def test_convolution_kernels_equal_the_reference(xp, dtype, rng, x_shape, w_shap
 @pytest.mark.parametrize("x_shape,kernel,stride", POOL_CASES)
 def test_pooling_kernels_equal_the_reference(xp, dtype, rng, x_shape, kernel, stride):
     x = rng.standard_normal(x_shape)
-    x[0, 0, :2, :2] = 1.0                          # a tie: both take its first position
+    x[0, 0, :2, :2] = 1.0  # a tie: both take its first position
     x = as_xp(xp, x, dtype)
     out_ref, cache_ref = F.max_pool2d_forward(x, kernel, stride)
     out, cache = fast_layers.max_pool2d_forward(x, kernel, stride)
@@ -65,21 +69,27 @@ def test_pooling_kernels_equal_the_reference(xp, dtype, rng, x_shape, kernel, st
     assert rel_error(out, out_ref) == 0
     assert bool((cache.argmax == cache_ref.argmax).all())
     dout = as_xp(xp, rng.standard_normal(out.shape), dtype)
-    dx, dx_ref = fast_layers.max_pool2d_backward(dout, cache), F.max_pool2d_backward(dout, cache_ref)
+    dx, dx_ref = (
+        fast_layers.max_pool2d_backward(dout, cache),
+        F.max_pool2d_backward(dout, cache_ref),
+    )
     assert dx.shape == dx_ref.shape == x.shape and dx.dtype == dtype
     assert rel_error(dx, dx_ref) < TOL[dtype]
 
 
 # ------------------------------------------------------------------------ the prox step
-PROX_CASES = [                                       # (R, D, out): N < D + 1 and N > D + 1
+PROX_CASES = [  # (R, D, out): N < D + 1 and N > D + 1
     pytest.param(7, 12, 4, id="wide-N<D"),
     pytest.param(40, 9, 3, id="tall-N>D"),
     pytest.param(10, 9, 5, id="square-N=D+1"),
-    pytest.param(5, 8, 12, id="wide-N<D<out"),       # the exact row space multiplies A^T K^-1 first
+    pytest.param(5, 8, 12, id="wide-N<D<out"),  # the exact row space multiplies A^T K^-1 first
 ]
 SOLVES = [pytest.param("exact", 1, space, id=f"exact-{space}") for space in ("auto", "row", "gram")]
-SOLVES += [pytest.param("cg", k, space, id=f"cg{k}-{space}")
-           for k in (1, 3, 10) for space in ("auto", "row", "gram", "matfree")]
+SOLVES += [
+    pytest.param("cg", k, space, id=f"cg{k}-{space}")
+    for k in (1, 3, 10)
+    for space in ("auto", "row", "gram", "matfree")
+]
 SOLVES += [pytest.param("gradient", 1, "auto", id="gradient")]
 
 
@@ -92,19 +102,21 @@ def test_prox_direction_equals_the_reference(xp, dtype, R, D, out, solver, iters
     d_ref, info_ref = prox.prox_direction(P, g, 0.5, solver, iters, space=space)
     d, info = fast_prox.prox_direction(P, g, 0.5, solver, iters, space=space)
     assert d.shape == (D + 1, out) and d.dtype == d_ref.dtype == dtype
-    tol = TOL[dtype] * (10 if iters == 10 else 1)   # float32: ten iterations accumulate rounding
+    tol = TOL[dtype] * (10 if iters == 10 else 1)  # float32: ten iterations accumulate rounding
     assert rel_error(d, d_ref) < tol
     assert (info is None) == (info_ref is None)
     if info is not None:
         assert info.iterations == info_ref.iterations == iters
-        n = info.residual_norms.shape[0]            # the range-space CG skips the last residual
+        n = info.residual_norms.shape[0]  # the range-space CG skips the last residual
         assert n in (iters, iters + 1)
         assert rel_error(info.residual_norms, info_ref.residual_norms[:n]) < tol
 
 
-@pytest.mark.parametrize("options", [dict(cg_variant="authors"), dict(cg_backend="scipy"),
-                                     dict(cg_tol=1e-4, cg_iters=30)],
-                         ids=["authors-variant", "scipy-cg", "early-exit"])
+@pytest.mark.parametrize(
+    "options",
+    [dict(cg_variant="authors"), dict(cg_backend="scipy"), dict(cg_tol=1e-4, cg_iters=30)],
+    ids=["authors-variant", "scipy-cg", "early-exit"],
+)
 def test_cg_options_equal_the_reference(options):
     rng = np.random.default_rng(3)
     P, g = rng.standard_normal((9, 20)), rng.standard_normal((9, 4))
@@ -115,7 +127,11 @@ def test_cg_options_equal_the_reference(options):
 
 
 def test_the_fast_gram_and_At_products_equal_the_reference(rng):
-    P, Y, X = rng.standard_normal((53, 6)), rng.standard_normal((53, 3)), rng.standard_normal((7, 3))
+    P, Y, X = (
+        rng.standard_normal((53, 6)),
+        rng.standard_normal((53, 3)),
+        rng.standard_normal((7, 3)),
+    )
     assert rel_error(fast_prox.col_gram(P), prox.col_gram(P)) < 1e-14
     assert rel_error(fast_prox.apply_At(P, Y), prox.apply_At(P, Y)) < 1e-14
     assert rel_error(fast_prox.apply_AtA(P, X), prox.apply_At(P, prox.apply_A(P, X))) < 1e-14
@@ -124,8 +140,10 @@ def test_the_fast_gram_and_At_products_equal_the_reference(rng):
 # --------------------------------------------------------------- the switch, end to end
 def directions(model, x, y, **options):
     pn.proxprop(model, pn.SoftmaxCrossEntropy(), x, y, **options)
-    return [{k: pn.to_numpy(v).copy() for k, v in model.layers[i].grads.items()}
-            for i in model.parametrised()]
+    return [
+        {k: pn.to_numpy(v).copy() for k, v in model.layers[i].grads.items()}
+        for i in model.parametrised()
+    ]
 
 
 # Whole networks: exact and a few CG iterations.  (Many iterations on a small conv layer
@@ -151,37 +169,50 @@ def test_proxprop_under_reference_equals_the_fast_path(xp, kind, solver, iters):
 
 def test_reference_runs_the_reference_code(monkeypatch):
     calls = []
-    for name in ("conv2d_forward", "conv2d_backward", "conv2d_input_grad",
-                 "max_pool2d_forward", "max_pool2d_backward"):
+    for name in (
+        "conv2d_forward",
+        "conv2d_backward",
+        "conv2d_input_grad",
+        "max_pool2d_forward",
+        "max_pool2d_backward",
+    ):
         real = getattr(F, name)
-        monkeypatch.setattr(F, name, lambda *a, _real=real, _name=name, **k:
-                            calls.append(_name) or _real(*a, **k))
+        monkeypatch.setattr(
+            F, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k)
+        )
     real_prox = prox.prox_direction
-    monkeypatch.setattr(prox, "prox_direction",
-                        lambda *a, **k: calls.append("prox_direction") or real_prox(*a, **k))
+    monkeypatch.setattr(
+        prox, "prox_direction", lambda *a, **k: calls.append("prox_direction") or real_prox(*a, **k)
+    )
     model, (x, y) = small_convnet(), batch(np.random.default_rng(1), (2, 3, 8, 8), 3)
     loss_fn = pn.SoftmaxCrossEntropy()
     directions(model, x, y, solver="cg")
     pn.backprop(model, loss_fn, x, y)
-    assert calls == []                                      # outside: the fast kernels
+    assert calls == []  # outside: the fast kernels
     with pn.reference():
         directions(model, x, y, solver="cg")
         pn.backprop(model, loss_fn, x, y)
-    assert {"conv2d_forward", "conv2d_backward", "conv2d_input_grad", "max_pool2d_forward",
-            "max_pool2d_backward", "prox_direction"} <= set(calls)
+    assert {
+        "conv2d_forward",
+        "conv2d_backward",
+        "conv2d_input_grad",
+        "max_pool2d_forward",
+        "max_pool2d_backward",
+        "prox_direction",
+    } <= set(calls)
 
 
 def test_reference_nests_and_restores_the_fast_path():
-    assert config.use_fast()
+    assert fast.use_fast()
     with pn.reference():
-        assert not config.use_fast()
+        assert not fast.use_fast()
         with pn.reference():
-            assert not config.use_fast()
-        assert not config.use_fast()
-    assert config.use_fast()
+            assert not fast.use_fast()
+        assert not fast.use_fast()
+    assert fast.use_fast()
     with pytest.raises(RuntimeError), pn.reference():
         raise RuntimeError("inside")
-    assert config.use_fast()
+    assert fast.use_fast()
 
 
 def test_woodbury_solve_equals_a_solve(xp, dtype, rng):
@@ -190,7 +221,9 @@ def test_woodbury_solve_equals_a_solve(xp, dtype, rng):
     g = as_xp(xp, rng.standard_normal((40, 7)), dtype)
     u = fast_prox.woodbury_solve(K_beta, g)
     assert u.dtype == dtype
-    want = np.linalg.solve(pn.to_numpy(K_beta).astype(np.float64), pn.to_numpy(g).astype(np.float64))
+    want = np.linalg.solve(
+        pn.to_numpy(K_beta).astype(np.float64), pn.to_numpy(g).astype(np.float64)
+    )
     assert rel_error(u, want) < (1e-12 if dtype == np.float64 else 1e-4)
 
 

@@ -1,15 +1,17 @@
 """CuPy parity for the whole method (run on a machine with a GPU; skipped elsewhere)."""
+
 import numpy as np
 import pytest
-from helpers import batch, mlp, small_convnet
-from test_data import write_cifar
 
 import proxnp as pn
 from proxnp.cli import main
-from proxnp.data import load_dataset
-from proxnp.experiments import mlp as build
 from proxnp.gradcheck import rel_error
-from proxnp.train import fit
+from proxnp.training.data import load_dataset
+from proxnp.training.fit import fit
+from proxnp.training.models import mlp as build
+
+from helpers import batch, mlp, small_convnet
+from test_data import write_cifar
 
 pytestmark = pytest.mark.gpu
 
@@ -31,8 +33,10 @@ def cpu_then_gpu_directions(model, x, y, **options):
 
 
 @pytest.mark.parametrize("kind", ["mlp", "convnet"])
-@pytest.mark.parametrize("solver,space", [("exact", "auto"), ("cg", "auto"), ("cg", "gram"),
-                                          ("cg", "matfree"), ("gradient", "auto")])
+@pytest.mark.parametrize(
+    "solver,space",
+    [("exact", "auto"), ("cg", "auto"), ("cg", "gram"), ("cg", "matfree"), ("gradient", "auto")],
+)
 def test_proxprop_directions_match_cpu(kind, solver, space):
     rng = np.random.default_rng(0)
     if kind == "mlp":
@@ -53,14 +57,24 @@ def test_training_matches_cpu():
     hist = {}
     for device in ("cpu", "gpu"):
         model = build((64, 64, 32, 10), rng=np.random.default_rng(0)).to(device)
-        hist[device] = fit(model, data, method="proxprop", solver="cg", tau_theta=0.05, lr=1.0,
-                           epochs=2, batch_size=50)
+        hist[device] = fit(
+            model,
+            data,
+            method="proxprop",
+            solver="cg",
+            tau_theta=0.05,
+            lr=1.0,
+            epochs=2,
+            batch_size=50,
+        )
     for a, b in zip(hist["cpu"]["epochs"], hist["gpu"]["epochs"]):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-3 * max(1.0, a["train_loss"])
 
 
 def test_cli_compare_on_gpu(tmp_path):
-    assert main(["compare", "--device", "gpu", "--epochs", "2", "--out-dir", str(tmp_path / "g")]) == 0
+    assert (
+        main(["compare", "--device", "gpu", "--epochs", "2", "--out-dir", str(tmp_path / "g")]) == 0
+    )
 
 
 @pytest.mark.parametrize("solver,iters", [("exact", 3), ("cg", 3), ("cg", 10)])
@@ -72,15 +86,23 @@ def test_float32_gpu_matches_float64_cpu_on_paper_mlp(solver, iters):
     ref = mlp([3072, 4000, 1000, 4000, 10], seed=1, dtype=np.float64)
     pn.proxprop(ref, loss_fn, x, y, solver=solver, cg_iters=iters, tau_theta=0.05)
     gpu = to_float32(mlp([3072, 4000, 1000, 4000, 10], seed=1, dtype=np.float64)).to("gpu")
-    pn.proxprop(gpu, loss_fn, pn.to_device(x.astype(np.float32), "gpu"), pn.to_device(y, "gpu"),
-                solver=solver, cg_iters=iters, tau_theta=0.05)
+    pn.proxprop(
+        gpu,
+        loss_fn,
+        pn.to_device(x.astype(np.float32), "gpu"),
+        pn.to_device(y, "gpu"),
+        solver=solver,
+        cg_iters=iters,
+        tau_theta=0.05,
+    )
     # The metric of the CPU test (test_prox.py): the layer's whole direction, W and b together.
     # (b alone is less accurate in float32 after a few CG steps, on the CPU as well: it is
     # 1^T u, a sum with cancellation -- about 5e-4 for cg3 on layer 1.)
     for i in ref.parametrised():
         d32 = gpu.layers[i].grads
-        assert all(type(v).__module__.startswith("cupy") and v.dtype == np.float32
-                   for v in d32.values())
+        assert all(
+            type(v).__module__.startswith("cupy") and v.dtype == np.float32 for v in d32.values()
+        )
         d64 = np.concatenate([ref.layers[i].grads[k].ravel() for k in ("W", "b")])
         d32 = np.concatenate([pn.to_numpy(d32[k]).ravel() for k in ("W", "b")])
         err = np.linalg.norm(d32 - d64) / np.linalg.norm(d64)
@@ -92,20 +114,26 @@ def test_checkpoint_resume_on_gpu_equals_uninterrupted(tmp_path):
     kw = dict(method="proxprop", solver="cg", tau_theta=0.05, lr=1.0, batch_size=50)
     full = fit(build((2, 32, 32, 3), rng=np.random.default_rng(0)).to("gpu"), data, epochs=4, **kw)
     ckpt = tmp_path / "ckpt.npz"
-    fit(build((2, 32, 32, 3), rng=np.random.default_rng(0)).to("gpu"), data, epochs=2,
-        checkpoint=ckpt, **kw)
+    fit(
+        build((2, 32, 32, 3), rng=np.random.default_rng(0)).to("gpu"),
+        data,
+        epochs=2,
+        checkpoint=ckpt,
+        **kw,
+    )
     resumed = build((2, 32, 32, 3), rng=np.random.default_rng(5)).to("gpu")
     h = fit(resumed, data, epochs=4, checkpoint=ckpt, resume=True, **kw)
     assert [r["train_loss"] for r in h["epochs"]] == pytest.approx(
-        [r["train_loss"] for r in full["epochs"]], rel=1e-6)
+        [r["train_loss"] for r in full["epochs"]], rel=1e-6
+    )
     assert resumed.device == "gpu"
 
 
 def test_save_load_round_trip_from_gpu(tmp_path):
     model = small_convnet().to("gpu")
-    model.save(tmp_path / "m.npz")
+    pn.save_model(model, tmp_path / "m.npz")
     back = small_convnet(seed=3).to("gpu")
-    back.load(tmp_path / "m.npz")
+    pn.load_model(back, tmp_path / "m.npz")
     for i in model.parametrised():
         for k, v in model.layers[i].params.items():
             w = back.layers[i].params[k]
@@ -116,14 +144,33 @@ def test_save_load_round_trip_from_gpu(tmp_path):
 def test_cli_reproduce_on_gpu(tmp_path):
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", n_per_batch=20)
     for exp in ("mlp", "convnet"):
-        assert main(["reproduce", exp, "--device", "gpu", "--data-dir", str(tmp_path / "data"),
-                     "--epochs", "1", "--batch-size", "30", "--out-dir", str(tmp_path / exp)]) == 0
+        assert (
+            main(
+                [
+                    "reproduce",
+                    exp,
+                    "--device",
+                    "gpu",
+                    "--data-dir",
+                    str(tmp_path / "data"),
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "30",
+                    "--out-dir",
+                    str(tmp_path / exp),
+                ]
+            )
+            == 0
+        )
         assert (tmp_path / exp / "figure.png").exists()
 
 
-@pytest.mark.parametrize("options", [dict(cg_backend="scipy"), dict(cg_variant="authors"),
-                                     dict(cg_tol=1e-3, cg_iters=20)],
-                         ids=["scipy-cg", "authors-variant", "early-exit"])
+@pytest.mark.parametrize(
+    "options",
+    [dict(cg_backend="scipy"), dict(cg_variant="authors"), dict(cg_tol=1e-3, cg_iters=20)],
+    ids=["scipy-cg", "authors-variant", "early-exit"],
+)
 def test_cg_options_match_cpu(options):
     """CuPy's own cg (through cupyx's LinearOperator), the authors' variant and the early exit.
 
@@ -132,8 +179,9 @@ def test_cg_options_match_cpu(options):
     """
     rng = np.random.default_rng(1)
     model, (x, y) = mlp([20, 30, 25, 5]), batch(rng, (10, 20), 5, np.float64)
-    cpu, gpu = cpu_then_gpu_directions(model, x, y, **(dict(solver="cg", cg_iters=3,
-                                                             tau_theta=0.5) | options))
+    cpu, gpu = cpu_then_gpu_directions(
+        model, x, y, **(dict(solver="cg", cg_iters=3, tau_theta=0.5) | options)
+    )
     for c, g in zip(cpu, gpu):
         for k, v in g.items():
             assert type(v).__module__.startswith("cupy") and v.dtype == np.float64

@@ -1,26 +1,34 @@
 """Every layer's and loss's backward against finite differences (float64), dtypes, errors."""
+
 import contextlib
 
 import numpy as np
 import pytest
-from conftest import assert_close, device_name
 
 import proxnp as pn
-from proxnp import fast_layers
 from proxnp import functional as F
+from proxnp.fast import layers as fast_layers
 from proxnp.gradcheck import check_layer, directional_check, numerical_gradient, rel_error
 
-TOL = 1e-7   # central differences with h = 1e-6 in float64 give ~1e-9 .. 1e-8
+from conftest import assert_close, device_name
+
+TOL = 1e-7  # central differences with h = 1e-6 in float64 give ~1e-9 .. 1e-8
 
 
 LAYER_CASES = {
     "linear": (lambda rng: pn.Linear(7, 5, rng=rng, dtype=np.float64), (4, 7)),
-    "conv-stride2-pad1": (lambda rng: pn.Conv2d(2, 3, 3, stride=2, padding=1, rng=rng,
-                                                dtype=np.float64), (2, 2, 7, 6)),
-    "conv-3x2-pad2": (lambda rng: pn.Conv2d(2, 3, (3, 2), stride=1, padding=2, rng=rng,
-                                            dtype=np.float64), (2, 2, 5, 4)),
-    "conv-5x5-pad2": (lambda rng: pn.Conv2d(1, 2, 5, stride=1, padding=2, rng=rng,
-                                            dtype=np.float64), (2, 1, 6, 7)),
+    "conv-stride2-pad1": (
+        lambda rng: pn.Conv2d(2, 3, 3, stride=2, padding=1, rng=rng, dtype=np.float64),
+        (2, 2, 7, 6),
+    ),
+    "conv-3x2-pad2": (
+        lambda rng: pn.Conv2d(2, 3, (3, 2), stride=1, padding=2, rng=rng, dtype=np.float64),
+        (2, 2, 5, 4),
+    ),
+    "conv-5x5-pad2": (
+        lambda rng: pn.Conv2d(1, 2, 5, stride=1, padding=2, rng=rng, dtype=np.float64),
+        (2, 1, 6, 7),
+    ),
     "relu": (lambda rng: pn.ReLU(), (3, 6)),
     "tanh": (lambda rng: pn.Tanh(), (3, 6)),
     "sigmoid": (lambda rng: pn.Sigmoid(), (3, 6)),
@@ -41,7 +49,7 @@ def test_backward_matches_finite_differences(case, reference, rng):
     layer = build(rng)
     x = rng.standard_normal(shape)
     if isinstance(layer, pn.ReLU):
-        x[np.abs(x) < 1e-3] = 0.5          # keep away from the kink
+        x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
     with pn.reference() if reference else contextlib.nullcontext():
         errors = check_layer(layer, x)
     for name, err in errors.items():
@@ -49,8 +57,11 @@ def test_backward_matches_finite_differences(case, reference, rng):
 
 
 def test_first_layer_in_sequential_skips_input_gradient(rng):
-    model = pn.Sequential(pn.Linear(4, 3, rng=rng, dtype=np.float64), pn.ReLU(),
-                          pn.Linear(3, 2, rng=rng, dtype=np.float64))
+    model = pn.Sequential(
+        pn.Linear(4, 3, rng=rng, dtype=np.float64),
+        pn.ReLU(),
+        pn.Linear(3, 2, rng=rng, dtype=np.float64),
+    )
     out = model.forward(rng.standard_normal((5, 4)))
     assert model.backward(np.ones_like(out)) is None
     assert model.layers[2].need_input_grad
@@ -70,7 +81,9 @@ def test_conv_matches_direct_loop(rng, reference):
         for f in range(4):
             for i in range(z.shape[2]):
                 for j in range(z.shape[3]):
-                    ref[n, f, i, j] = (xp[n, :, 2 * i:2 * i + 3, 2 * j:2 * j + 2] * W[f]).sum() + b[f]
+                    ref[n, f, i, j] = (
+                        xp[n, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 2] * W[f]
+                    ).sum() + b[f]
     assert rel_error(z, ref) < 1e-14
 
 
@@ -85,7 +98,7 @@ def test_col2im_is_adjoint_of_im2col(rng):
 
 
 def test_maxpool_routes_to_one_argmax(rng):
-    x = np.zeros((1, 1, 4, 4))          # all ties: the first window position wins
+    x = np.zeros((1, 1, 4, 4))  # all ties: the first window position wins
     pool = pn.MaxPool2d(2)
     pool.forward(x)
     dx = pool.backward(np.ones((1, 1, 2, 2)))
@@ -128,6 +141,7 @@ def test_directional_check_on_big_layer(rng):
 
     def f(W):
         return (F.affine_forward(x, W, layer.params["b"])[0] * dy).sum()
+
     assert directional_check(f, layer.params["W"], layer.grads["W"]) < 1e-8
     # and it can fail: a wrong gradient is caught
     assert directional_check(f, layer.params["W"], 1.01 * layer.grads["W"]) > 1e-3
@@ -153,7 +167,9 @@ def test_float32_in_float32_out(xp, rng):
 
 def test_shape_errors_name_the_layer():
     lin = pn.Linear(64, 32)
-    with pytest.raises(ValueError, match=r"Linear\(64→32\): expected input \(N, 64\), got \(N, 63\)"):
+    with pytest.raises(
+        ValueError, match=r"Linear\(64→32\): expected input \(N, 64\), got \(N, 63\)"
+    ):
         lin.forward(np.zeros((5, 63), np.float32))
     with pytest.raises(ValueError, match=r"expected input \(N, 64\), got \(3, 4, 64\)"):
         lin.forward(np.zeros((3, 4, 64), np.float32))
@@ -165,7 +181,7 @@ def test_shape_errors_name_the_layer():
 
 
 def test_dtype_errors_never_promote():
-    lin = pn.Linear(4, 2)                          # float32 by default
+    lin = pn.Linear(4, 2)  # float32 by default
     with pytest.raises(ValueError, match="expected input dtype float32, got float64"):
         lin.forward(np.zeros((3, 4)))
     with pytest.raises(ValueError, match="unsupported dtype"):
@@ -193,6 +209,7 @@ def test_init_is_uniform_with_fan_in_bound():
 @pytest.mark.gpu
 def test_gpu_parity_every_layer(rng):
     import cupy
+
     for layer, shape in layer_cases(rng):
         if layer.params:
             layer.params = {k: v.astype(np.float32) for k, v in layer.params.items()}

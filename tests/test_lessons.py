@@ -1,4 +1,5 @@
 """proxnp.lessons: the notebooks' sizes follow PROXNP_NOTEBOOK_FAST and nothing else."""
+
 from proxnp import lessons
 
 

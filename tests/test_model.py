@@ -1,8 +1,11 @@
-"""Sequential: recorded activations, save/load round trips, bad files."""
+"""Sequential's recorded activations; pn.save_model/pn.load_model round trips and bad files."""
+
 import numpy as np
 import pytest
-from helpers import mlp
 
+import proxnp as pn
+
+from helpers import mlp
 
 
 def test_forward_records_activations(rng):
@@ -17,37 +20,37 @@ def test_forward_records_activations(rng):
 def test_save_load_roundtrip_bit_exact(tmp_path, rng):
     model = mlp([5, 4, 3], seed=1, dtype=np.float32)
     path = tmp_path / "model.npz"
-    model.save(path)
+    pn.save_model(model, path)
     other = mlp([5, 4, 3], seed=2, dtype=np.float32)
-    other.load(path)
+    pn.load_model(other, path)
     for a, b in zip(model.layers, other.layers):
         for k in a.params:
             assert a.params[k].dtype == b.params[k].dtype
             assert np.array_equal(a.params[k], b.params[k])
-    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]    # no temp files left
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temp files left
 
 
 def test_load_rejects_bad_files(tmp_path):
     model = mlp([5, 4, 3])
     path = tmp_path / "m.npz"
-    model.save(path)
+    pn.save_model(model, path)
     data = path.read_bytes()
     (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="trunc.npz: not a readable proxnp .npz"):
-        model.load(tmp_path / "trunc.npz")
+        pn.load_model(model, tmp_path / "trunc.npz")
     (tmp_path / "text.npz").write_text("hello")
     with pytest.raises(ValueError, match="text.npz"):
-        model.load(tmp_path / "text.npz")
+        pn.load_model(model, tmp_path / "text.npz")
     with pytest.raises(FileNotFoundError, match="nothere.npz"):
-        model.load(tmp_path / "nothere.npz")
+        pn.load_model(model, tmp_path / "nothere.npz")
     with pytest.raises(ValueError, match="does not fit this model"):
-        mlp([5, 4, 4, 3]).load(path)
+        pn.load_model(mlp([5, 4, 4, 3]), path)
     with pytest.raises(ValueError, match=r"parameter 0.W: expected float64\(5, 6\)"):
-        mlp([5, 6, 3]).load(path)
+        pn.load_model(mlp([5, 6, 3]), path)
 
 
 def test_load_refuses_pickled_arrays(tmp_path):
     path = tmp_path / "obj.npz"
     np.savez(path, **{"0.W": np.array([object()], dtype=object)})
     with pytest.raises(ValueError, match="obj.npz"):
-        mlp([5, 4, 3]).load(path)
+        pn.load_model(mlp([5, 4, 3]), path)

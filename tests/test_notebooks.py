@@ -3,6 +3,7 @@
 They are executed (fast setting) by the documentation build in tests/test_docs.py, which fails on
 any cell that raises and checks that every lesson page shows a figure and no error.
 """
+
 import json
 import pathlib
 import re

@@ -1,4 +1,5 @@
 """Optimizers against update sequences computed by hand."""
+
 import numpy as np
 import pytest
 
@@ -28,7 +29,9 @@ def test_plain_sgd():
 
 def test_heavy_ball_momentum():
     # b1 = 1, w = 1 - 0.1*1 = 0.9;  b2 = 0.5*1 + 2 = 2.5, w = 0.9 - 0.25 = 0.65
-    assert np.allclose(run(lambda m: pn.optim.SGD(m, lr=0.1, momentum=0.5), [1.0, 2.0]), [0.9, 0.65])
+    assert np.allclose(
+        run(lambda m: pn.optim.SGD(m, lr=0.1, momentum=0.5), [1.0, 2.0]), [0.9, 0.65]
+    )
 
 
 def test_nesterov_as_pytorch():
@@ -50,7 +53,7 @@ def test_adam():
     w1 = 1 - lr * 2 / (2 + eps)
     m2 = 0.9 * 0.2 + 0.1 * -1.0
     v2 = 0.999 * 0.004 + 0.001 * 1.0
-    w2 = w1 - lr * (m2 / (1 - 0.81)) / (np.sqrt(v2 / (1 - 0.999 ** 2)) + eps)
+    w2 = w1 - lr * (m2 / (1 - 0.81)) / (np.sqrt(v2 / (1 - 0.999**2)) + eps)
     assert np.allclose(ws, [w1, w2], rtol=1e-12)
 
 
@@ -83,11 +86,12 @@ def test_bad_optimizer_arguments():
 
 def test_axpy_in_place_contiguous_and_strided():
     from proxnp.optim import axpy
+
     for dtype in (np.float32, np.float64):
         x = np.arange(12, dtype=dtype).reshape(3, 4)
         y = np.ones((3, 4), dtype=dtype)
         out = axpy(0.5, x, y)
         assert out is y and np.array_equal(y, 1 + 0.5 * np.arange(12).reshape(3, 4))
-        y2 = np.ones((4, 3), dtype=dtype).T                  # not C-contiguous
+        y2 = np.ones((4, 3), dtype=dtype).T  # not C-contiguous
         axpy(2.0, x, y2)
         assert np.array_equal(y2, 1 + 2 * x)

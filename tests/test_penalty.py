@@ -1,11 +1,13 @@
 """Proposition 1: Algorithm 1 on the penalty energy equals a gradient step (float64)."""
+
 import numpy as np
 import pytest
-from helpers import batch, mlp, small_convnet
 
 import proxnp as pn
 from proxnp import penalty
 from proxnp.gradcheck import numerical_gradient, rel_error
+
+from helpers import batch, mlp, small_convnet
 
 TAUS = [1e-3, 0.1, 1.0, 10.0]
 
@@ -19,8 +21,10 @@ def case(kind, seed=0):
 
 def gradient_step(model, loss_fn, x, y, tau):
     pn.backprop(model, loss_fn, x, y)
-    return [{k: v - tau * phi.grads[k] for k, v in phi.params.items()}
-            for phi in penalty.blocks(model).phis]
+    return [
+        {k: v - tau * phi.grads[k] for k, v in phi.params.items()}
+        for phi in penalty.blocks(model).phis
+    ]
 
 
 def max_rel(thetas_a, thetas_b):
@@ -62,28 +66,32 @@ def test_energy_grads_match_finite_differences(kind, rng):
     model, x, y = case(kind)
     loss_fn = pn.SoftmaxCrossEntropy()
     _, a, z = penalty.forward_point(model, x)
-    a = [a_l + 0.3 * rng.standard_normal(a_l.shape) for a_l in a]      # off the forward point
+    a = [a_l + 0.3 * rng.standard_normal(a_l.shape) for a_l in a]  # off the forward point
     z = [z_l + 0.3 * rng.standard_normal(z_l.shape) for z_l in z]
-    if kind == "convnet":       # keep away from ReLU kinks and max-pool ties
+    if kind == "convnet":  # keep away from ReLU kinks and max-pool ties
         z = [np.where(np.abs(z_l) < 1e-2, 0.05, z_l) for z_l in z]
     rho, gamma = 0.7, 1.3
     theta = penalty.current_theta(model)
     g = penalty.energy_grads(model, loss_fn, x, y, a, z, rho, gamma)
 
     def E(**kw):
-        return penalty.energy(model, loss_fn, x, y, kw.get("a", a), kw.get("z", z), rho, gamma,
-                              kw.get("theta", theta)).total
+        return penalty.energy(
+            model, loss_fn, x, y, kw.get("a", a), kw.get("z", z), rho, gamma, kw.get("theta", theta)
+        ).total
+
     for l in range(len(a)):
-        num = numerical_gradient(lambda v: E(a=a[:l] + [v] + a[l + 1:]), a[l], h=1e-5)
+        num = numerical_gradient(lambda v, l=l: E(a=a[:l] + [v] + a[l + 1 :]), a[l], h=1e-5)
         assert rel_error(g["a"][l], num) < 1e-7
-        num = numerical_gradient(lambda v: E(z=z[:l] + [v] + z[l + 1:]), z[l], h=1e-5)
+        num = numerical_gradient(lambda v, l=l: E(z=z[:l] + [v] + z[l + 1 :]), z[l], h=1e-5)
         assert rel_error(g["z"][l], num) < 1e-7
     for l in range(len(theta)):
         for k in ("W", "b"):
+
             def f(v, l=l, k=k):
                 th = [dict(t) for t in theta]
                 th[l][k] = v
                 return E(theta=th)
+
             assert rel_error(g["theta"][l][k], numerical_gradient(f, theta[l][k], h=1e-5)) < 1e-7
 
 

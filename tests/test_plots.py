@@ -1,25 +1,35 @@
 """proxnp.plots: labelled axes with units, zoomed accuracy axes, the CLI's PNG."""
+
 import pytest
 
-from proxnp import plots
+from proxnp.training import plots
 
 
 def _history(accs, losses):
-    return {"epochs": [{"epoch": e, "time": 0.5 * e, "val_acc": a, "train_loss": l}
-                       for e, (a, l) in enumerate(zip(accs, losses))], "status": "ok"}
+    return {
+        "epochs": [
+            {"epoch": e, "time": 0.5 * e, "val_acc": a, "train_loss": l}
+            for e, (a, l) in enumerate(zip(accs, losses))
+        ],
+        "status": "ok",
+    }
 
 
-HISTORIES = {"BackProp": _history([0.1, 0.90, 0.93, 0.94, 0.95, 0.95], [2.3, 0.5, 0.3, 0.2, 0.15, 0.1]),
-             r"ProxProp $\tau_\theta = 0.05$": _history([0.1, 0.92, 0.95, 0.96, 0.96, 0.97],
-                                                        [2.3, 0.3, 0.1, 0.05, 0.02, 0.01])}
+HISTORIES = {
+    "BackProp": _history([0.1, 0.90, 0.93, 0.94, 0.95, 0.95], [2.3, 0.5, 0.3, 0.2, 0.15, 0.1]),
+    r"ProxProp $\tau_\theta = 0.05$": _history(
+        [0.1, 0.92, 0.95, 0.96, 0.96, 0.97], [2.3, 0.3, 0.1, 0.05, 0.02, 0.01]
+    ),
+}
 
 
 def test_accuracy_limits_leave_out_the_first_epochs_and_zoom():
     lo, hi = plots.accuracy_limits(HISTORIES)
     # epochs 0 and 1 (10 %, 90-92 %) are left out; the rest spans 93-97 %, padded by 2 points
     assert lo == pytest.approx(91.0) and hi == pytest.approx(99.0)
-    long = {"a": _history([0.1, 0.5, 0.8, 0.9, 0.91, 0.92, 0.92, 0.93, 0.93, 0.93, 0.94],
-                          [1.0] * 11)}
+    long = {
+        "a": _history([0.1, 0.5, 0.8, 0.9, 0.91, 0.92, 0.92, 0.93, 0.93, 0.93, 0.94], [1.0] * 11)
+    }
     # ten epochs: epochs 0-2 are left out, the rest spans 90-94 %
     assert plots.accuracy_limits(long) == pytest.approx((88.0, 96.0))
 
@@ -52,14 +62,14 @@ def test_plot_histories_writes_a_png(tmp_path):
 
 def test_points_below_the_zoom_are_marked_on_the_lower_edge():
     fig = plots.history_figure(HISTORIES, layout="epochs")
-    ax = fig.axes[1]                                     # the zoomed validation panel
-    lo = plots.accuracy_limits(HISTORIES)[0]             # 91 %
+    ax = fig.axes[1]  # the zoomed validation panel
+    lo = plots.accuracy_limits(HISTORIES)[0]  # 91 %
     curves, marks = ax.get_lines()[:2], ax.get_lines()[2:]
     # BackProp's epochs 0 and 1 (10 %, 90 %) and ProxProp's epoch 0 (10 %) lie below 91 %
     assert [list(m.get_xdata()) for m in marks] == [[0, 1], [0]]
     assert all(list(m.get_ydata()) == [lo] * len(m.get_xdata()) for m in marks)
     assert [m.get_color() for m in marks] == [c.get_color() for c in curves]
     assert not any(m.get_clip_on() for m in marks)
-    assert marks[0].get_markersize() > marks[1].get_markersize()   # nested, both visible
+    assert marks[0].get_markersize() > marks[1].get_markersize()  # nested, both visible
     unzoomed = plots.history_figure(HISTORIES, layout="epochs", zoom=False)
-    assert len(unzoomed.axes[1].get_lines()) == 2        # no zoom: nothing to mark
+    assert len(unzoomed.axes[1].get_lines()) == 2  # no zoom: nothing to mark

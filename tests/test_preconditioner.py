@@ -10,6 +10,7 @@ moment C = A^T A / N (K-FAC's "A" factor) this is d = (1/N) (C + I/(N tau_theta)
 Everything here is recomputed independently of proxnp.prox: A from the recorded
 activations (a naive loop for im2col), grad J from backprop, the solve by numpy.linalg.
 """
+
 import numpy as np
 import pytest
 
@@ -47,7 +48,9 @@ def naive_patch_matrix(x, kh, kw, stride, padding):
     for n in range(N):
         for r in range(Ho):
             for c in range(Wo):
-                rows.append(xp_[n, :, r * stride:r * stride + kh, c * stride:c * stride + kw].ravel())
+                rows.append(
+                    xp_[n, :, r * stride : r * stride + kh, c * stride : c * stride + kw].ravel()
+                )
     return np.array(rows)
 
 
@@ -83,8 +86,10 @@ def test_small_tau_theta_gives_backprop_at_rate_tau_theta(solver):
     x, y = data(24, (10,), 4)
     grad = backprop_grads(model, x, y)
     hidden = model.parametrised()[:-1]
-    lam_max = {i: np.linalg.eigvalsh(design_matrix(model, i).T @ design_matrix(model, i)).max()
-               for i in hidden}
+    lam_max = {
+        i: np.linalg.eigvalsh(design_matrix(model, i).T @ design_matrix(model, i)).max()
+        for i in hidden
+    }
     errs = {}
     for tau_theta in (1e-3, 1e-4):
         d = proxprop_dirs(model, x, y, tau_theta=tau_theta, solver=solver, cg_iters=3)
@@ -93,10 +98,10 @@ def test_small_tau_theta_gives_backprop_at_rate_tau_theta(solver):
             # ||(I + t G)^{-1} - I|| = t lam / (1 + t lam) <= t lam_max
             assert errs[i, tau_theta] <= tau_theta * lam_max[i] * (1 + 1e-9), (i, tau_theta)
         last = model.parametrised()[-1]
-        assert rel(d[last], grad[last]) < 1e-14          # the last layer: the plain gradient
+        assert rel(d[last], grad[last]) < 1e-14  # the last layer: the plain gradient
     for i in hidden:
         ratio = errs[i, 1e-3] / errs[i, 1e-4]
-        assert 8.0 < ratio < 12.0, (i, ratio)            # O(tau_theta): ten times smaller
+        assert 8.0 < ratio < 12.0, (i, ratio)  # O(tau_theta): ten times smaller
 
 
 # ------------------------------------------------------------------ Proposition 2
@@ -110,7 +115,7 @@ def test_exact_direction_is_preconditioned_gradient_linear(n, tau_theta):
     for i in model.parametrised()[:-1]:
         A = design_matrix(model, i)
         D1 = A.shape[1]
-        G = A.T @ A                                                   # batch-sum Gram
+        G = A.T @ A  # batch-sum Gram
         ref = np.linalg.solve(G + np.eye(D1) / tau_theta, grad[i])
         assert rel(d[i], ref) < 1e-10, (i, rel(d[i], ref))
         # the same with the mean second moment C = A^T A / N (K-FAC's input factor):
@@ -126,16 +131,20 @@ def test_exact_direction_is_preconditioned_gradient_linear(n, tau_theta):
 def test_exact_direction_is_preconditioned_gradient_conv2d():
     rng = np.random.default_rng(4)
     model = pn.Sequential(
-        pn.Conv2d(2, 3, 3, padding=1, rng=rng, dtype=np.float64), pn.Tanh(),
-        pn.Conv2d(3, 4, 3, stride=2, padding=1, rng=rng, dtype=np.float64), pn.Tanh(),
-        pn.Flatten(), pn.Linear(4 * 3 * 3, 3, rng=rng, dtype=np.float64))
+        pn.Conv2d(2, 3, 3, padding=1, rng=rng, dtype=np.float64),
+        pn.Tanh(),
+        pn.Conv2d(3, 4, 3, stride=2, padding=1, rng=rng, dtype=np.float64),
+        pn.Tanh(),
+        pn.Flatten(),
+        pn.Linear(4 * 3 * 3, 3, rng=rng, dtype=np.float64),
+    )
     x, y = data(3, (2, 6, 6), 3, seed=5)
     grad = backprop_grads(model, x, y)
     tau_theta = 0.3
     d = proxprop_dirs(model, x, y, tau_theta=tau_theta, solver="exact")
     for i in (0, 2):
         A = design_matrix(model, i)
-        assert rel(A.T @ _conv_errors(model, x, y)[i], grad[i]) < 1e-12   # grad J = A^T g
+        assert rel(A.T @ _conv_errors(model, x, y)[i], grad[i]) < 1e-12  # grad J = A^T g
         ref = np.linalg.solve(A.T @ A + np.eye(A.shape[1]) / tau_theta, grad[i])
         assert rel(d[i], ref) < 1e-10, (i, rel(d[i], ref))
 
@@ -154,8 +163,10 @@ def _errors_into_layers(model, x, y, kind=pn.Linear):
 
 def _conv_errors(model, x, y):
     """g = dJ/dz of every conv layer as rows (n, out row, out col) x channel."""
-    return {i: dy.transpose(0, 2, 3, 1).reshape(-1, dy.shape[1])
-            for i, (_, dy) in _errors_into_layers(model, x, y, pn.Conv2d).items()}
+    return {
+        i: dy.transpose(0, 2, 3, 1).reshape(-1, dy.shape[1])
+        for i, (_, dy) in _errors_into_layers(model, x, y, pn.Conv2d).items()
+    }
 
 
 # ------------------------------------------------------------------ tau_theta -> infinity
@@ -172,7 +183,7 @@ def test_large_tau_theta_gives_layerwise_least_squares(n):
             A = design_matrix(model, i)
             Theta_k = theta(model.layers[i], model.layers[i].params)
             z, g = zg[i]
-            z_half = z - g                                               # eq. (9), tau = 1
+            z_half = z - g  # eq. (9), tau = 1
             assert np.abs(A @ Theta_k - z).max() < 1e-12
             # least squares for the update: min ||A delta + g||, min-norm  (closest to Theta^k)
             delta_ls = np.linalg.lstsq(A, -g, rcond=None)[0]
@@ -180,11 +191,11 @@ def test_large_tau_theta_gives_layerwise_least_squares(n):
             errs[i, tau_theta] = rel(Theta_new - Theta_k, delta_ls)
             if tau_theta < 1e8:
                 continue
-            if n > A.shape[1]:       # full column rank: the plain least-squares solution of (11)
+            if n > A.shape[1]:  # full column rank: the plain least-squares solution of (11)
                 Theta_ls = np.linalg.lstsq(A, z_half, rcond=None)[0]
                 assert rel(Theta_new, Theta_ls) < 1e-6
-            else:                    # more unknowns than rows: z_half is fitted exactly
+            else:  # more unknowns than rows: z_half is fitted exactly
                 assert np.abs(A @ Theta_new - z_half).max() < 1e-6 * np.abs(z_half).max()
     for i in model.parametrised()[:-1]:
         assert errs[i, 1e8] < 1e-6, errs
-        assert errs[i, 1e8] < 0.02 * errs[i, 1e6], errs             # error O(1/tau_theta)
+        assert errs[i, 1e8] < 0.02 * errs[i, 1e6], errs  # error O(1/tau_theta)

@@ -1,18 +1,22 @@
 """ProxProp directions: closed forms (Prop. 2), CG, descent (Props. 4-5), limits."""
+
 import numpy as np
 import pytest
-from helpers import batch, mlp, small_convnet
 
 import proxnp as pn
-from proxnp import fast_prox, prox
-from proxnp.cpu import limit_threads
+from proxnp import prox
 from proxnp.cg import block_cg, scipy_cg
+from proxnp.fast import prox as fast_prox
+from proxnp.fast.cpu import limit_threads
 from proxnp.gradcheck import rel_error
+
+from helpers import batch, mlp, small_convnet
 
 
 def grads_of(model):
-    return {i: {k: v.copy() for k, v in model.layers[i].grads.items()}
-            for i in model.parametrised()}
+    return {
+        i: {k: v.copy() for k, v in model.layers[i].grads.items()} for i in model.parametrised()
+    }
 
 
 def flat(d):
@@ -22,9 +26,9 @@ def flat(d):
 def net_and_batch(kind, seed=0):
     rng = np.random.default_rng(seed)
     if kind == "mlp":
-        return mlp([12, 9, 7, 4], seed=seed), *batch(rng, (6, 12), 4)    # N=6 < in+1: row space
+        return mlp([12, 9, 7, 4], seed=seed), *batch(rng, (6, 12), 4)  # N=6 < in+1: row space
     if kind == "mlp_tall":
-        return mlp([5, 6, 4, 3], seed=seed), *batch(rng, (20, 5), 3)     # N=20 > in+1: gram
+        return mlp([5, 6, 4, 3], seed=seed), *batch(rng, (20, 5), 3)  # N=20 > in+1: gram
     return small_convnet(seed=seed), *batch(rng, (2, 3, 8, 8), 3)
 
 
@@ -62,9 +66,17 @@ def test_gradient_solver_reproduces_backprop(kind):
             assert rel_error(g[k], ref[i][k]) <= 1e-12
 
 
-@pytest.mark.parametrize("kind,space", [("mlp", "row"), ("mlp", "gram"), ("mlp_tall", "gram"),
-                                        ("mlp_tall", "row"), ("convnet", "gram"),
-                                        ("convnet", "row")])
+@pytest.mark.parametrize(
+    "kind,space",
+    [
+        ("mlp", "row"),
+        ("mlp", "gram"),
+        ("mlp_tall", "gram"),
+        ("mlp_tall", "row"),
+        ("convnet", "gram"),
+        ("convnet", "row"),
+    ],
+)
 def test_exact_equals_dense_closed_form(kind, space):
     """Proposition 2: theta^k - theta^{k+1} = (A^T A + I/tau_theta)^{-1} grad J, bias included,
     and theta^{k+1} minimises the prox objective (11)."""
@@ -84,12 +96,12 @@ def test_exact_equals_dense_closed_form(kind, space):
         P = prox.affine_problem(layer, dz[i]).P
         Theta_k = layer.theta()
         Theta = Theta_k - got
-        z_half = A @ Theta_k - g                                       # (9)
+        z_half = A @ Theta_k - g  # (9)
         at_min = prox.prox_objective(P, z_half, Theta, Theta_k, tau_theta)
         for scale in (1e-3, 1.0):
             E = scale * rng.standard_normal(Theta.shape)
             rise = prox.prox_objective(P, z_half, Theta + E, Theta_k, tau_theta) - at_min
-            want = 0.5 * ((A @ E) ** 2).sum() + 0.5 / tau_theta * (E ** 2).sum()
+            want = 0.5 * ((A @ E) ** 2).sum() + 0.5 / tau_theta * (E**2).sum()
             assert rise == pytest.approx(want, rel=1e-6), (i, space, scale)
 
 
@@ -108,7 +120,7 @@ def test_last_layer_gets_the_plain_gradient():
     pn.proxprop(model, loss_fn, x, y, solver="exact", tau_theta=0.3)
     last = model.parametrised()[-1]
     assert rel_error(model.layers[last].grads["W"], ref[last]["W"]) == 0
-    assert rel_error(model.layers[0].grads["W"], ref[0]["W"]) > 1e-3   # really preconditioned
+    assert rel_error(model.layers[0].grads["W"], ref[0]["W"]) > 1e-3  # really preconditioned
 
 
 @pytest.mark.parametrize("kind", ["mlp", "mlp_tall", "convnet"])
@@ -121,8 +133,9 @@ def test_cg_with_enough_iterations_equals_exact(kind, space):
     n_unknowns = max(model.layers[i].params["W"][0].size + 1 for i in model.parametrised())
     if kind == "convnet":
         n_unknowns = max(model.layers[i].params["W"][0].size + 1 for i in model.parametrised()[:-1])
-    pn.proxprop(model, loss_fn, x, y, solver="cg", cg_iters=n_unknowns + 5, tau_theta=0.5,
-                space=space)
+    pn.proxprop(
+        model, loss_fn, x, y, solver="cg", cg_iters=n_unknowns + 5, tau_theta=0.5, space=space
+    )
     for i, g in grads_of(model).items():
         assert rel_error(flat(g), flat(exact[i])) < 1e-8, (i, space)
 
@@ -147,7 +160,9 @@ def test_eigenbasis_cg_has_the_same_iterates():
     K = prox.row_gram(P)
     for iters in (1, 2, 3, 6, 10):
         for variant in ("textbook", "authors"):
-            u_d, info_d = fast_prox.range_space_cg(K, g, 0.5, iters, variant=variant, basis="direct")
+            u_d, info_d = fast_prox.range_space_cg(
+                K, g, 0.5, iters, variant=variant, basis="direct"
+            )
             u_e, info_e = fast_prox.range_space_cg(K, g, 0.5, iters, variant=variant, basis="eigen")
             assert rel_error(u_e, u_d) < 1e-8, (iters, variant)
             assert rel_error(info_e.residual_norms, info_d.residual_norms) < 1e-8
@@ -169,9 +184,10 @@ def test_column_blocks_give_the_same_iterates(monkeypatch):
     def narrow(xp, R, s, itemsize, tol=None):
         widths.append(3)
         return 3
+
     monkeypatch.setattr(fast_prox, "cg_block_width", narrow)
     u_blk, info_blk = fast_prox.range_space_cg(K, g, 0.5, 4, basis="eigen")
-    assert widths == [3]                                              # blocks were used
+    assert widths == [3]  # blocks were used
     assert rel_error(u_blk, u_one) < 1e-12
     assert info_blk.iterations == info_one.iterations == 4
     assert info_blk.residual_norms.shape == info_one.residual_norms.shape == (4, 10)
@@ -182,10 +198,10 @@ def test_column_blocks_give_the_same_iterates(monkeypatch):
 @pytest.mark.parametrize("itemsize", [4, 8])
 def test_column_block_width(R, s, itemsize):
     width = fast_prox.cg_block_width(np, R, s, itemsize)
-    assert width >= 64                                                  # never tiny blocks
+    assert width >= 64  # never tiny blocks
     assert width == 64 or 8 * R * width * itemsize <= fast_prox.CG_BLOCK_BYTES  # work fits
     assert fast_prox.cg_block_width(np, R, s, itemsize, tol=1e-3) == s  # early exit: one block
-    assert fast_prox.cg_block_width(object(), R, s, itemsize) == s      # a GPU: one block
+    assert fast_prox.cg_block_width(object(), R, s, itemsize) == s  # a GPU: one block
 
 
 def test_scipy_cg_agrees_with_block_cg():
@@ -259,8 +275,15 @@ def test_float32_matches_float64_on_paper_mlp_shapes(solver, iters):
         if dtype == np.float32:
             for layer in model.layers:
                 layer.params = {k: v.astype(np.float32) for k, v in layer.params.items()}
-        pn.proxprop(model, pn.SoftmaxCrossEntropy(), x.astype(dtype), y,
-                    solver=solver, cg_iters=iters, tau_theta=0.05)
+        pn.proxprop(
+            model,
+            pn.SoftmaxCrossEntropy(),
+            x.astype(dtype),
+            y,
+            solver=solver,
+            cg_iters=iters,
+            tau_theta=0.05,
+        )
         results[dtype] = grads_of(model)
     for i in results[np.float64]:
         d64, d32 = flat(results[np.float64][i]), flat(results[np.float32][i])
@@ -285,8 +308,9 @@ def test_bad_options_raise():
         pn.proxprop(model, loss_fn, x, y, space="fourier")
 
 
-@pytest.mark.parametrize("solve", [prox.prox_direction, fast_prox.prox_direction],
-                         ids=["reference", "fast"])
+@pytest.mark.parametrize(
+    "solve", [prox.prox_direction, fast_prox.prox_direction], ids=["reference", "fast"]
+)
 def test_prox_direction_rejects_unknown_names(solve):
     """Called directly (not through proxprop), a misspelt solver or space is an error, not CG."""
     P, g = np.ones((4, 3)), np.ones((4, 2))
@@ -298,7 +322,7 @@ def test_prox_direction_rejects_unknown_names(solve):
 
 def test_block_cg_edge_cases():
     M = np.diag([1.0, 2.0, 3.0])
-    B = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])       # second column: zero rhs
+    B = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # second column: zero rhs
     X0 = np.zeros((3, 2))
     X, info = block_cg(lambda v: M @ v, B, X0=X0, iters=5)
     assert np.all(np.isfinite(X)) and np.all(X0 == 0)
@@ -317,7 +341,7 @@ def test_authors_variant_differs_from_textbook_after_one_iteration():
     B = rng.standard_normal((10, 2))
     t1, _ = block_cg(lambda v: M @ v, B, iters=1)
     a1, _ = block_cg(lambda v: M @ v, B, iters=1, variant="authors")
-    assert rel_error(t1, a1) < 1e-6                          # only eps differs
+    assert rel_error(t1, a1) < 1e-6  # only eps differs
     t3, _ = block_cg(lambda v: M @ v, B, iters=3)
     a3, _ = block_cg(lambda v: M @ v, B, iters=3, variant="authors")
     assert rel_error(t3, a3) > 1e-3
@@ -330,20 +354,23 @@ def test_blocked_normal_product_equals_two_passes(block_rows, threads):
     P, X = rng.standard_normal((29, 6)), rng.standard_normal((7, 3))
     with limit_threads(threads):
         got = fast_prox.apply_AtA(P, X, block_rows)
-    A = np.concatenate([P, np.ones((29, 1))], axis=1)                 # the ones column, explicit
+    A = np.concatenate([P, np.ones((29, 1))], axis=1)  # the ones column, explicit
     assert got.shape == (7, 3)
     assert rel_error(got, A.T @ (A @ X)) < 1e-13
 
 
 def test_cost_model_for_the_papers_layers():
-    convnet_layers = [(500 * 32 * 32, 3 * 25 + 1, 16), (500 * 16 * 16, 16 * 25 + 1, 20),
-                      (500 * 8 * 8, 20 * 25 + 1, 20)]
-    for R, D1, out in convnet_layers:                 # measured: the Gram matrix is cheaper
+    convnet_layers = [
+        (500 * 32 * 32, 3 * 25 + 1, 16),
+        (500 * 16 * 16, 16 * 25 + 1, 20),
+        (500 * 8 * 8, 20 * 25 + 1, 20),
+    ]
+    for R, D1, out in convnet_layers:  # measured: the Gram matrix is cheaper
         for solver, iters in [("cg", 3), ("cg", 10), ("exact", 1)]:
             assert fast_prox.choose_space(R, D1, out, solver, iters) == "gram", (R, solver, iters)
-    for D1, out in [(3073, 4000), (4001, 1000), (1001, 4000)]:   # the MLP: N = 500 < D + 1
+    for D1, out in [(3073, 4000), (4001, 1000), (1001, 4000)]:  # the MLP: N = 500 < D + 1
         assert fast_prox.choose_space(500, D1, out, "cg", 3) == "row"
-    assert fast_prox.choose_space(10_000, 2001, 4, "cg", 1) == "matfree"   # few outputs
+    assert fast_prox.choose_space(10_000, 2001, 4, "cg", 1) == "matfree"  # few outputs
 
 
 @pytest.mark.parametrize("R,D1,want", [(500, 3073, "row"), (3073, 500, "gram"), (10, 10, "gram")])
@@ -352,7 +379,7 @@ def test_reference_space_is_the_smaller_gram_matrix(R, D1, want):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("R", [11, 3])                 # tall: summed over row blocks; wide: not
+@pytest.mark.parametrize("R", [11, 3])  # tall: summed over row blocks; wide: not
 def test_gram_and_At_summed_over_row_blocks(threads, R):
     rng = np.random.default_rng(5)
     P, Y = rng.standard_normal((R, 4)), rng.standard_normal((R, 2))

@@ -1,4 +1,5 @@
 """Output folders: one run per folder (real concurrent processes), reuse, umask, errors."""
+
 import errno
 import json
 import os
@@ -9,10 +10,9 @@ import time
 
 import pytest
 
-from proxnp import runs
-from proxnp.cli import main
-from proxnp.model import atomic_write_bytes, load_npz
-from proxnp.runs import RunDirError, claim_run_dir
+from proxnp.cli import main, runs
+from proxnp.cli.runs import RunDirError, claim_run_dir
+from proxnp.training.files import atomic_write_bytes, load_npz
 
 TRAIN = ["train", "--dataset", "spirals", "--hidden", "8", "--batch-size", "100"]
 
@@ -30,9 +30,16 @@ sys.exit(main(sys.argv[2:]))
 
 def start_together(argvs, cwd, delay=3.0):
     start = time.time() + delay
-    return [subprocess.Popen([sys.executable, "-c", STARTER, str(start), *argv], cwd=cwd,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for argv in argvs]
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, str(start), *argv],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in argvs
+    ]
 
 
 def finish(procs, timeout=120):
@@ -46,9 +53,12 @@ def finish(procs, timeout=120):
 def test_two_runs_started_together_on_one_folder_exactly_one_wins(tmp_path):
     out = tmp_path / "run"
     methods = ("backprop", "proxprop")
-    results = finish(start_together(
-        [TRAIN + ["--epochs", "5", "--method", m, "--out-dir", str(out)] for m in methods],
-        tmp_path))
+    results = finish(
+        start_together(
+            [TRAIN + ["--epochs", "5", "--method", m, "--out-dir", str(out)] for m in methods],
+            tmp_path,
+        )
+    )
     codes = [r[0] for r in results]
     assert sorted(codes) == [0, 2], results
     rc, _, err = results[codes.index(2)]
@@ -88,15 +98,23 @@ def _wait_for(path, proc, seconds=120):
 def test_resume_refused_while_a_run_holds_the_folder_then_resumes_after_kill9(tmp_path):
     out = tmp_path / "run"
     argv = TRAIN + ["--out-dir", str(out)]
-    holder = subprocess.Popen([sys.executable, "-m", "proxnp", *argv, "--epochs", "100000"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "proxnp", *argv, "--epochs", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(out / "checkpoint.npz", holder)
-        r = subprocess.run([sys.executable, "-m", "proxnp", *argv, "--epochs", "100000",
-                            "--resume"], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "proxnp", *argv, "--epochs", "100000", "--resume"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
         assert f"in use by another proxnp run (pid {holder.pid})" in r.stderr
-        assert holder.poll() is None                   # the holder was not disturbed
+        assert holder.poll() is None  # the holder was not disturbed
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.communicate()
@@ -127,13 +145,20 @@ def test_a_start_that_finished_no_epoch_leaves_a_reusable_folder(tmp_path, capsy
     assert "exists and is not empty (it holds a checkpoint" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--batch-size", "100000"], "--batch-size 100000 is larger than the 1000 training samples"),
-    (["--subset", "1"], "(--subset 1)"),
-    (["--hidden", "100000", "100000"], "--hidden 100000 100000: the model"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (
+            ["--batch-size", "100000"],
+            "--batch-size 100000 is larger than the 1000 training samples",
+        ),
+        (["--subset", "1"], "(--subset 1)"),
+        (["--hidden", "100000", "100000"], "--hidden 100000 100000: the model"),
+    ],
+)
 def test_settings_data_and_model_size_are_checked_before_anything_is_written(
-        tmp_path, capsys, extra, message):
+    tmp_path, capsys, extra, message
+):
     out = tmp_path / "never"
     argv = ["train", "--dataset", "spirals", "--epochs", "1", "--out-dir", str(out)] + extra
     if "--hidden" not in extra:
@@ -150,7 +175,7 @@ def test_a_locked_folder_is_refused_in_process_too(tmp_path):
             claim_run_dir(run.path, "train")
         with pytest.raises(RunDirError, match="in use by another proxnp run"):
             claim_run_dir(run.path, "train", resume=True)
-    claim_run_dir(tmp_path / "r", "train").release()     # released: free again
+    claim_run_dir(tmp_path / "r", "train").release()  # released: free again
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
@@ -176,10 +201,11 @@ def test_run_outputs_respect_the_umask(tmp_path):
 def test_file_system_errors_name_the_path(tmp_path, monkeypatch, capsys):
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OSError, match=f"cannot write {tmp_path / 'x.json'}: No space left"):
         atomic_write_bytes(tmp_path / "x.json", b"{}")
-    assert list(tmp_path.iterdir()) == []                      # no temp file left
+    assert list(tmp_path.iterdir()) == []  # no temp file left
     out = tmp_path / "r"
     assert main(TRAIN + ["--epochs", "1", "--out-dir", str(out)]) == 2
     err = capsys.readouterr().err

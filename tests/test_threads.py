@@ -1,15 +1,17 @@
 """The CPU's plumbing (proxnp.cpu): host-thread parts, their errors, BLAS inside them,
 results that do not depend on how many threads computed them (float64), glibc's malloc."""
+
 import threading
 import types
 
 import numpy as np
 import pytest
-from conftest import assert_close
 from threadpoolctl import threadpool_info
 
-from proxnp import fast_layers
-from proxnp.cpu import host_threads, in_parallel, limit_threads, parallel_sum
+from proxnp.fast import layers as fast_layers
+from proxnp.fast.cpu import host_threads, in_parallel, limit_threads, parallel_sum
+
+from conftest import assert_close
 
 
 def record_parts(n, threads):
@@ -32,7 +34,7 @@ def test_parts_cover_the_range_once_in_order(n, threads):
 def test_parts_run_on_different_threads():
     calls = record_parts(4, 2)
     assert len({ident for _, _, ident in calls}) == 2
-    assert threading.get_ident() in {ident for _, _, ident in calls}   # the caller works too
+    assert threading.get_ident() in {ident for _, _, ident in calls}  # the caller works too
 
 
 def test_one_thread_and_non_numpy_arrays_run_one_call():
@@ -48,6 +50,7 @@ def test_nested_sections_run_serially():
 
     def outer(a, b):
         in_parallel(np, 6, lambda c, d: inner.append((a, c, d)))
+
     with limit_threads(2):
         in_parallel(np, 2, outer)
     assert sorted(inner) == [(0, 0, 6), (1, 0, 6)]
@@ -61,6 +64,7 @@ def test_an_error_in_a_part_is_raised_after_all_parts_finished():
             raise ValueError(f"part {a} failed")
         threading.Event().wait(0.05)
         finished.append(a)
+
     with limit_threads(2), pytest.raises(ValueError, match="part 2 failed"):
         in_parallel(np, 4, fn)
     assert finished == [0]
@@ -72,19 +76,22 @@ def test_an_error_in_a_part_is_raised_after_all_parts_finished():
 def test_parallel_sum_adds_every_block_once(n, block, threads):
     values = np.arange(n, dtype=float) ** 2
     with limit_threads(threads):
-        total, count = parallel_sum(np, n, lambda a, b: (values[a:b].sum(), np.array(b - a)),
-                                    block)
+        total, count = parallel_sum(np, n, lambda a, b: (values[a:b].sum(), np.array(b - a)), block)
     assert total == values.sum()
     assert count == n
 
 
 def numpy_blas_threads():
-    return [i["num_threads"] for i in threadpool_info()
-            if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    return [
+        i["num_threads"]
+        for i in threadpool_info()
+        if i["user_api"] == "blas" and "numpy" in i["filepath"]
+    ]
 
 
-needs_visible_blas = pytest.mark.skipif(not numpy_blas_threads(),
-                                        reason="NumPy's BLAS is not visible to threadpoolctl")
+needs_visible_blas = pytest.mark.skipif(
+    not numpy_blas_threads(), reason="NumPy's BLAS is not visible to threadpoolctl"
+)
 
 
 @needs_visible_blas
@@ -108,7 +115,7 @@ def test_limit_threads_sets_and_restores_the_host_threads():
         assert host_threads() == 3
     assert host_threads() == default
     blas = numpy_blas_threads()
-    with limit_threads(None):                      # None: both left as they are
+    with limit_threads(None):  # None: both left as they are
         assert host_threads() == default
         assert numpy_blas_threads() == blas
 
@@ -131,10 +138,15 @@ def pool_case(rng, kernel, stride):
     return [out, cache.argmax, dx]
 
 
-@pytest.mark.parametrize("case,args", [
-    pytest.param(conv_case, (1, 1), id="conv-pad1"), pytest.param(conv_case, (2, 0), id="conv-stride2"),
-    pytest.param(pool_case, (2, None), id="pool-2x2"),
-    pytest.param(pool_case, (3, 2), id="pool-3x3-overlapping")])
+@pytest.mark.parametrize(
+    "case,args",
+    [
+        pytest.param(conv_case, (1, 1), id="conv-pad1"),
+        pytest.param(conv_case, (2, 0), id="conv-stride2"),
+        pytest.param(pool_case, (2, None), id="pool-2x2"),
+        pytest.param(pool_case, (3, 2), id="pool-3x3-overlapping"),
+    ],
+)
 def test_results_do_not_depend_on_the_number_of_threads(case, args):
     results = {}
     for threads in (1, 2, 3):
@@ -148,10 +160,11 @@ def test_results_do_not_depend_on_the_number_of_threads(case, args):
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore:.*multi-threaded, use of fork:DeprecationWarning")
-def test_a_forked_child_gets_working_threads():     # Python >= 3.12 warns: that is the point
+def test_a_forked_child_gets_working_threads():  # Python >= 3.12 warns: that is the point
     import multiprocessing
+
     with limit_threads(2):
-        in_parallel(np, 2, lambda a, b: None)             # the parent's pool exists now
+        in_parallel(np, 2, lambda a, b: None)  # the parent's pool exists now
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(1) as pool:
             parts = pool.apply_async(record_parts, (4, 2)).get(timeout=20)
@@ -161,13 +174,15 @@ def test_a_forked_child_gets_working_threads():     # Python >= 3.12 warns: that
 @needs_visible_blas
 @pytest.mark.parametrize("small_limit,expect_one", [(1 << 24, True), (0, False)])
 def test_small_gram_space_cg_runs_on_one_blas_thread(monkeypatch, small_limit, expect_one):
-    from proxnp import fast_prox
+    from proxnp.fast import prox as fast_prox
+
     seen = []
     real_cg = fast_prox.block_cg
 
     def recording_cg(*args, **kw):
         seen.append(numpy_blas_threads())
         return real_cg(*args, **kw)
+
     monkeypatch.setattr(fast_prox, "block_cg", recording_cg)
     monkeypatch.setattr(fast_prox, "SMALL_PRODUCT", small_limit)
     rng = np.random.default_rng(6)
@@ -180,7 +195,7 @@ def test_small_gram_space_cg_runs_on_one_blas_thread(monkeypatch, small_limit, e
 
 REALLOC_FAULTS = """
 import resource, sys, numpy as np
-from proxnp.cpu import reuse_host_memory
+from proxnp.fast.cpu import reuse_host_memory
 applied = reuse_host_memory() if sys.argv[1] == "reuse" else None
 a = np.ones(16 << 20, dtype=np.float32); del a          # 64 MiB touched, then freed
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -193,10 +208,15 @@ def test_reuse_host_memory_removes_page_faults_of_a_reallocation():
     import platform
     import subprocess
     import sys
+
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
-    out = {mode: subprocess.run([sys.executable, "-c", REALLOC_FAULTS, mode], capture_output=True,
-                                text=True, check=True).stdout.split() for mode in ("default", "reuse")}
+    out = {
+        mode: subprocess.run(
+            [sys.executable, "-c", REALLOC_FAULTS, mode], capture_output=True, text=True, check=True
+        ).stdout.split()
+        for mode in ("default", "reuse")
+    }
     assert out["reuse"][0] == "True"
-    assert int(out["default"][1]) >= 16, out          # 64 MiB mapped afresh: at least 16 huge pages
+    assert int(out["default"][1]) >= 16, out  # 64 MiB mapped afresh: at least 16 huge pages
     assert int(out["reuse"][1]) <= int(out["default"][1]) // 8, out

@@ -1,10 +1,11 @@
 """The fit loop: metrics, divergence, checkpoints and bit-exact resume."""
+
 import numpy as np
 import pytest
 
-from proxnp.data import load_dataset
-from proxnp.experiments import mlp
-from proxnp.train import fit, training_verdict
+from proxnp.training.data import load_dataset
+from proxnp.training.fit import fit, training_verdict
+from proxnp.training.models import mlp
 
 
 @pytest.fixture(scope="module")
@@ -17,32 +18,64 @@ def small_model(seed=0):
 
 
 def test_history_has_the_paper_quantities(spirals):
-    h = fit(small_model(), spirals, method="proxprop", solver="cg", cg_iters=3, tau_theta=0.05,
-            lr=1.0, epochs=3, batch_size=50)
+    h = fit(
+        small_model(),
+        spirals,
+        method="proxprop",
+        solver="cg",
+        cg_iters=3,
+        tau_theta=0.05,
+        lr=1.0,
+        epochs=3,
+        batch_size=50,
+    )
     assert h["status"] == "ok" and [r["epoch"] for r in h["epochs"]] == [0, 1, 2, 3]
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "batch_loss", "epoch_time", "time"):
+    for key in (
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "batch_loss",
+        "epoch_time",
+        "time",
+    ):
         assert all(np.isfinite(r[key]) for r in h["epochs"]), key
     assert h["epochs"][-1]["train_loss"] < h["epochs"][0]["train_loss"]
     assert h["epochs"][-1]["time"] == pytest.approx(sum(r["epoch_time"] for r in h["epochs"]))
 
 
 def test_divergence_stops_and_keeps_history(spirals):
-    h = fit(small_model(), spirals, method="backprop", lr=1e4, optimizer="sgd", momentum=0.0,
-            epochs=20, batch_size=50)
+    h = fit(
+        small_model(),
+        spirals,
+        method="backprop",
+        lr=1e4,
+        optimizer="sgd",
+        momentum=0.0,
+        epochs=20,
+        batch_size=50,
+    )
     assert h["status"] == "diverged" and "diverged at epoch" in h["message"]
     assert 1 <= len(h["epochs"]) - 1 < 20
     assert np.isfinite(h["epochs"][0]["train_loss"])
 
 
 def test_resume_is_bit_exact(spirals, tmp_path):
-    kw = dict(method="proxprop", solver="cg", cg_iters=2, tau_theta=0.1, lr=0.5,
-              optimizer="adam", batch_size=40)
+    kw = dict(
+        method="proxprop",
+        solver="cg",
+        cg_iters=2,
+        tau_theta=0.1,
+        lr=0.5,
+        optimizer="adam",
+        batch_size=40,
+    )
     full = small_model()
     h_full = fit(full, spirals, epochs=4, **kw)
     ckpt = tmp_path / "ckpt.npz"
     part = small_model()
     fit(part, spirals, epochs=2, checkpoint=ckpt, **kw)
-    resumed = small_model(seed=99)                  # different init: everything comes from disk
+    resumed = small_model(seed=99)  # different init: everything comes from disk
     h_res = fit(resumed, spirals, epochs=4, checkpoint=ckpt, resume=True, **kw)
     for a, b in zip(full.layers, resumed.layers):
         for k in a.params:
@@ -67,25 +100,34 @@ def test_bad_data_is_refused(spirals):
     with pytest.raises(ValueError, match=r"val labels must lie in 0..2"):
         fit(small_model(), spirals._replace(y_val=spirals.y_val + 5), epochs=1, batch_size=50)
     with pytest.raises(ValueError, match="labels must be integers"):
-        fit(small_model(), spirals._replace(y_train=spirals.y_train.astype(float)), epochs=1,
-            batch_size=50)
+        fit(
+            small_model(),
+            spirals._replace(y_train=spirals.y_train.astype(float)),
+            epochs=1,
+            batch_size=50,
+        )
     with pytest.raises(ValueError, match="inputs but"):
         fit(small_model(), spirals._replace(y_train=spirals.y_train[:-1]), epochs=1, batch_size=50)
 
 
 def _history(losses, batch_losses, accs):
-    rows = [{"epoch": i, "train_loss": l, "batch_loss": b, "train_acc": a}
-            for i, (l, b, a) in enumerate(zip(losses, batch_losses, accs))]
+    rows = [
+        {"epoch": i, "train_loss": l, "batch_loss": b, "train_acc": a}
+        for i, (l, b, a) in enumerate(zip(losses, batch_losses, accs))
+    ]
     return {"epochs": rows, "status": "ok", "message": ""}
 
 
-@pytest.mark.parametrize("losses,batch,accs,verdict", [
-    ([2.30, 1.9, 1.2], [2.30, 2.1, 1.5], [0.1, 0.4, 0.6], "ok"),           # learning
-    ([2.31, 2.30, 2.29], [2.31, 2.30, 2.30], [0.09, 0.10, 0.12], "ok"),    # slow, never rose
-    ([2.30, 9.0, 38.0], [2.30, 20.0, 40.0], [0.1, 0.1, 0.1], "diverging"),  # rose far
-    ([2.31, 3.1, 2.31], [2.31, 36.7, 2.49], [0.09, 0.09, 0.10], "diverging"),  # spike, dead
-    ([2.31, 3.1], [2.31, 36.7], [0.09, 0.09], "ok"),                        # one epoch: too early
-])
+@pytest.mark.parametrize(
+    "losses,batch,accs,verdict",
+    [
+        ([2.30, 1.9, 1.2], [2.30, 2.1, 1.5], [0.1, 0.4, 0.6], "ok"),  # learning
+        ([2.31, 2.30, 2.29], [2.31, 2.30, 2.30], [0.09, 0.10, 0.12], "ok"),  # slow, never rose
+        ([2.30, 9.0, 38.0], [2.30, 20.0, 40.0], [0.1, 0.1, 0.1], "diverging"),  # rose far
+        ([2.31, 3.1, 2.31], [2.31, 36.7, 2.49], [0.09, 0.09, 0.10], "diverging"),  # spike, dead
+        ([2.31, 3.1], [2.31, 36.7], [0.09, 0.09], "ok"),  # one epoch: too early
+    ],
+)
 def test_training_verdict(losses, batch, accs, verdict):
     status, message = training_verdict(_history(losses, batch, accs), 10, "--lr")
     assert status == verdict
@@ -95,21 +137,32 @@ def test_training_verdict(losses, batch, accs, verdict):
 
 
 def test_a_slow_run_at_a_tiny_learning_rate_is_not_called_diverging(spirals):
-    h = fit(small_model(), spirals, method="backprop", lr=1e-5, optimizer="sgd", momentum=0.0,
-            epochs=3, batch_size=50)
+    h = fit(
+        small_model(),
+        spirals,
+        method="backprop",
+        lr=1e-5,
+        optimizer="sgd",
+        momentum=0.0,
+        epochs=3,
+        batch_size=50,
+    )
     assert training_verdict(h, 3) == ("ok", "")
 
 
-@pytest.mark.parametrize("kw,message", [
-    (dict(momentum=1.0), r"momentum must lie in \[0, 1\), got 1.0"),
-    (dict(momentum=-0.5), r"momentum must lie in \[0, 1\)"),
-    (dict(lr=float("nan")), "learning rate must be a finite number > 0"),
-    (dict(cg_iters=10**9), "cg_iters must be at most 1000"),
-    (dict(seed=-1), "seed must be a non-negative integer, got -1"),
-    (dict(epochs=-5), "epochs must be a non-negative integer, got -5"),
-    (dict(epochs=2.5), "epochs must be a non-negative integer, got 2.5"),
-    (dict(resume=True), "resume=True needs the checkpoint path"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(momentum=1.0), r"momentum must lie in \[0, 1\), got 1.0"),
+        (dict(momentum=-0.5), r"momentum must lie in \[0, 1\)"),
+        (dict(lr=float("nan")), "learning rate must be a finite number > 0"),
+        (dict(cg_iters=10**9), "cg_iters must be at most 1000"),
+        (dict(seed=-1), "seed must be a non-negative integer, got -1"),
+        (dict(epochs=-5), "epochs must be a non-negative integer, got -5"),
+        (dict(epochs=2.5), "epochs must be a non-negative integer, got 2.5"),
+        (dict(resume=True), "resume=True needs the checkpoint path"),
+    ],
+)
 def test_every_fit_value_is_checked(spirals, kw, message):
     with pytest.raises(ValueError, match=message):
         fit(small_model(), spirals, **{"epochs": 1, "batch_size": 50, **kw})

@@ -17,6 +17,7 @@ directory (release/, autograded/, feedback/, gradebook.db) for a look.
 A submitted notebook is code: grade untrusted work in a sandbox.  nbgrader comes with the
 ``course`` extra: ``pip install -e ".[course]"``.
 """
+
 import argparse
 import pathlib
 import shutil
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 
-SOURCES = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "assignments"
+SOURCES = pathlib.Path(__file__).resolve().parents[2] / "notebooks" / "assignments"
 INSTALL_HINT = 'proxnp.assignments needs nbgrader: pip install -e ".[course]"'
 
 CONFIG = """\
@@ -52,17 +53,22 @@ def resolve(spec):
     matches = [p for p in available() if p.stem.startswith(spec)]
     if len(matches) != 1:
         names = ", ".join(p.stem for p in available()) or f"none found in {SOURCES}"
-        raise ValueError(f"{spec!r} names {'no' if not matches else 'more than one'} assignment; "
-                         f"give a path or one of: {names}")
+        raise ValueError(
+            f"{spec!r} names {'no' if not matches else 'more than one'} assignment; "
+            f"give a path or one of: {names}"
+        )
     return matches[0]
 
 
 def nbgrader(root, *args):
     """Run one nbgrader command in the course directory; raise with its output on failure."""
-    run = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root,
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "nbgrader", *args], cwd=root, capture_output=True, text=True
+    )
     if run.returncode != 0:
-        raise RuntimeError(f"nbgrader {' '.join(args)} failed:\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
+        raise RuntimeError(
+            f"nbgrader {' '.join(args)} failed:\n{run.stdout[-3000:]}{run.stderr[-3000:]}"
+        )
 
 
 def grade(source, root, submissions):
@@ -85,8 +91,13 @@ def grade(source, root, submissions):
         shutil.copyfile(path or root / "release" / name / source.name, dest / source.name)
     nbgrader(root, "autograde", name, "--force")
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
-        return {s: [(g.name, g.score, g.max_score)
-                    for g in gb.find_submission_notebook(name, name, s).grades] for s in submissions}
+        return {
+            s: [
+                (g.name, g.score, g.max_score)
+                for g in gb.find_submission_notebook(name, name, s).grades
+            ]
+            for s in submissions
+        }
 
 
 def report(name, scores):
@@ -110,8 +121,11 @@ def try_assignments(specs, submission=None, keep=None):
         base = pathlib.Path(keep) if keep else pathlib.Path(tmp)
         for source in sources:
             root = base / source.stem if len(sources) > 1 else base
-            subs = ({"student": pathlib.Path(submission).resolve()} if submission
-                    else {"solution": source, "release": None})
+            subs = (
+                {"student": pathlib.Path(submission).resolve()}
+                if submission
+                else {"solution": source, "release": None}
+            )
             print(report(source.stem, grade(source, root, subs)), flush=True)
             if keep:
                 nbgrader(root, "generate_feedback", source.stem, "--force")
@@ -120,14 +134,21 @@ def try_assignments(specs, submission=None, keep=None):
 
 def main(argv=None):
     """The command line; returns the exit status (2 on a bad argument or without nbgrader)."""
-    parser = argparse.ArgumentParser(prog="python -m proxnp.assignments",
-                                     description="Try the assignments with nbgrader.")
+    parser = argparse.ArgumentParser(
+        prog="python -m proxnp.assignments", description="Try the assignments with nbgrader."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the assignments")
     p_try = sub.add_parser("try", help="generate, submit and autograde with nbgrader")
-    p_try.add_argument("assignments", nargs="*", help="names, prefixes ('03') or paths; default: all")
-    p_try.add_argument("--submission", help="grade this notebook instead of the solution and the release")
-    p_try.add_argument("--keep", metavar="DIR", help="keep the course directory here (and write feedback)")
+    p_try.add_argument(
+        "assignments", nargs="*", help="names, prefixes ('03') or paths; default: all"
+    )
+    p_try.add_argument(
+        "--submission", help="grade this notebook instead of the solution and the release"
+    )
+    p_try.add_argument(
+        "--keep", metavar="DIR", help="keep the course directory here (and write feedback)"
+    )
     args = parser.parse_args(argv)
     if args.command == "list":
         for path in available():
@@ -144,7 +165,3 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

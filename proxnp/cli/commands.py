@@ -13,6 +13,7 @@ second run on it refuses.  Settings, data and the model's memory are checked
 before anything is written.  Bad arguments or data end with one line on stderr
 and exit status 2; a run that diverged exits with 1.
 """
+
 import csv
 import io
 import json
@@ -23,19 +24,19 @@ import sys
 
 import numpy as np
 
-from . import __version__
-from .backend import gpu_status, to_device
-from .cpu import limit_threads, reuse_host_memory
-from .checkpoint import CheckpointError
-from .data import DataError, load_dataset
-from .experiments import (EXPERIMENTS, build_model, memory_estimate, mlp_sizes, run_spec,
-                          stability_table)
-from .model import atomic_write_bytes
+from .. import __version__
+from ..backend import gpu_status, to_device
+from ..fast.cpu import limit_threads, reuse_host_memory
+from ..training.checkpoint import CheckpointError
+from ..training.data import DataError, load_dataset
+from ..training.files import atomic_write_bytes
+from ..training.fit import evaluate, fit, training_verdict
+from ..training.memory import MemoryLimitError, check_memory
+from ..training.models import build_model, memory_estimate, mlp_sizes
+from ..training.plots import plot_histories
+from .experiments import EXPERIMENTS, run_spec, stability_table
 from .options import OptionError, build_parser, resolve_train
-from .plots import plot_histories
-from .resources import MemoryLimitError, check_memory
 from .runs import RunDirError, check_run_dir, claim_run_dir
-from .train import evaluate, fit, training_verdict
 
 
 class CLIError(Exception):
@@ -43,7 +44,7 @@ class CLIError(Exception):
 
 
 USER_ERRORS = (CLIError, OptionError, DataError, RunDirError, CheckpointError, MemoryLimitError)
-STAGE = ["starting"]          # what the command is doing, for an out-of-memory message
+STAGE = ["starting"]  # what the command is doing, for an out-of-memory message
 
 
 def stage(text):
@@ -65,8 +66,16 @@ def _jsonable(x):
 
 
 def write_metrics(path, histories):
-    keys = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "batch_loss",
-            "epoch_time", "time"]
+    keys = [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "batch_loss",
+        "epoch_time",
+        "time",
+    ]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["run"] + keys)
@@ -82,28 +91,35 @@ def summarize(hist, test=None, n_classes=None, lr_flag="the learning rate"):
         hist["status"], hist["message"] = training_verdict(hist, n_classes, lr_flag)
     rows = hist["epochs"]
     trained = [r for r in rows if r["epoch"] > 0]
-    out = {"final_train_loss": rows[-1]["train_loss"],
-           "best_val_acc": max(r["val_acc"] for r in rows),
-           "final_val_acc": rows[-1]["val_acc"],
-           "sec_per_epoch": (sum(r["epoch_time"] for r in trained) / len(trained)) if trained
-           else 0.0,
-           "epochs": rows[-1]["epoch"], "status": hist["status"]}
+    out = {
+        "final_train_loss": rows[-1]["train_loss"],
+        "best_val_acc": max(r["val_acc"] for r in rows),
+        "final_val_acc": rows[-1]["val_acc"],
+        "sec_per_epoch": (sum(r["epoch_time"] for r in trained) / len(trained)) if trained else 0.0,
+        "epochs": rows[-1]["epoch"],
+        "status": hist["status"],
+    }
     if hist["message"]:
         out["message"] = hist["message"]
     if test is not None:
         out["test_loss"], out["test_acc"] = test
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in out.items()}
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()
+    }
 
 
 def print_table(summary):
-    print(f"{'run':<18}{'final train loss':>18}{'best val acc':>14}{'test acc':>10}"
-          f"{'s/epoch':>10}  status")
+    print(
+        f"{'run':<18}{'final train loss':>18}{'best val acc':>14}{'test acc':>10}"
+        f"{'s/epoch':>10}  status"
+    )
     for name, s in summary.items():
         loss = "nan" if s["final_train_loss"] is None else f"{s['final_train_loss']:.4g}"
         test = "" if s.get("test_acc") is None else f"{s['test_acc']:.4f}"
-        print(f"{name:<18}{loss:>18}{s['best_val_acc']:>14.4f}{test:>10}"
-              f"{s['sec_per_epoch']:>10.3f}  {s['status']}")
+        print(
+            f"{name:<18}{loss:>18}{s['best_val_acc']:>14.4f}{test:>10}"
+            f"{s['sec_per_epoch']:>10.3f}  {s['status']}"
+        )
 
 
 # ---------------------------------------------------------------------- running
@@ -117,17 +133,28 @@ def run_all(runs, config, data, args, out_dir, layout, title, lr_flag="the learn
         stage(f"training {spec['name']}")
         model = new_model(config, data, args, dtype)
         with limit_threads(args.threads):
-            hist = fit(model, data, method=spec["method"], solver=spec["solver"],
-                       cg_iters=spec["cg_iters"], tau_theta=spec["tau_theta"],
-                       optimizer=spec["optimizer"], lr=spec["lr"], momentum=config["momentum"],
-                       epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                       progress=sys.stderr.isatty(),
-                       checkpoint=getattr(args, "checkpoint", None),
-                       resume=getattr(args, "resume", False))
+            hist = fit(
+                model,
+                data,
+                method=spec["method"],
+                solver=spec["solver"],
+                cg_iters=spec["cg_iters"],
+                tau_theta=spec["tau_theta"],
+                optimizer=spec["optimizer"],
+                lr=spec["lr"],
+                momentum=config["momentum"],
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                seed=args.seed,
+                progress=sys.stderr.isatty(),
+                checkpoint=getattr(args, "checkpoint", None),
+                resume=getattr(args, "resume", False),
+            )
             test = None
             if hist["status"] == "ok" and len(data.x_test):
-                test = evaluate(model, _to(model, data.x_test.astype(dtype)),
-                                _to(model, data.y_test))
+                test = evaluate(
+                    model, _to(model, data.x_test.astype(dtype)), _to(model, data.y_test)
+                )
         histories[spec["name"]] = hist
         summary[spec["name"]] = summarize(hist, test, data.n_classes, lr_flag)
         if hist["status"] != "ok":
@@ -141,8 +168,9 @@ def run_all(runs, config, data, args, out_dir, layout, title, lr_flag="the learn
 def warm_up(runs, config, data, args, dtype):
     """One untimed step of each run on a throwaway model, so that the first timed run
     does not pay for library start-up (BLAS threads, LAPACK, first allocations)."""
-    from .proxprop import backprop, proxprop
-    from .losses import SoftmaxCrossEntropy
+    from ..losses import SoftmaxCrossEntropy
+    from ..proxprop import backprop, proxprop
+
     model = new_model(config, data, args, dtype)
     n = min(args.batch_size, len(data.x_train))
     x, y = _to(model, data.x_train[:n].astype(dtype)), _to(model, data.y_train[:n])
@@ -151,8 +179,15 @@ def warm_up(runs, config, data, args, dtype):
             if spec["method"] == "backprop":
                 backprop(model, SoftmaxCrossEntropy(), x, y)
             else:
-                proxprop(model, SoftmaxCrossEntropy(), x, y, solver=spec["solver"],
-                         cg_iters=spec["cg_iters"], tau_theta=spec["tau_theta"])
+                proxprop(
+                    model,
+                    SoftmaxCrossEntropy(),
+                    x,
+                    y,
+                    solver=spec["solver"],
+                    cg_iters=spec["cg_iters"],
+                    tau_theta=spec["tau_theta"],
+                )
 
 
 def new_model(config, data, args, dtype):
@@ -168,8 +203,14 @@ def _to(model, x):
 def _load(args, config, flat):
     name = getattr(args, "dataset", None) or config["dataset"]
     stage(f"loading the data set {name}")
-    return load_dataset(name, data_dir=args.data_dir, seed=args.seed, flat=flat,
-                        dtype=np.dtype(args.dtype), subset=args.subset)
+    return load_dataset(
+        name,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        flat=flat,
+        dtype=np.dtype(args.dtype),
+        subset=args.subset,
+    )
 
 
 def check_fit(config, data, args):
@@ -177,14 +218,19 @@ def check_fit(config, data, args):
     n = len(data.x_train)
     if args.batch_size > n:
         via = f" (--subset {args.subset})" if args.subset else ""
-        raise CLIError(f"--batch-size {args.batch_size} is larger than the {n} training "
-                       f"samples of {data.name}{via}")
-    need, params = memory_estimate(config, data.input_shape, data.n_classes, args.batch_size,
-                                   args.dtype)
-    what = (f"--hidden {' '.join(map(str, config['sizes'][1:-1]))}: the model"
-            if config["model"] == "mlp" and config.get("sizes") else f"the {config['model']}")
-    check_memory(need, f"{what} ({params:,} parameters, batch {args.batch_size})",
-                 error=CLIError)
+        raise CLIError(
+            f"--batch-size {args.batch_size} is larger than the {n} training "
+            f"samples of {data.name}{via}"
+        )
+    need, params = memory_estimate(
+        config, data.input_shape, data.n_classes, args.batch_size, args.dtype
+    )
+    what = (
+        f"--hidden {' '.join(map(str, config['sizes'][1:-1]))}: the model"
+        if config["model"] == "mlp" and config.get("sizes")
+        else f"the {config['model']}"
+    )
+    check_memory(need, f"{what} ({params:,} parameters, batch {args.batch_size})", error=CLIError)
 
 
 def with_sizes(config, data):
@@ -204,8 +250,15 @@ def cmd_compare(args):
     check_fit(config, data, args)
     with claim_run_dir(args.out_dir, "compare") as run:
         write_json(run.path / "config.json", {"command": "compare", **config, **vars(args)})
-        _, summary = run_all(config["runs"], config, data, args, run.path, "mlp",
-                             f"BackProp vs ProxProp on {data.name}")
+        _, summary = run_all(
+            config["runs"],
+            config,
+            data,
+            args,
+            run.path,
+            "mlp",
+            f"BackProp vs ProxProp on {data.name}",
+        )
     print_table(summary)
     print(f"wrote {run.path}/ (metrics.csv, summary.json, config.json, figure.png)")
     return 0
@@ -213,30 +266,66 @@ def cmd_compare(args):
 
 def cmd_train(args):
     resolve_train(args)
-    config = {"dataset": args.dataset, "model": args.model, "momentum": args.momentum,
-              "sizes": (0, *args.hidden, 0) if args.model == "mlp" else None}
+    config = {
+        "dataset": args.dataset,
+        "model": args.model,
+        "momentum": args.momentum,
+        "sizes": (0, *args.hidden, 0) if args.model == "mlp" else None,
+    }
     check_run_dir(args.out_dir, args.resume)
     data = _load(args, config, flat=args.model == "mlp")
     config = with_sizes(config, data)
     check_fit(config, data, args)
-    spec = run_spec(args.method, args.method, args.lr, args.optimizer, args.solver,
-                    args.cg_iters, args.tau_theta)
+    spec = run_spec(
+        args.method,
+        args.method,
+        args.lr,
+        args.optimizer,
+        args.solver,
+        args.cg_iters,
+        args.tau_theta,
+    )
     with claim_run_dir(args.out_dir, "train", args.resume) as run:
         if args.resume:
             check_resume_settings(args, run.path)
         else:
-            write_json(run.path / "config.json",
-                       {"command": "train", **vars(args), "sizes": config["sizes"]})
+            write_json(
+                run.path / "config.json",
+                {"command": "train", **vars(args), "sizes": config["sizes"]},
+            )
         args.checkpoint = run.path / "checkpoint.npz"
-        _, summary = run_all([spec], config, data, args, run.path, "mlp",
-                             f"{args.method} on {data.name}", lr_flag="--lr")
+        _, summary = run_all(
+            [spec],
+            config,
+            data,
+            args,
+            run.path,
+            "mlp",
+            f"{args.method} on {data.name}",
+            lr_flag="--lr",
+        )
     print_table(summary)
     print(f"wrote {run.path}/")
     return 1 if summary[args.method]["status"] != "ok" else 0
 
 
-RUN_SETTINGS = ("model", "hidden", "dataset", "method", "solver", "cg_iters", "tau_theta",
-                "optimizer", "lr", "momentum", "batch_size", "seed", "dtype", "subset", "data_dir")
+RUN_SETTINGS = (
+    "model",
+    "hidden",
+    "dataset",
+    "method",
+    "solver",
+    "cg_iters",
+    "tau_theta",
+    "optimizer",
+    "lr",
+    "momentum",
+    "batch_size",
+    "seed",
+    "dtype",
+    "subset",
+    "data_dir",
+)
 
 
 def check_resume_settings(args, out_dir):
@@ -252,8 +341,10 @@ def check_resume_settings(args, out_dir):
         now = vars(args).get(key)
         now = list(now) if isinstance(now, tuple) else now
         if saved.get(key) != now:
-            raise CLIError(f"--resume: --{key.replace('_', '-')} is {now!r} but the run in "
-                           f"{out_dir} used {saved.get(key)!r}")
+            raise CLIError(
+                f"--resume: --{key.replace('_', '-')} is {now!r} but the run in "
+                f"{out_dir} used {saved.get(key)!r}"
+            )
 
 
 def cmd_reproduce(args):
@@ -267,8 +358,15 @@ def cmd_reproduce(args):
     with claim_run_dir(args.out_dir, f"reproduce-{args.experiment}") as run:
         write_json(run.path / "config.json", {"command": "reproduce", **config, **vars(args)})
         if args.experiment != "stability":
-            _, summary = run_all(config["runs"], config, data, args, run.path, config["layout"],
-                                 f"{args.experiment} on {data.name}")
+            _, summary = run_all(
+                config["runs"],
+                config,
+                data,
+                args,
+                run.path,
+                config["layout"],
+                f"{args.experiment} on {data.name}",
+            )
             print_table(summary)
             print(f"wrote {run.path}/")
             return 0
@@ -293,26 +391,33 @@ def stability(config, data, args, out_dir):
         _, summary = run_all(runs, config, data, args, sub, "mlp", f"tau = {tau:g}", "tau")
         for spec, run in zip(config["runs"], runs):
             s = summary[run["name"]]
-            results[spec["name"]][tau] = None if s["status"] == "diverged" else \
-                s["final_train_loss"]
+            results[spec["name"]][tau] = (
+                None if s["status"] == "diverged" else s["final_train_loss"]
+            )
         table = stability_table(taus, results)
         atomic_write_bytes(out_dir / "stability.md", (table + "\n").encode())
-        write_json(out_dir / "stability.json", {k: {f"{t:g}": v for t, v in r.items()}
-                                                for k, r in results.items()})
+        write_json(
+            out_dir / "stability.json",
+            {k: {f"{t:g}": v for t, v in r.items()} for k, r in results.items()},
+        )
     return table
 
 
 def cmd_info(args):
     import matplotlib
     import scipy
+
     print(f"proxnp {__version__}, Python {platform.python_version()} on {platform.platform()}")
     print(f"numpy {np.__version__}, scipy {scipy.__version__}, matplotlib {matplotlib.__version__}")
     try:
         import scipy.linalg  # noqa: F401  (load SciPy's own BLAS, if it has one, to list it)
         from threadpoolctl import threadpool_info
+
         for lib in threadpool_info():
-            print(f"{lib['user_api']}: {lib['internal_api']} {lib.get('version')}, "
-                  f"{lib['num_threads']} threads ({lib.get('architecture', '')}) {lib['filepath']}")
+            print(
+                f"{lib['user_api']}: {lib['internal_api']} {lib.get('version')}, "
+                f"{lib['num_threads']} threads ({lib.get('architecture', '')}) {lib['filepath']}"
+            )
     except ImportError:
         print("BLAS: threadpoolctl not installed")
     ok, why = gpu_status()
@@ -334,25 +439,32 @@ def main(argv=None):
             args = parser.parse_args(["compare"])
         if command == "info":
             return cmd_info(args)
-        reuse_host_memory()                  # large temporaries reused, not page-faulted again
+        reuse_host_memory()  # large temporaries reused, not page-faulted again
         if args.device == "gpu" and not gpu_status()[0]:
             raise CLIError(f"--device gpu: no usable GPU ({gpu_status()[1]})")
-        return {"compare": cmd_compare, "train": cmd_train,
-                "reproduce": cmd_reproduce}[command](args)
+        return {"compare": cmd_compare, "train": cmd_train, "reproduce": cmd_reproduce}[command](
+            args
+        )
     except USER_ERRORS as exc:
-        print(f"proxnp: error: {exc}" if not str(exc).startswith("proxnp") else str(exc),
-              file=sys.stderr)
+        print(
+            f"proxnp: error: {exc}" if not str(exc).startswith("proxnp") else str(exc),
+            file=sys.stderr,
+        )
         return 2
     except MemoryError as exc:
-        print(f"proxnp: error: out of memory while {STAGE[0]}"
-              f"{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
+        print(
+            f"proxnp: error: out of memory while {STAGE[0]}{f' ({exc})' if str(exc) else ''}",
+            file=sys.stderr,
+        )
         return 2
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"proxnp: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("proxnp: interrupted; results of finished runs are in the output folder",
-              file=sys.stderr)
+        print(
+            "proxnp: interrupted; results of finished runs are in the output folder",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -10,13 +10,14 @@ Defaults that depend on other choices follow the paper (arXiv 1706.04638, §5):
 
 :func:`resolve_train` fills them in, so that config.json records what was used.
 """
+
 import argparse
 import math
 
-from .data import DATASETS
+from ..prox import SOLVERS
+from ..training.data import DATASETS
+from ..training.fit import MAX_CG_ITERS, METHODS, OPTIMIZERS
 from .experiments import EXPERIMENTS
-from .prox import SOLVERS
-from .train import MAX_CG_ITERS, METHODS, OPTIMIZERS
 
 MAX_EPOCHS = 100_000
 MAX_BATCH = 10_000_000
@@ -28,6 +29,7 @@ TRAIN_DEFAULTS = {"epochs": 20, "batch_size": 100, "hidden": (256, 256), "moment
 
 def int_in(low, high):
     """argparse type: an integer in [low, high]."""
+
     def parse(s):
         try:
             v = int(s)
@@ -36,6 +38,7 @@ def int_in(low, high):
         if not low <= v <= high:
             raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {v}")
         return v
+
     return parse
 
 
@@ -48,15 +51,21 @@ def float_in(low, high, low_open=True, high_open=False):
             v = float(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-        ok = math.isfinite(v) and (v > low if low_open else v >= low) \
+        ok = (
+            math.isfinite(v)
+            and (v > low if low_open else v >= low)
             and (v < high if high_open else v <= high)
+        )
         if not ok and math.isinf(high):
-            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if low_open else '>='}"
-                                             f" {low:g}, got {s}")
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {'>' if low_open else '>='} {low:g}, got {s}"
+            )
         if not ok:
-            raise argparse.ArgumentTypeError(f"must be a finite number in {lo}{low:g}, "
-                                             f"{high:g}{hi}, got {s}")
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number in {lo}{low:g}, {high:g}{hi}, got {s}"
+            )
         return v
+
     return parse
 
 
@@ -76,25 +85,55 @@ class Parser(argparse.ArgumentParser):
 
 def common(p, epochs, batch):
     """Options of every training command; ``epochs``, ``batch``: their defaults, in words."""
-    p.add_argument("--out-dir", help="output folder (default: a new folder "
-                   "runs/<command>-<date>-<time>-<pid>-<random>)")
-    p.add_argument("--epochs", type=int_in(1, MAX_EPOCHS), default=None,
-                   help=f"training epochs (default: {epochs})")
-    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=None,
-                   help=f"mini-batch size, at most the training samples (default: {batch})")
-    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
-                   help="drives init, shuffling and splits (default: 0)")
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
-                   help="where to compute (default: cpu)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                   help="floating point type (default: float32)")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with your data files (default: none; needed for cifar10, "
-                        "mnist, fashion-mnist)")
-    p.add_argument("--subset", type=int_in(1, MAX_BATCH), default=None,
-                   help="use only the first N training samples (default: all)")
-    p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None,
-                   help="threads for BLAS and for proxnp's own copy loops (default: one per core)")
+    p.add_argument(
+        "--out-dir",
+        help="output folder (default: a new folder runs/<command>-<date>-<time>-<pid>-<random>)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int_in(1, MAX_EPOCHS),
+        default=None,
+        help=f"training epochs (default: {epochs})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int_in(1, MAX_BATCH),
+        default=None,
+        help=f"mini-batch size, at most the training samples (default: {batch})",
+    )
+    p.add_argument(
+        "--seed",
+        type=int_in(0, MAX_SEED),
+        default=0,
+        help="drives init, shuffling and splits (default: 0)",
+    )
+    p.add_argument(
+        "--device", choices=["cpu", "gpu"], default="cpu", help="where to compute (default: cpu)"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="floating point type (default: float32)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with your data files (default: none; needed for cifar10, "
+        "mnist, fashion-mnist)",
+    )
+    p.add_argument(
+        "--subset",
+        type=int_in(1, MAX_BATCH),
+        default=None,
+        help="use only the first N training samples (default: all)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int_in(1, MAX_THREADS),
+        default=None,
+        help="threads for BLAS and for proxnp's own copy loops (default: one per core)",
+    )
 
 
 def build_parser(version):
@@ -103,39 +142,76 @@ def build_parser(version):
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
     p = sub.add_parser("compare", help="BackProp vs ProxProp on the embedded digits (default)")
     common(p, EXPERIMENTS["compare"]["epochs"], EXPERIMENTS["compare"]["batch_size"])
-    p.add_argument("--dataset", choices=DATASETS, default=None,
-                   help="data set (default: digits)")
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="data set (default: digits)")
     p = sub.add_parser("train", help="one run with every knob")
     common(p, TRAIN_DEFAULTS["epochs"], TRAIN_DEFAULTS["batch_size"])
-    p.add_argument("--model", choices=["mlp", "convnet"], default="mlp",
-                   help="architecture (default: mlp)")
-    p.add_argument("--hidden", type=int_in(1, MAX_HIDDEN), nargs="+", default=None,
-                   help="hidden sizes of the MLP (default: 256 256)")
-    p.add_argument("--dataset", choices=DATASETS, default="digits",
-                   help="data set (default: digits)")
-    p.add_argument("--method", choices=METHODS, default="proxprop",
-                   help="direction (default: proxprop)")
-    p.add_argument("--solver", choices=SOLVERS, default="cg",
-                   help="how ProxProp solves the proximal step (default: cg)")
-    p.add_argument("--cg-iters", type=int_in(1, MAX_CG_ITERS), default=3,
-                   help=f"CG iterations per proximal step, at most {MAX_CG_ITERS} (default: 3)")
-    p.add_argument("--tau-theta", type=positive, default=None,
-                   help="proximal step size tau_theta (default: 0.05 for mlp, 1 for convnet)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="nesterov",
-                   help="optimizer fed with the direction (default: nesterov)")
-    p.add_argument("--lr", type=positive, default=None,
-                   help="learning rate, the paper's tau (default: 1e-3 with adam; otherwise "
-                        "0.05 for backprop, 1 for proxprop)")
-    p.add_argument("--momentum", type=float_in(0, 1, low_open=False, high_open=True),
-                   default=None, help="momentum of sgd/nesterov, in [0, 1) (default: 0.95)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out-dir (default: off)")
+    p.add_argument(
+        "--model", choices=["mlp", "convnet"], default="mlp", help="architecture (default: mlp)"
+    )
+    p.add_argument(
+        "--hidden",
+        type=int_in(1, MAX_HIDDEN),
+        nargs="+",
+        default=None,
+        help="hidden sizes of the MLP (default: 256 256)",
+    )
+    p.add_argument(
+        "--dataset", choices=DATASETS, default="digits", help="data set (default: digits)"
+    )
+    p.add_argument(
+        "--method", choices=METHODS, default="proxprop", help="direction (default: proxprop)"
+    )
+    p.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        default="cg",
+        help="how ProxProp solves the proximal step (default: cg)",
+    )
+    p.add_argument(
+        "--cg-iters",
+        type=int_in(1, MAX_CG_ITERS),
+        default=3,
+        help=f"CG iterations per proximal step, at most {MAX_CG_ITERS} (default: 3)",
+    )
+    p.add_argument(
+        "--tau-theta",
+        type=positive,
+        default=None,
+        help="proximal step size tau_theta (default: 0.05 for mlp, 1 for convnet)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="nesterov",
+        help="optimizer fed with the direction (default: nesterov)",
+    )
+    p.add_argument(
+        "--lr",
+        type=positive,
+        default=None,
+        help="learning rate, the paper's tau (default: 1e-3 with adam; otherwise "
+        "0.05 for backprop, 1 for proxprop)",
+    )
+    p.add_argument(
+        "--momentum",
+        type=float_in(0, 1, low_open=False, high_open=True),
+        default=None,
+        help="momentum of sgd/nesterov, in [0, 1) (default: 0.95)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out-dir (default: off)"
+    )
     p = sub.add_parser("reproduce", help="the paper's experiments on CIFAR-10 (--data-dir)")
     p.add_argument("experiment", choices=["mlp", "convnet", "stability"])
     common(p, "50, as in the paper", "500, as in the paper")
-    p.add_argument("--taus", type=positive, nargs="+", default=None,
-                   help="step sizes of the stability sweep (default: the paper's "
-                        "50 10 5 1 0.5 0.1 0.05 5e-3 5e-4)")
+    p.add_argument(
+        "--taus",
+        type=positive,
+        nargs="+",
+        default=None,
+        help="step sizes of the stability sweep (default: the paper's "
+        "50 10 5 1 0.5 0.1 0.05 5e-3 5e-4)",
+    )
     sub.add_parser("info", help="versions, BLAS, GPU")
     return parser
 
@@ -147,18 +223,21 @@ def resolve_train(args):
     if args.model == "convnet" and args.hidden is not None:
         raise OptionError("--hidden applies to --model mlp only")
     if args.optimizer == "adam" and args.momentum is not None:
-        raise OptionError("--momentum applies to --optimizer sgd or nesterov, not adam "
-                         "(Adam uses betas 0.9, 0.999)")
+        raise OptionError(
+            "--momentum applies to --optimizer sgd or nesterov, not adam "
+            "(Adam uses betas 0.9, 0.999)"
+        )
     if args.model == "mlp" and args.hidden is None:
         args.hidden = list(TRAIN_DEFAULTS["hidden"])
     if args.momentum is None:
         args.momentum = 0.0 if args.optimizer == "adam" else TRAIN_DEFAULTS["momentum"]
     if args.optimizer == "nesterov" and args.momentum == 0:
-        raise OptionError("--momentum 0 with --optimizer nesterov: Nesterov needs momentum "
-                         "in (0, 1); use --optimizer sgd for plain SGD")
+        raise OptionError(
+            "--momentum 0 with --optimizer nesterov: Nesterov needs momentum "
+            "in (0, 1); use --optimizer sgd for plain SGD"
+        )
     if args.lr is None:
-        args.lr = 1e-3 if args.optimizer == "adam" else (
-            0.05 if args.method == "backprop" else 1.0)
+        args.lr = 1e-3 if args.optimizer == "adam" else (0.05 if args.method == "backprop" else 1.0)
     if args.tau_theta is None:
         args.tau_theta = 1.0 if args.model == "convnet" else 0.05
     args.epochs = TRAIN_DEFAULTS["epochs"] if args.epochs is None else args.epochs

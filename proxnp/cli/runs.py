@@ -20,6 +20,7 @@
   with results is refused; one with ``checkpoint.npz`` can be continued with
   ``--resume``.  Stale ``.tmp-*`` files of a writer that was killed are removed.
 """
+
 import os
 import pathlib
 import secrets
@@ -28,7 +29,7 @@ import time
 
 try:
     import fcntl
-except ImportError:            # Windows: no advisory locks
+except ImportError:  # Windows: no advisory locks
     fcntl = None
 
 LOCK_NAME = ".proxnp.lock"
@@ -79,7 +80,7 @@ class RunDir:
 
     def release(self):
         if self._fd is not None:
-            os.close(self._fd)       # closing the descriptor drops the flock
+            os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
     def __enter__(self):
@@ -106,9 +107,11 @@ def _lock(folder):
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
         os.close(fd)
-        raise RunDirError(f"output directory {folder} is in use by another proxnp run"
-                          f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it or "
-                          "choose another --out-dir") from None
+        raise RunDirError(
+            f"output directory {folder} is in use by another proxnp run"
+            f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it or "
+            "choose another --out-dir"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
@@ -120,10 +123,15 @@ def _check_reusable(folder, resume):
     if resume:
         return
     if not all(_is_leftover(p) for p in folder.iterdir()):
-        hint = (" (it holds a checkpoint: continue that run with --resume)"
-                if (folder / "checkpoint.npz").exists() else "")
-        raise RunDirError(f"output directory {folder} exists and is not empty{hint}; "
-                          "choose another --out-dir (nothing is overwritten)")
+        hint = (
+            " (it holds a checkpoint: continue that run with --resume)"
+            if (folder / "checkpoint.npz").exists()
+            else ""
+        )
+        raise RunDirError(
+            f"output directory {folder} exists and is not empty{hint}; "
+            "choose another --out-dir (nothing is overwritten)"
+        )
 
 
 def check_run_dir(out_dir, resume=False):
@@ -150,31 +158,35 @@ def claim_run_dir(out_dir, command, resume=False):
             except FileExistsError:
                 continue
             except OSError as exc:
-                raise RunDirError(f"cannot create the output directory {folder}: "
-                                  f"{exc.strerror or exc}") from None
+                raise RunDirError(
+                    f"cannot create the output directory {folder}: {exc.strerror or exc}"
+                ) from None
         raise RunDirError(f"cannot find a free folder name under {folder.parent}")
     folder = pathlib.Path(out_dir)
     if resume:
         check_run_dir(folder, resume=True)
     else:
-        check_run_dir(folder)                    # refuse without creating a lock file
+        check_run_dir(folder)  # refuse without creating a lock file
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
             try:
                 folder.mkdir()
             except FileExistsError:
-                pass                              # exists (or just made by a rival): lock decides
+                pass  # exists (or just made by a rival): lock decides
         except OSError as exc:
-            raise RunDirError(f"cannot create the output directory {folder}: "
-                              f"{exc.strerror or exc}") from None
+            raise RunDirError(
+                f"cannot create the output directory {folder}: {exc.strerror or exc}"
+            ) from None
     fd = _lock(folder)
     try:
-        _check_reusable(folder, resume)          # again, now that no one else can change it
+        _check_reusable(folder, resume)  # again, now that no one else can change it
         if resume:
             if not (folder / "checkpoint.npz").is_file():
-                raise RunDirError(f"--resume: no checkpoint.npz in {folder} (the run there "
-                                  "finished no epoch; start it again without --resume: the "
-                                  "folder is reused)")
+                raise RunDirError(
+                    f"--resume: no checkpoint.npz in {folder} (the run there "
+                    "finished no epoch; start it again without --resume: the "
+                    "folder is reused)"
+                )
             remove_stale_temps(folder)
         else:
             _remove_leftovers(folder, keep={LOCK_NAME})

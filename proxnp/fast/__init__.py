@@ -1,14 +1,21 @@
-"""Which code runs: the fast kernels (the default) or the plain reference path.
+"""The fast path: the same numbers as the reading path, computed faster; and the switch between them.
+
+* :mod:`proxnp.fast.layers` -- convolution and pooling over host threads.
+* :mod:`proxnp.fast.prox` -- the proximal step in the cheaper space (range-space CG, eigenbasis).
+* :mod:`proxnp.fast.cpu` -- host threads and BLAS thread limits.
+
+Which code runs: the fast kernels (the default) or the plain reference path.
 
     with proxnp.reference():         # every layer operation and proximal step in plain code
         pn.proxprop(model, loss_fn, x, y)
 
 The reference path is the reading path (:mod:`proxnp.functional`, :mod:`proxnp.prox`):
-each equation written once in NumPy/CuPy.  The fast kernels (:mod:`proxnp.fast_layers`,
-:mod:`proxnp.fast_prox`) compute the same numbers, up to rounding, with the same
+each equation written once in NumPy/CuPy.  The fast kernels (:mod:`proxnp.fast.layers`,
+:mod:`proxnp.fast.prox`) compute the same numbers, up to rounding, with the same
 signatures and caches.  Layers and :func:`proxnp.proxprop` ask :func:`use_fast` which
 to call.  The switch is one process-wide flag (not per thread).
 """
+
 import contextlib
 
 _reference_only = False

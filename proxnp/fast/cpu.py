@@ -18,6 +18,7 @@ None of this changes a number; it only decides how the fast kernels
 On a GPU none of this applies: a kernel is already parallel, so every function here
 runs a CuPy computation as one call.
 """
+
 import contextlib
 import functools
 import os
@@ -27,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 MAX_HOST_THREADS = 8
-_host_threads = None          # set by limit_threads; None: one per usable core
+_host_threads = None  # set by limit_threads; None: one per usable core
 _pool = None
 _in_part = threading.local()  # set inside a part: nested sections run serially
 _pool_lock = threading.Lock()
@@ -39,12 +40,15 @@ def _blas_libs(of_numpy):
     """threadpoolctl handles of the BLAS libraries NumPy uses (True), or of those SciPy
     loaded besides them (False)."""
     try:
-        import scipy.linalg  # noqa: F401, PLC0415 - make sure SciPy's BLAS is loaded
-        from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+        import scipy.linalg  # noqa: F401 - make sure SciPy's BLAS is loaded
+        from threadpoolctl import ThreadpoolController
     except ImportError:
         return ()
-    return tuple(lib for lib in ThreadpoolController().lib_controllers
-                 if lib.user_api == "blas" and ("numpy" in lib.filepath) == of_numpy)
+    return tuple(
+        lib
+        for lib in ThreadpoolController().lib_controllers
+        if lib.user_api == "blas" and ("numpy" in lib.filepath) == of_numpy
+    )
 
 
 @contextlib.contextmanager
@@ -76,7 +80,7 @@ def limit_threads(n):
     """
     if n is None:
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    from threadpoolctl import threadpool_limits
 
     stack = contextlib.ExitStack()
     stack.enter_context(threadpool_limits(limits=int(n), user_api="blas"))
@@ -101,10 +105,9 @@ def host_threads():
         return _host_threads
     try:
         cores = len(os.sched_getaffinity(0))
-    except AttributeError:                        # not on Linux
+    except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, min(cores, MAX_HOST_THREADS))
-
 
 
 @contextlib.contextmanager
@@ -147,7 +150,7 @@ def in_parallel(xp, n, fn):
         try:
             part(bounds[0], bounds[1])
         finally:
-            errors = [f.exception() for f in futures]     # waits for every part
+            errors = [f.exception() for f in futures]  # waits for every part
     for err in errors:
         if err is not None:
             raise err
@@ -165,11 +168,13 @@ def parallel_sum(xp, n, fn, block=None):
     starts = range(0, max(n, 1), block)
     partial = {}
 
-    def blocks(b0, b1):                                       # blocks [b0, b1)
+    def blocks(b0, b1):  # blocks [b0, b1)
         for a in starts[b0:b1]:
             terms = fn(a, min(a + block, n))
-            partial[b0] = terms if b0 not in partial else \
-                tuple(s + t for s, t in zip(partial[b0], terms))
+            partial[b0] = (
+                terms if b0 not in partial else tuple(s + t for s, t in zip(partial[b0], terms))
+            )
+
     in_parallel(xp, len(starts), blocks)
     total = None
     for b0 in sorted(partial):
@@ -188,15 +193,16 @@ def reuse_host_memory():
     resident peak.  Process-wide, so the command line and the benchmarks call it; importing
     proxnp never does.  A no-op (False) without glibc.
     """
-    import ctypes  # noqa: PLC0415
-    import platform  # noqa: PLC0415
+    import ctypes
+    import platform
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and \
-            bool(libc.mallopt(m_trim_threshold, (1 << 31) - 1))
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(
+            libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+        )
     except (OSError, AttributeError):
         return False

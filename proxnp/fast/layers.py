@@ -11,9 +11,10 @@ channels-first buffers, with a one-byte arg-max, instead of stacking the windows
 Outputs are returned as channels-first views, which the next layer reads without a copy.
 On a GPU every part is the whole batch: one call per kernel.
 """
-from .backend import get_xp
+
+from ..backend import get_xp
+from ..functional import Conv2dCache, MaxPoolCache, conv_channel_rows, conv_out_size, pool_window
 from .cpu import in_parallel, parallel_sum
-from .functional import Conv2dCache, MaxPoolCache, conv_channel_rows, conv_out_size, pool_window
 
 
 def _channels_first(x, padding):
@@ -24,7 +25,7 @@ def _channels_first(x, padding):
         return x_t
     C, N, H, W = x_t.shape
     out = xp.zeros((C, N, H + 2 * padding, W + 2 * padding), dtype=x.dtype)
-    out[:, :, padding:padding + H, padding:padding + W] = x_t
+    out[:, :, padding : padding + H, padding : padding + W] = x_t
     return out
 
 
@@ -36,7 +37,9 @@ def _copy_patches(cols, x_t, n0, n1, stride):
     _, kh, kw, _, Ho, Wo = cols.shape
     for i in range(kh):
         for j in range(kw):
-            cols[:, i, j, n0:n1] = x_t[:, n0:n1, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+            cols[:, i, j, n0:n1] = x_t[
+                :, n0:n1, i : i + stride * Ho : stride, j : j + stride * Wo : stride
+            ]
 
 
 def _add_patches(dx_t, dcols, n0, n1, stride):
@@ -47,7 +50,9 @@ def _add_patches(dx_t, dcols, n0, n1, stride):
     _, kh, kw, _, Ho, Wo = dcols.shape
     for i in range(kh):
         for j in range(kw):
-            dx_t[:, n0:n1, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += dcols[:, i, j]
+            dx_t[:, n0:n1, i : i + stride * Ho : stride, j : j + stride * Wo : stride] += dcols[
+                :, i, j
+            ]
 
 
 def _patch_buffer(x, kh, kw, stride, padding):
@@ -67,7 +72,7 @@ def _padded_zeros(xp, x_shape, padding, dtype):
 def _unpad(dx_t, x_shape, padding):
     """(C, N, H + 2p, W + 2p) -> dx (N, C, H, W), a channels-first view."""
     N, C, H, Wd = x_shape
-    return dx_t[:, :, padding:padding + H, padding:padding + Wd].transpose(1, 0, 2, 3)
+    return dx_t[:, :, padding : padding + H, padding : padding + Wd].transpose(1, 0, 2, 3)
 
 
 def conv2d_forward(x, W, b, stride=1, padding=0):
@@ -88,9 +93,10 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
 
     def images(n0, n1):
         _copy_patches(cols, x_t, n0, n1, stride)
-        r = slice(n0 * Ho * Wo, n1 * Ho * Wo)            # their columns of patches_T and z
+        r = slice(n0 * Ho * Wo, n1 * Ho * Wo)  # their columns of patches_T and z
         xp.matmul(W_mat, patches_T[:, r], out=z[:, r])
         z[:, r] += b[:, None]
+
     in_parallel(xp, N, images)
     z = z.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3)
     return z, Conv2dCache(patches_T, W, x.shape, stride, padding)
@@ -104,7 +110,7 @@ def conv2d_backward(dz, cache, need_dx=True):
     """
     xp = get_xp(dz, cache.W)
     N, Ho, Wo = dz.shape[0], dz.shape[2], dz.shape[3]
-    dz_mat = conv_channel_rows(dz)                         # (F, N*Ho*Wo)
+    dz_mat = conv_channel_rows(dz)  # (F, N*Ho*Wo)
     dtype = xp.result_type(cache.W, dz)
     dx_t = _padded_zeros(xp, cache.x_shape, cache.padding, dtype) if need_dx else None
 
@@ -112,8 +118,9 @@ def conv2d_backward(dz, cache, need_dx=True):
         if need_dx:
             _input_grad_images(dz_mat, cache, dx_t, n0, n1)
         r = slice(n0 * Ho * Wo, n1 * Ho * Wo)
-        return (dz_mat[:, r] @ cache.patches_T[:, r].T,)   # these images' share of dW
-    dW, = parallel_sum(xp, N, images)
+        return (dz_mat[:, r] @ cache.patches_T[:, r].T,)  # these images' share of dW
+
+    (dW,) = parallel_sum(xp, N, images)
     dW = dW.reshape(cache.W.shape)
     db = dz_mat.sum(axis=1)
     dx = _unpad(dx_t, cache.x_shape, cache.padding) if need_dx else None
@@ -133,9 +140,11 @@ def _input_grad_images(dz_mat, cache, dx_t, n0, n1):
     """dx of the images n0..n1-1: col2im of W_mat^T @ their columns of dz_mat."""
     F, C, kh, kw = cache.W.shape
     _, _, H, Wd = cache.x_shape
-    Ho, Wo = conv_out_size(H, kh, cache.stride, cache.padding), \
-        conv_out_size(Wd, kw, cache.stride, cache.padding)
-    dcols = cache.W.reshape(F, -1).T @ dz_mat[:, n0 * Ho * Wo:n1 * Ho * Wo]
+    Ho, Wo = (
+        conv_out_size(H, kh, cache.stride, cache.padding),
+        conv_out_size(Wd, kw, cache.stride, cache.padding),
+    )
+    dcols = cache.W.reshape(F, -1).T @ dz_mat[:, n0 * Ho * Wo : n1 * Ho * Wo]
     _add_patches(dx_t, dcols.reshape(C, kh, kw, n1 - n0, Ho, Wo), n0, n1, cache.stride)
 
 
@@ -153,11 +162,11 @@ def max_pool2d_forward(x, kernel=2, stride=None):
     N, C, H, Wd = x.shape
     Ho, Wo = conv_out_size(H, kernel, stride, 0), conv_out_size(Wd, kernel, stride, 0)
     idx_dtype = xp.int8 if kernel * kernel < 128 else xp.int32
-    x_t = x.transpose(1, 0, 2, 3)                 # (C, N, H, W)
+    x_t = x.transpose(1, 0, 2, 3)  # (C, N, H, W)
     out = xp.empty((C, N, Ho, Wo), dtype=x.dtype)
     argmax = xp.zeros((C, N, Ho, Wo), dtype=idx_dtype)
 
-    def pool_images(n0, n1):                      # images [n0, n1) of out and argmax
+    def pool_images(n0, n1):  # images [n0, n1) of out and argmax
         x_part, out_part, argmax_part = x_t[:, n0:n1], out[:, n0:n1], argmax[:, n0:n1]
         v = xp.empty_like(out_part)
         for idx in range(kernel * kernel):
@@ -165,12 +174,13 @@ def max_pool2d_forward(x, kernel=2, stride=None):
             if idx == 0:
                 xp.copyto(out_part, x_part[window])
                 continue
-            xp.copyto(v, x_part[window])             # contiguous: strided compares are slow
-            better = v > out_part                    # strict: ties keep the first position
+            xp.copyto(v, x_part[window])  # contiguous: strided compares are slow
+            better = v > out_part  # strict: ties keep the first position
             # argmax = where(better, idx, argmax), written as a maximum (every earlier
             # index is < idx): NumPy's masked copy of a scalar is far slower.
             xp.maximum(argmax_part, better.astype(idx_dtype) * idx_dtype(idx), out=argmax_part)
             xp.maximum(out_part, v, out=out_part)
+
     in_parallel(xp, N, pool_images)
     nchw = (1, 0, 2, 3)
     return out.transpose(nchw), MaxPoolCache(argmax.transpose(nchw), x.shape, kernel, stride)
@@ -187,13 +197,14 @@ def max_pool2d_backward(dout, cache):
     dx = xp.zeros((C, N, H, W), dtype=dout.dtype)
     dout_t, argmax_t = dout.transpose(1, 0, 2, 3), argmax.transpose(1, 0, 2, 3)
 
-    def route_images(n0, n1):                     # images [n0, n1) of dx
+    def route_images(n0, n1):  # images [n0, n1) of dx
         dx_part, dout_part, argmax_part = dx[:, n0:n1], dout_t[:, n0:n1], argmax_t[:, n0:n1]
         for idx in range(k * k):
             window = pool_window(*divmod(idx, k), s, dout.shape[2], dout.shape[3])
-            if k == s:                            # windows do not overlap: write in place
+            if k == s:  # windows do not overlap: write in place
                 xp.multiply(dout_part, argmax_part == idx, out=dx_part[window])
             else:
                 dx_part[window] += dout_part * (argmax_part == idx)
+
     in_parallel(xp, N, route_images)
     return dx.transpose(1, 0, 2, 3)

@@ -19,18 +19,19 @@ Same signatures and directions (up to rounding) as the reference; what differs i
 * **Thread rules**: a conv layer's small Gram-space CG products run on one BLAS thread,
   so that no OpenBLAS worker is left spinning on a core the next layer's host threads need.
 """
+
 import contextlib
 
 import numpy as np
 
-from .backend import eigh, get_xp, spd_inverse, spd_solve
-from .cg import CGInfo, block_cg, scipy_cg
+from ..backend import eigh, get_xp, spd_inverse, spd_solve
+from ..cg import CGInfo, block_cg, scipy_cg
+from ..prox import apply_A, check_solver_and_space, row_gram
 from .cpu import numpy_blas_one_thread, parallel_sum, scipy_single_thread
-from .prox import apply_A, check_solver_and_space, row_gram
 
-SMALL_PRODUCT = 1 << 24        # multiply-adds below which a product runs on one BLAS thread
-BLOCK_BYTES = 1 << 22          # rows of P per block of apply_AtA: about 4 MiB
-CG_BLOCK_BYTES = 1 << 23       # the range-space CG's eight work arrays per column block
+SMALL_PRODUCT = 1 << 24  # multiply-adds below which a product runs on one BLAS thread
+BLOCK_BYTES = 1 << 22  # rows of P per block of apply_AtA: about 4 MiB
+CG_BLOCK_BYTES = 1 << 23  # the range-space CG's eight work arrays per column block
 
 
 # ------------------------------------------------------------ A^T-products over row blocks
@@ -39,8 +40,9 @@ def apply_At(P, Y):
     xp = get_xp(P, Y)
     R, D = P.shape
     if R > D + 1:
-        PtY, colsum = parallel_sum(xp, R, lambda r0, r1: (P[r0:r1].T @ Y[r0:r1],
-                                                           Y[r0:r1].sum(axis=0)))
+        PtY, colsum = parallel_sum(
+            xp, R, lambda r0, r1: (P[r0:r1].T @ Y[r0:r1], Y[r0:r1].sum(axis=0))
+        )
         return xp.concatenate([PtY, colsum[None, :]], axis=0)
     out = xp.empty((D + 1, Y.shape[1]), dtype=xp.result_type(P, Y))
     xp.matmul(P.T, Y, out=out[:-1])
@@ -60,8 +62,9 @@ def apply_AtA(P, X, block_rows=None):
         block_rows = R if xp is not np else max(1, BLOCK_BYTES // (D * P.itemsize))
 
     def block(r0, r1):
-        Y_r = apply_A(P[r0:r1], X)                            # A_r X, still in cache
+        Y_r = apply_A(P[r0:r1], X)  # A_r X, still in cache
         return P[r0:r1].T @ Y_r, Y_r.sum(axis=0)
+
     PtY, colsum = parallel_sum(xp, R, block, max(1, block_rows))
     return xp.concatenate([PtY, colsum[None, :]], axis=0)
 
@@ -70,8 +73,14 @@ def col_gram(P):
     """A^T A = [[P^T P, P^T 1], [1^T P, R]]   (D+1, D+1), summed over row blocks."""
     xp = get_xp(P)
     R = P.shape[0]
-    PtP, colsum = parallel_sum(xp, R, lambda r0, r1: (P[r0:r1].T @ P[r0:r1],  # BLAS syrk
-                                                       P[r0:r1].sum(axis=0)))
+    PtP, colsum = parallel_sum(
+        xp,
+        R,
+        lambda r0, r1: (
+            P[r0:r1].T @ P[r0:r1],  # BLAS syrk
+            P[r0:r1].sum(axis=0),
+        ),
+    )
     top = xp.concatenate([PtP, colsum[:, None]], axis=1)
     bottom = xp.concatenate([colsum, xp.asarray([R], dtype=P.dtype)])[None, :]
     return xp.concatenate([top, bottom], axis=0)
@@ -85,8 +94,10 @@ def choose_space(R, D1, out, solver, cg_iters):
     count is tripled (bench/RESULTS.md has the per-layer timings behind the factor).
     """
     per_solve = out if solver == "exact" else cg_iters * out
-    cost = {"row": R * R * D1 / 2 + R * R * per_solve,
-            "gram": R * D1 * D1 / 2 + D1 * D1 * per_solve}
+    cost = {
+        "row": R * R * D1 / 2 + R * R * per_solve,
+        "gram": R * D1 * D1 / 2 + D1 * D1 * per_solve,
+    }
     if solver == "cg":
         cost["matfree"] = 3 * cg_iters * 2 * R * D1 * out
     return min(cost, key=cost.get)
@@ -116,10 +127,14 @@ def range_space_cg(K, g, beta, iters, tol=None, variant="textbook", basis="auto"
     if basis == "eigen" or (basis == "auto" and use_eigenbasis(K.shape[0], g.shape[1], iters, xp)):
         with scipy_single_thread():
             lam, Q = eigh(xp, K)
-        lam = xp.maximum(lam, 0)[:, None]                     # K is PSD; clip rounding
+        lam = xp.maximum(lam, 0)[:, None]  # K is PSD; clip rounding
         u_hat, info = _in_column_blocks(
-            lambda g_blk: _range_space_cg(lambda r, out: xp.multiply(lam, r, out=out), g_blk,
-                                          beta, iters, tol, variant), Q.T @ g, tol)
+            lambda g_blk: _range_space_cg(
+                lambda r, out: xp.multiply(lam, r, out=out), g_blk, beta, iters, tol, variant
+            ),
+            Q.T @ g,
+            tol,
+        )
         return Q @ u_hat, info
     return _range_space_cg(lambda r, out: xp.matmul(K, r, out=out), g, beta, iters, tol, variant)
 
@@ -148,8 +163,8 @@ def _in_column_blocks(run, g, tol):
     u = xp.empty_like(g)
     norms = []
     for c0 in range(0, s, width):
-        u_blk, info = run(xp.ascontiguousarray(g[:, c0:c0 + width]))
-        u[:, c0:c0 + width] = u_blk
+        u_blk, info = run(xp.ascontiguousarray(g[:, c0 : c0 + width]))
+        u[:, c0 : c0 + width] = u_blk
         norms.append(info.residual_norms)
     return u, CGInfo(info.iterations, xp.concatenate(norms, axis=1))
 
@@ -163,7 +178,7 @@ def use_eigenbasis(R, out, iters, xp=np):
     """
     if xp is not np:
         return False
-    return 10 * R ** 3 + 2 * R * R * out < iters * R * R * out
+    return 10 * R**3 + 2 * R * R * out < iters * R * R * out
 
 
 def _range_space_cg(apply_K, g, beta, iters, tol, variant):
@@ -171,7 +186,7 @@ def _range_space_cg(apply_K, g, beta, iters, tol, variant):
     xp = get_xp(g)
     eps = 1e-6 if variant == "authors" else 0.0
 
-    def coldot(a, b):                                       # column-wise a_j^T b_j
+    def coldot(a, b):  # column-wise a_j^T b_j
         return xp.einsum("ij,ij->j", a, b)
 
     u = xp.zeros_like(g)
@@ -184,27 +199,27 @@ def _range_space_cg(apply_K, g, beta, iters, tol, variant):
     k = 0
     for k in range(1, int(iters) + 1):
         xp.multiply(p, beta, out=q)
-        q += Kp                                               # q = (K + beta I) p
-        den = coldot(Kp, q) + eps                             # <p, M p>
+        q += Kp  # q = (K + beta I) p
+        den = coldot(Kp, q) + eps  # <p, M p>
         ok = den > 0
         alpha = xp.where(ok, rs_old / xp.where(ok, den, 1), 0)
-        u += xp.multiply(p, alpha, out=tmp)                   # u += alpha p
-        if k == iters:                                        # the last residual is not needed
+        u += xp.multiply(p, alpha, out=tmp)  # u += alpha p
+        if k == iters:  # the last residual is not needed
             break
-        r -= xp.multiply(q, alpha, out=tmp)                   # r -= alpha q
+        r -= xp.multiply(q, alpha, out=tmp)  # r -= alpha q
         apply_K(r, Kr)
-        rs_new = coldot(r, Kr)                                # <r, r>
+        rs_new = coldot(r, Kr)  # <r, r>
         norms.append(xp.sqrt(xp.maximum(rs_new, 0)))
-        if tol is not None and float(rs_new.max()) < tol ** 2 * float(tol_scale):
+        if tol is not None and float(rs_new.max()) < tol**2 * float(tol_scale):
             break
         ok = rs_old + eps > 0
         b = xp.where(ok, rs_new / xp.where(ok, rs_old + eps, 1), 0)
-        if variant == "authors" and k == 1:                   # p_0 aliased r_0
+        if variant == "authors" and k == 1:  # p_0 aliased r_0
             b = b + 1
             xp.multiply(r, b, out=p)
             xp.multiply(Kr, b, out=Kp)
         else:
-            p *= b                                            # p = r + b p
+            p *= b  # p = r + b p
             p += r
             Kp *= b
             Kp += Kr
@@ -229,8 +244,17 @@ def woodbury_solve(K_beta, g):
     return woodbury_inverse(K_beta) @ g
 
 
-def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
-                   cg_backend="proxnp", cg_variant="textbook", cg_tol=None):
+def prox_direction(
+    P,
+    g,
+    tau_theta,
+    solver="cg",
+    cg_iters=3,
+    space="auto",
+    cg_backend="proxnp",
+    cg_variant="textbook",
+    cg_tol=None,
+):
     """The direction of :func:`proxnp.prox.prox_direction`, computed the fast way.
 
     ``space="auto"`` takes the cost model :func:`choose_space`; ``"row"`` with CG runs
@@ -241,17 +265,17 @@ def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
     R, D1, out = P.shape[0], P.shape[1] + 1, g.shape[1]
     check_solver_and_space(solver, space)
     if solver == "gradient":
-        return apply_At(P, g), None                           # explicit step: grad J
+        return apply_At(P, g), None  # explicit step: grad J
     if space == "auto":
         space = choose_space(R, D1, out, solver, cg_iters)
     if cg_backend == "scipy" and space == "row":
-        space = "gram"                                        # SciPy's cg works on Theta
+        space = "gram"  # SciPy's cg works on Theta
     if space == "row":
         K_beta = row_gram(P)
-        if solver == "exact":                                 # Woodbury / push-through
+        if solver == "exact":  # Woodbury / push-through
             K_beta[xp.diag_indices(R)] += beta
-            if D1 < out:                                      # A^T (K + beta I)^{-1} first:
-                return apply_At(P, woodbury_inverse(K_beta)) @ g, None   # (D+1) R^2 < R^2 out
+            if D1 < out:  # A^T (K + beta I)^{-1} first:
+                return apply_At(P, woodbury_inverse(K_beta)) @ g, None  # (D+1) R^2 < R^2 out
             return apply_At(P, woodbury_solve(K_beta, g)), None
         u, info = range_space_cg(K_beta, g, beta, cg_iters, cg_tol, cg_variant)
         return apply_At(P, u), info
@@ -264,13 +288,14 @@ def prox_direction(P, g, tau_theta, solver="cg", cg_iters=3, space="auto",
 
         def apply_M(X):
             return M @ X
-    else:                                                     # "matfree"
+    else:  # "matfree"
         if solver == "exact":
             raise ValueError("the exact solver needs space 'row' or 'gram', not 'matfree'")
 
         def apply_M(X):
             return apply_AtA(P, X) + beta * X
-    rhs = apply_At(P, g)                                      # = grad_Theta J
+
+    rhs = apply_At(P, g)  # = grad_Theta J
     small = xp is np and space == "gram" and D1 * D1 * out < SMALL_PRODUCT
     with numpy_blas_one_thread() if small else contextlib.nullcontext():
         if cg_backend == "scipy":

@@ -16,6 +16,7 @@ must be those of the run being resumed; a missing optimizer state is an error,
 not fresh momentum; NaN or inf in any array is refused.  Only when all of this
 holds are model, optimizer and RNG changed.
 """
+
 import json
 import math
 import numbers
@@ -23,13 +24,21 @@ import zipfile
 
 import numpy as np
 
-from . import optim
-from .backend import to_numpy
-from .model import atomic_savez, load_npz
+from .. import optim
+from ..backend import to_numpy
+from .files import atomic_savez, load_npz
 
 META_MAX_BYTES = 64 << 20
-RECORD_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "batch_loss",
-               "epoch_time", "time")
+RECORD_KEYS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "batch_loss",
+    "epoch_time",
+    "time",
+)
 
 
 class CheckpointError(ValueError):
@@ -50,8 +59,13 @@ def save_checkpoint(path, model, opt, rng, history, epoch, settings):
     arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
     state = opt.state_dict()
     arrays.update({f"opt/{k}": to_numpy(v) for k, v in state.items() if k != "t"})
-    meta = {"epoch": epoch, "opt_t": state["t"], "rng": rng.bit_generator.state,
-            "settings": settings, "history": history}
+    meta = {
+        "epoch": epoch,
+        "opt_t": state["t"],
+        "rng": rng.bit_generator.state,
+        "settings": settings,
+        "history": history,
+    }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     atomic_savez(path, arrays)
 
@@ -75,12 +89,17 @@ def _meta_size(path):
     except (OSError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
     if info.file_size > META_MAX_BYTES:
-        raise CheckpointError(f"{path}: meta member of {info.file_size} bytes is larger than "
-                              f"the {META_MAX_BYTES} allowed")
+        raise CheckpointError(
+            f"{path}: meta member of {info.file_size} bytes is larger than "
+            f"the {META_MAX_BYTES} allowed"
+        )
     with zipfile.ZipFile(path) as zf, zf.open(info) as f:
         version = np.lib.format.read_magic(f)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
         shape, _, _ = read(f, max_header_size=10000)
     if len(shape) != 1:
         raise CheckpointError(f"{path}: meta member must be 1-D bytes, has shape {shape}")
@@ -90,8 +109,7 @@ def _meta_size(path):
 def _int(meta, key, low, path):
     v = meta.get(key)
     if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
-        raise CheckpointError(f"{path}: meta field {key!r} must be an integer >= {low}, "
-                              f"got {v!r}")
+        raise CheckpointError(f"{path}: meta field {key!r} must be an integer >= {low}, got {v!r}")
     return int(v)
 
 
@@ -100,16 +118,21 @@ def _check_history(history, epoch, path):
         raise CheckpointError(f"{path}: meta field 'history' must hold a list of epochs")
     rows = history["epochs"]
     if len(rows) != epoch + 1:
-        raise CheckpointError(f"{path}: history holds {len(rows)} records, expected "
-                              f"{epoch + 1} (epochs 0..{epoch})")
+        raise CheckpointError(
+            f"{path}: history holds {len(rows)} records, expected {epoch + 1} (epochs 0..{epoch})"
+        )
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or set(row) != set(RECORD_KEYS) or row["epoch"] != i:
             raise CheckpointError(f"{path}: history record {i} is malformed")
         for k in RECORD_KEYS:
-            if not isinstance(row[k], numbers.Real) or isinstance(row[k], bool) \
-                    or not math.isfinite(row[k]):
-                raise CheckpointError(f"{path}: history record {i}: {k} = {row[k]!r} is not "
-                                      "a finite number")
+            if (
+                not isinstance(row[k], numbers.Real)
+                or isinstance(row[k], bool)
+                or not math.isfinite(row[k])
+            ):
+                raise CheckpointError(
+                    f"{path}: history record {i}: {k} = {row[k]!r} is not a finite number"
+                )
     if history.get("status") != "ok" or not isinstance(history.get("message"), str):
         raise CheckpointError(f"{path}: history status must be 'ok' with a message string")
 
@@ -127,8 +150,9 @@ def load_checkpoint(path, model, opt, rng, history, settings, steps_per_epoch):
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except ValueError as exc:
-        raise CheckpointError(str(exc).replace("does not fit this model:",
-                                               "does not fit this model and optimizer:")) from None
+        raise CheckpointError(
+            str(exc).replace("does not fit this model:", "does not fit this model and optimizer:")
+        ) from None
     try:
         meta = json.loads(arrays.pop("meta").tobytes().decode())
     except (UnicodeDecodeError, ValueError) as exc:
@@ -141,11 +165,16 @@ def load_checkpoint(path, model, opt, rng, history, settings, steps_per_epoch):
     epoch = _int(meta, "epoch", 1, path)
     opt_t = _int(meta, "opt_t", 0, path)
     if opt_t != epoch * steps_per_epoch:
-        raise CheckpointError(f"{path}: {opt_t} optimizer steps do not match {epoch} epochs of "
-                              f"{steps_per_epoch} batches (another --batch-size?)")
+        raise CheckpointError(
+            f"{path}: {opt_t} optimizer steps do not match {epoch} epochs of "
+            f"{steps_per_epoch} batches (another --batch-size?)"
+        )
     if meta["settings"] != json.loads(json.dumps(settings)):
-        diff = sorted(k for k in set(settings) | set(meta["settings"] or {})
-                      if (meta["settings"] or {}).get(k) != settings.get(k))
+        diff = sorted(
+            k
+            for k in set(settings) | set(meta["settings"] or {})
+            if (meta["settings"] or {}).get(k) != settings.get(k)
+        )
         raise CheckpointError(f"{path}: saved by a run with other settings ({', '.join(diff)})")
     _check_history(meta["history"], epoch, path)
     for key, arr in arrays.items():
@@ -155,8 +184,9 @@ def load_checkpoint(path, model, opt, rng, history, settings, steps_per_epoch):
     try:
         probe.bit_generator.state = meta["rng"]
     except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{path}: meta field 'rng' is not a "
-                              f"{type(rng.bit_generator).__name__} state ({exc})") from None
+        raise CheckpointError(
+            f"{path}: meta field 'rng' is not a {type(rng.bit_generator).__name__} state ({exc})"
+        ) from None
     # everything checked: restore
     model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
     opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}

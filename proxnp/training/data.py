@@ -16,6 +16,7 @@ size their header declares, and the memory the float copies will need is checked
 (:mod:`proxnp.resources`) before they are made.  A training file with fewer than
 10 samples is refused (a tenth becomes the validation split).
 """
+
 import gzip
 import io
 import math
@@ -26,9 +27,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .resources import check_memory
+from .memory import check_memory
 
-DATA_DIR = pathlib.Path(__file__).parent / "data"
+DATA_DIR = pathlib.Path(__file__).parents[1] / "data"  # proxnp/data: the embedded files
 DATASETS = ("digits", "mnist1d", "cifar10", "mnist", "fashion-mnist", "spirals")
 
 
@@ -54,7 +55,7 @@ class Dataset(NamedTuple):
 def _split(x, y, n_val, n_test, seed):
     """Seeded random train/val/test split."""
     perm = np.random.default_rng(seed).permutation(len(x))
-    test, val, train = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
+    test, val, train = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
     return x[train], y[train], x[val], y[val], x[test], y[test]
 
 
@@ -68,8 +69,17 @@ def _finish(name, parts, n_classes, flat, dtype, subset):
     def fx(x):
         x = np.ascontiguousarray(x, dtype=dtype)
         return x.reshape(len(x), -1) if flat else x
-    return Dataset(name, fx(x_tr), y_tr.astype(np.int64), fx(x_va), y_va.astype(np.int64),
-                   fx(x_te), y_te.astype(np.int64), n_classes)
+
+    return Dataset(
+        name,
+        fx(x_tr),
+        y_tr.astype(np.int64),
+        fx(x_va),
+        y_va.astype(np.int64),
+        fx(x_te),
+        y_te.astype(np.int64),
+        n_classes,
+    )
 
 
 def load_dataset(name, data_dir=None, seed=0, flat=True, dtype=np.float32, subset=None):
@@ -127,15 +137,25 @@ def load_mnist1d(data_dir, seed):
         try:
             from mnist1d.data import get_dataset_args, make_dataset
         except ImportError:
-            raise DataError("dataset 'mnist1d' needs the optional package: "
-                            "python -m pip install 'proxnp[mnist1d]'") from None
+            raise DataError(
+                "dataset 'mnist1d' needs the optional package: "
+                "python -m pip install 'proxnp[mnist1d]'"
+            ) from None
         args = get_dataset_args()
         args.seed = 42
         d = make_dataset(args)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        from .model import atomic_savez
-        atomic_savez(cache, {"x": np.asarray(d["x"]), "y": np.asarray(d["y"]),
-                             "x_test": np.asarray(d["x_test"]), "y_test": np.asarray(d["y_test"])})
+        from .files import atomic_savez
+
+        atomic_savez(
+            cache,
+            {
+                "x": np.asarray(d["x"]),
+                "y": np.asarray(d["y"]),
+                "x_test": np.asarray(d["x_test"]),
+                "y_test": np.asarray(d["y_test"]),
+            },
+        )
     with np.load(cache, allow_pickle=False) as f:
         x, y, x_te, y_te = f["x"], f["y"], f["x_test"], f["y_test"]
     x_tr, y_tr, x_va, y_va, _, _ = _split(x, y, len(x) // 10, 0, seed)
@@ -147,8 +167,9 @@ class _NdarrayMarker:
     """Stands for ``numpy.ndarray`` inside a pickle: only a tag for ``_reconstruct``."""
 
     def __call__(self, *args):
-        raise pickle.UnpicklingError("refusing a direct numpy.ndarray(...) call "
-                                     "(its shape and strides would not be checked)")
+        raise pickle.UnpicklingError(
+            "refusing a direct numpy.ndarray(...) call (its shape and strides would not be checked)"
+        )
 
 
 class _DTypeSpec:
@@ -163,8 +184,12 @@ class _DTypeSpec:
 
     def __setstate__(self, state):
         # (version, byteorder, subarray, names, fields, elsize, alignment, flags)
-        if not isinstance(state, tuple) or len(state) < 5 or state[1] not in "|<>=" \
-                or any(x is not None for x in state[2:5]):
+        if (
+            not isinstance(state, tuple)
+            or len(state) < 5
+            or state[1] not in "|<>="
+            or any(x is not None for x in state[2:5])
+        ):
             raise pickle.UnpicklingError("refusing a structured or sub-array dtype")
         self.byteorder = state[1]
 
@@ -205,13 +230,16 @@ def _to_array(shape, dtype, raw, fortran=False):
     if not isinstance(raw, (bytes, bytearray)):
         raise pickle.UnpicklingError("array data must be raw bytes")
     if not isinstance(shape, tuple) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise pickle.UnpicklingError(f"bad array shape {shape!r}")
     dt = dtype.dtype()
     if math.prod(shape) * dt.itemsize != len(raw):
-        raise pickle.UnpicklingError(f"array of shape {shape} and dtype {dt} needs "
-                                     f"{math.prod(shape) * dt.itemsize} bytes, the file holds "
-                                     f"{len(raw)}")
+        raise pickle.UnpicklingError(
+            f"array of shape {shape} and dtype {dt} needs "
+            f"{math.prod(shape) * dt.itemsize} bytes, the file holds "
+            f"{len(raw)}"
+        )
     return np.frombuffer(bytes(raw), dtype=dt).reshape(shape, order="F" if fortran else "C")
 
 
@@ -272,8 +300,10 @@ def restricted_load(path):
         return _array_from_spec(obj)
     except MemoryError:
         raise DataError(f"{path}: too large to unpickle ({len(data)} bytes)") from None
-    except Exception as exc:   # truncated, malformed, or hostile
-        raise DataError(f"{path}: not a valid CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # truncated, malformed, or hostile
+        raise DataError(
+            f"{path}: not a valid CIFAR-10 python batch ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _int_labels(labels, n, path, key="b'labels'"):
@@ -284,8 +314,11 @@ def _int_labels(labels, n, path, key="b'labels'"):
             raise bad
         y = labels.astype(np.int64)
     else:
-        if not isinstance(labels, (list, tuple)) or len(labels) != n \
-                or not all(type(v) is int for v in labels):
+        if (
+            not isinstance(labels, (list, tuple))
+            or len(labels) != n
+            or not all(type(v) is int for v in labels)
+        ):
             raise bad
         y = np.array(labels, dtype=np.int64) if n else np.zeros(0, np.int64)
     if n and (y.min() < 0 or y.max() > 9):
@@ -296,11 +329,17 @@ def _int_labels(labels, n, path, key="b'labels'"):
 def _cifar_batch(path):
     d = restricted_load(path)
     if not isinstance(d, dict):
-        raise DataError(f"{path}: expected a dict with b'data' and b'labels', got {type(d).__name__}")
+        raise DataError(
+            f"{path}: expected a dict with b'data' and b'labels', got {type(d).__name__}"
+        )
     data = d.get(b"data", d.get("data"))
     labels = d.get(b"labels", d.get("labels"))
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3072:
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3072
+    ):
         raise DataError(f"{path}: b'data' must be a uint8 array of shape (n, 3072)")
     return data.reshape(-1, 3, 32, 32), _int_labels(labels, data.shape[0], path)
 
@@ -322,22 +361,27 @@ def load_cifar10(data_dir):
     return x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], x_te.astype(np.float64) / 255.0, y_te
 
 
-MIN_TRAIN = 10          # one tenth (at least one sample) becomes the validation split
+MIN_TRAIN = 10  # one tenth (at least one sample) becomes the validation split
 
 
 def _check_size(n_train, n_test, per_sample, where):
     """Enough training samples for a split, and memory for the float64 copies."""
     if n_train < MIN_TRAIN:
-        raise DataError(f"{where}: {n_train} training samples; at least {MIN_TRAIN} are needed "
-                        "(one tenth becomes the validation split)")
-    need = (n_train + n_test) * per_sample * (1 + 8 + 8)   # uint8, two float64 while scaling
-    check_memory(need, f"{where} ({n_train + n_test} images of {per_sample} bytes)",
-                 error=DataError)
+        raise DataError(
+            f"{where}: {n_train} training samples; at least {MIN_TRAIN} are needed "
+            "(one tenth becomes the validation split)"
+        )
+    need = (n_train + n_test) * per_sample * (1 + 8 + 8)  # uint8, two float64 while scaling
+    check_memory(
+        need, f"{where} ({n_train + n_test} images of {per_sample} bytes)", error=DataError
+    )
 
 
 # --------------------------------------------------------------------- MNIST IDX files
-IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def _find(folder, stem):
@@ -364,15 +408,15 @@ def read_idx(path, magic, ndim, max_items=None):
             got = int.from_bytes(head[:4], "big")
             if got != magic:
                 raise DataError(f"{path}: bad magic number {got}, expected {magic}")
-            dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-            size = math.prod(dims)                   # Python ints: no wrap-around
+            dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+            size = math.prod(dims)  # Python ints: no wrap-around
             if max_items is not None and dims[0] > max_items:
                 raise DataError(f"{path}: {dims[0]} items declared, at most {max_items} allowed")
             check_memory(size, f"{path} (dimensions {dims})", error=DataError)
             buf = np.empty(size, dtype=np.uint8)
             view, pos = memoryview(buf), 0
             while pos < size:
-                n = f.readinto(view[pos:pos + (1 << 24)])
+                n = f.readinto(view[pos : pos + (1 << 24)])
                 if not n:
                     break
                 pos += n
@@ -382,11 +426,14 @@ def read_idx(path, magic, ndim, max_items=None):
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     except MemoryError:
-        raise DataError(f"{path}: dimensions {dims} need {size} bytes, too many for "
-                        "the memory available") from None
+        raise DataError(
+            f"{path}: dimensions {dims} need {size} bytes, too many for the memory available"
+        ) from None
     if pos != size or extra:
-        raise DataError(f"{path}: size {header + pos + extra}{'+' if extra else ''} bytes does not "
-                        f"match dimensions {dims} ({header + size} bytes)")
+        raise DataError(
+            f"{path}: size {header + pos + extra}{'+' if extra else ''} bytes does not "
+            f"match dimensions {dims} ({header + size} bytes)"
+        )
     return buf.reshape(dims)
 
 
@@ -404,13 +451,22 @@ def load_idx_dataset(data_dir, name):
             raise DataError(f"{folder / lab}: labels must be 0..9")
         raw[split] = x, y
     (x, _), (x_te, _) = raw["train"], raw["test"]
-    _check_size(len(x), len(x_te), int(np.prod(x.shape[1:])),
-                str(_find(folder, IDX_FILES["train"][0])))
+    _check_size(
+        len(x), len(x_te), int(np.prod(x.shape[1:])), str(_find(folder, IDX_FILES["train"][0]))
+    )
     parts = {split: (x[:, None].astype(np.float64) / 255.0, y) for split, (x, y) in raw.items()}
     (x, y), (x_te, y_te) = parts["train"], parts["test"]
     n_val = min(5000, len(x) // 10)
     return x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], x_te, y_te
 
 
-__all__ = ["DATASETS", "DataError", "Dataset", "RestrictedUnpickler", "load_dataset",
-           "make_spirals", "read_idx", "restricted_load"]
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "Dataset",
+    "RestrictedUnpickler",
+    "load_dataset",
+    "make_spirals",
+    "read_idx",
+    "restricted_load",
+]

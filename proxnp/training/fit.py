@@ -17,21 +17,22 @@ or at chance level ln K, is flagged by :func:`training_verdict`.  With
 written atomically after every epoch (:mod:`proxnp.checkpoint`); ``resume=True``
 validates that file against the run and continues from it bit for bit.
 """
+
 import math
 import numbers
 import time
 
 import numpy as np
 
-from . import optim
-from .backend import get_xp, synchronize, to_device
-from .losses import SoftmaxCrossEntropy
+from .. import optim
+from ..backend import get_xp, synchronize, to_device
+from ..losses import SoftmaxCrossEntropy
+from ..proxprop import backprop, check_proxprop_options, proxprop
 from .checkpoint import load_checkpoint, save_checkpoint
-from .proxprop import backprop, check_proxprop_options, proxprop
 
 METHODS = ("backprop", "proxprop")
 OPTIMIZERS = ("sgd", "nesterov", "adam")
-MAX_CG_ITERS = 1000     # a few CG steps is the point of ProxProp; more than this never helps
+MAX_CG_ITERS = 1000  # a few CG steps is the point of ProxProp; more than this never helps
 
 
 def make_optimizer(name, model, lr, momentum=0.95):
@@ -59,11 +60,11 @@ def evaluate(model, x, y, batch_size=1000):
         raise ValueError("evaluate: no samples")
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         out = model.forward(xb)
         total_loss += float(loss_fn.forward(out, yb)) * len(xb)
         correct += int((out.argmax(axis=1) == yb).sum())
-    model.acts = []                      # do not keep evaluation activations alive
+    model.acts = []  # do not keep evaluation activations alive
     return total_loss / len(x), correct / len(x)
 
 
@@ -80,18 +81,36 @@ def check_data(data):
         if not np.issubdtype(np.asarray(y).dtype, np.integer):
             raise ValueError(f"{split} labels must be integers, got {np.asarray(y).dtype}")
         if len(y) and (y.min() < 0 or y.max() >= data.n_classes):
-            raise ValueError(f"{split} labels must lie in 0..{data.n_classes - 1}, "
-                             f"got {y.min()}..{y.max()}")
+            raise ValueError(
+                f"{split} labels must lie in 0..{data.n_classes - 1}, got {y.min()}..{y.max()}"
+            )
 
 
 def _params_finite(model):
-    return all(bool(get_xp(v).isfinite(v).all()) for layer in model.layers
-               for v in layer.params.values())
+    return all(
+        bool(get_xp(v).isfinite(v).all()) for layer in model.layers for v in layer.params.values()
+    )
 
 
-def fit(model, data, *, method="proxprop", solver="cg", cg_iters=3, tau_theta=1.0,
-        optimizer="nesterov", lr=0.1, momentum=0.95, epochs=10, batch_size=100, seed=0,
-        checkpoint=None, resume=False, progress=False, eval_batch_size=1000):
+def fit(
+    model,
+    data,
+    *,
+    method="proxprop",
+    solver="cg",
+    cg_iters=3,
+    tau_theta=1.0,
+    optimizer="nesterov",
+    lr=0.1,
+    momentum=0.95,
+    epochs=10,
+    batch_size=100,
+    seed=0,
+    checkpoint=None,
+    resume=False,
+    progress=False,
+    eval_batch_size=1000,
+):
     """Train ``model`` on ``data`` (a :class:`proxnp.data.Dataset`); return the history dict.
 
     The data is moved once to the model's device.  Returns
@@ -108,21 +127,25 @@ def fit(model, data, *, method="proxprop", solver="cg", cg_iters=3, tau_theta=1.
         if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
     if not 1 <= batch_size <= n:
-        raise ValueError(f"batch size must be between 1 and the {n} training samples, got {batch_size}")
+        raise ValueError(
+            f"batch size must be between 1 and the {n} training samples, got {batch_size}"
+        )
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path")
     check_data(data)
     opt = make_optimizer(optimizer, model, lr, momentum)
     device = model.device
     dtype = model.dtype
-    x_tr, y_tr, x_va, y_va = (to_device(a, device) for a in (
-        data.x_train.astype(dtype), data.y_train, data.x_val.astype(dtype), data.y_val))
+    x_tr, y_tr, x_va, y_va = (
+        to_device(a, device)
+        for a in (data.x_train.astype(dtype), data.y_train, data.x_val.astype(dtype), data.y_val)
+    )
     xp = get_xp(x_tr)
     k = model.forward(x_tr[:1]).shape[-1]
     model.acts = []
     if k != data.n_classes:
         raise ValueError(f"the model has {k} outputs but the data {data.n_classes} classes")
-    loss_fn = SoftmaxCrossEntropy(check_labels=False)     # check_data checked every label
+    loss_fn = SoftmaxCrossEntropy(check_labels=False)  # check_data checked every label
     rng = np.random.default_rng([seed, 1])
     history = {"epochs": [], "status": "ok", "message": ""}
 
@@ -130,21 +153,41 @@ def fit(model, data, *, method="proxprop", solver="cg", cg_iters=3, tau_theta=1.
         tl, ta = evaluate(model, x_tr, y_tr, eval_batch_size)
         vl, va = evaluate(model, x_va, y_va, eval_batch_size)
         prev = history["epochs"][-1]["time"] if history["epochs"] else 0.0
-        history["epochs"].append({"epoch": epoch, "train_loss": tl, "train_acc": ta,
-                                  "val_loss": vl, "val_acc": va, "batch_loss": batch_loss,
-                                  "epoch_time": seconds, "time": prev + seconds})
+        history["epochs"].append(
+            {
+                "epoch": epoch,
+                "train_loss": tl,
+                "train_acc": ta,
+                "val_loss": vl,
+                "val_acc": va,
+                "batch_loss": batch_loss,
+                "epoch_time": seconds,
+                "time": prev + seconds,
+            }
+        )
         return np.isfinite(tl) and np.isfinite(batch_loss) and _params_finite(model)
 
-    settings = {"method": method, "solver": solver, "cg_iters": cg_iters,
-                "tau_theta": tau_theta, "optimizer": optimizer, "lr": lr, "momentum": momentum,
-                "batch_size": batch_size, "seed": seed}
+    settings = {
+        "method": method,
+        "solver": solver,
+        "cg_iters": cg_iters,
+        "tau_theta": tau_theta,
+        "optimizer": optimizer,
+        "lr": lr,
+        "momentum": momentum,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
     start_epoch = 1
     if resume:
-        start_epoch = load_checkpoint(checkpoint, model, opt, rng, history, settings,
-                                      n // batch_size) + 1
+        start_epoch = (
+            load_checkpoint(checkpoint, model, opt, rng, history, settings, n // batch_size) + 1
+        )
         if epochs < start_epoch:
-            raise ValueError(f"{checkpoint} already holds {start_epoch - 1} epochs; ask for "
-                             f"more than that to continue (got epochs={epochs})")
+            raise ValueError(
+                f"{checkpoint} already holds {start_epoch - 1} epochs; ask for "
+                f"more than that to continue (got epochs={epochs})"
+            )
     else:
         record(0, float("nan"), 0.0)
         history["epochs"][0]["batch_loss"] = history["epochs"][0]["train_loss"]
@@ -156,13 +199,20 @@ def fit(model, data, *, method="proxprop", solver="cg", cg_iters=3, tau_theta=1.
             t0 = time.perf_counter()
             loss_sum = xp.zeros((), dtype=dtype)
             for b in range(n // batch_size):
-                idx = perm[b * batch_size:(b + 1) * batch_size]
+                idx = perm[b * batch_size : (b + 1) * batch_size]
                 xb, yb = x_tr[idx], y_tr[idx]
                 if method == "backprop":
                     loss = backprop(model, loss_fn, xb, yb)
                 else:
-                    loss = proxprop(model, loss_fn, xb, yb, tau_theta=tau_theta, solver=solver,
-                                    cg_iters=cg_iters)
+                    loss = proxprop(
+                        model,
+                        loss_fn,
+                        xb,
+                        yb,
+                        tau_theta=tau_theta,
+                        solver=solver,
+                        cg_iters=cg_iters,
+                    )
                 opt.step()
                 loss_sum += loss
             synchronize(xp)
@@ -172,8 +222,10 @@ def fit(model, data, *, method="proxprop", solver="cg", cg_iters=3, tau_theta=1.
                 bar.set_postfix(loss=f"{history['epochs'][-1]['train_loss']:.4f}")
             if not ok:
                 history["status"] = "diverged"
-                history["message"] = (f"diverged at epoch {epoch}: the loss or the parameters "
-                                      "became NaN or inf (try a smaller learning rate)")
+                history["message"] = (
+                    f"diverged at epoch {epoch}: the loss or the parameters "
+                    "became NaN or inf (try a smaller learning rate)"
+                )
                 break
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model, opt, rng, history, epoch, settings)
@@ -184,6 +236,7 @@ def _progress(iterable, enabled, initial, total):
     if not enabled:
         return iterable
     from tqdm import tqdm
+
     return tqdm(iterable, initial=initial, total=total, unit="epoch", leave=False)
 
 
@@ -204,16 +257,24 @@ def training_verdict(history, n_classes, lr_flag="the learning rate"):
         return "ok", ""
     first, last = rows[0], rows[-1]
     if last["train_loss"] > max(2 * first["train_loss"], first["train_loss"] + 1):
-        return "diverging", (f"diverging: the training loss rose from {first['train_loss']:.3g} "
-                             f"to {last['train_loss']:.3g} in {last['epoch']} epochs "
-                             f"(try a smaller {lr_flag})")
+        return "diverging", (
+            f"diverging: the training loss rose from {first['train_loss']:.3g} "
+            f"to {last['train_loss']:.3g} in {last['epoch']} epochs "
+            f"(try a smaller {lr_flag})"
+        )
     chance = math.log(n_classes)
     peak = max(r["batch_loss"] for r in rows[1:])
-    if last["epoch"] >= 2 and last["train_loss"] >= 0.98 * chance \
-            and last["train_acc"] <= 1 / n_classes + 0.05 and peak > 1.5 * first["train_loss"]:
-        return "diverging", (f"diverging: the mini-batch loss jumped to {peak:.3g} and the "
-                             f"training loss is stuck at chance level ({last['train_loss']:.3g}, "
-                             f"ln {n_classes} = {chance:.3g}; accuracy "
-                             f"{last['train_acc']:.2f}) after {last['epoch']} epochs "
-                             f"(try a smaller {lr_flag})")
+    if (
+        last["epoch"] >= 2
+        and last["train_loss"] >= 0.98 * chance
+        and last["train_acc"] <= 1 / n_classes + 0.05
+        and peak > 1.5 * first["train_loss"]
+    ):
+        return "diverging", (
+            f"diverging: the mini-batch loss jumped to {peak:.3g} and the "
+            f"training loss is stuck at chance level ({last['train_loss']:.3g}, "
+            f"ln {n_classes} = {chance:.3g}; accuracy "
+            f"{last['train_acc']:.2f}) after {last['epoch']} epochs "
+            f"(try a smaller {lr_flag})"
+        )
     return "ok", ""

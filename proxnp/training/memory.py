@@ -7,9 +7,10 @@ when an address-space limit is set (``ulimit -v``, ``RLIMIT_AS``), that limit
 minus the process's current virtual size.  Where neither can be read (not Linux)
 nothing is checked, and a real ``MemoryError`` is turned into one line by the CLI.
 """
+
 try:
     import resource
-except ImportError:           # Windows: no address-space limits to read
+except ImportError:  # Windows: no address-space limits to read
     resource = None
 
 GIB = 1 << 30
@@ -53,5 +54,7 @@ def check_memory(nbytes, what, error=MemoryLimitError):
     """Raise ``error`` naming ``what`` if about ``nbytes`` more bytes will not fit."""
     available = memory_available()
     if available is not None and nbytes > available:
-        raise error(f"{what} needs about {format_bytes(nbytes)} of memory, but only "
-                    f"{format_bytes(available)} are available")
+        raise error(
+            f"{what} needs about {format_bytes(nbytes)} of memory, but only "
+            f"{format_bytes(available)} are available"
+        )

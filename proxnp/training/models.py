@@ -1,4 +1,4 @@
-"""Named configurations: the paper's architectures and experiments, and the default comparison.
+"""The paper's architectures as model builders, and what training one needs in memory.
 
 Architectures (arXiv 1706.04638, Section 5):
 
@@ -8,10 +8,11 @@ Architectures (arXiv 1706.04638, Section 5):
   authors' code has none (FC 1280 -> 10).  ``third_pool=False`` (the default)
   follows the code, which produced the paper's numbers; ``True`` follows the text.
 """
+
 import numpy as np
 
-from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
-from .model import Sequential
+from ..layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
+from ..model import Sequential
 
 ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 PAPER_MLP = (3072, 4000, 1000, 4000, 10)
@@ -32,8 +33,14 @@ def mlp(sizes, act="relu", rng=None, dtype=np.float32):
     return Sequential(*layers)
 
 
-def convnet(in_shape=(3, 32, 32), n_classes=10, channels=(16, 20, 20), third_pool=False,
-            rng=None, dtype=np.float32):
+def convnet(
+    in_shape=(3, 32, 32),
+    n_classes=10,
+    channels=(16, 20, 20),
+    third_pool=False,
+    rng=None,
+    dtype=np.float32,
+):
     """The paper's ConvNet (§5.3): [Conv5x5(p=2) -> ReLU -> Pool2] x 3 -> FC.
 
     in_shape (C, H, W).  With ``third_pool=False`` (authors' code) the last block
@@ -46,56 +53,14 @@ def convnet(in_shape=(3, 32, 32), n_classes=10, channels=(16, 20, 20), third_poo
         layers += [Conv2d(c, out_c, 5, padding=2, rng=rng, dtype=dtype), ReLU()]
         if i < len(channels) - 1 or third_pool:
             if min(h, w) < 2:
-                raise ValueError(f"input {in_shape} is too small for {len(channels)} pooling layers")
+                raise ValueError(
+                    f"input {in_shape} is too small for {len(channels)} pooling layers"
+                )
             layers.append(MaxPool2d(2))
             h, w = h // 2, w // 2
         c = out_c
     layers += [Flatten(), Linear(c * h * w, n_classes, rng=rng, dtype=dtype)]
     return Sequential(*layers)
-
-
-# ------------------------------------------------------------------ named experiments
-def run_spec(name, method, lr, optimizer="nesterov", solver="cg", cg_iters=3, tau_theta=1.0):
-    """One training run of an experiment: its name and the direction/optimizer settings."""
-    return {"name": name, "method": method, "lr": lr, "optimizer": optimizer,
-            "solver": solver, "cg_iters": cg_iters, "tau_theta": tau_theta}
-
-
-def _paper_mlp_runs(tau_theta=0.05):
-    return [run_spec("backprop", "backprop", 0.05)] + [
-        run_spec(f"proxprop-cg{k}", "proxprop", 1.0, cg_iters=k, tau_theta=tau_theta)
-        for k in (3, 5, 10)] + [
-        run_spec("proxprop-exact", "proxprop", 1.0, solver="exact", tau_theta=tau_theta)]
-
-
-EXPERIMENTS = {
-    # The main job: BackProp vs ProxProp on the embedded digits, the paper's MLP settings
-    # (Nesterov 0.95; tau = 0.05 for BackProp, tau = 1 and tau_theta = 0.05 for ProxProp).
-    "compare": {
-        "dataset": "digits", "model": "mlp", "sizes": (64, 400, 100, 400, 10),
-        "momentum": 0.95, "epochs": 30, "batch_size": 100, "layout": "mlp",
-        "runs": [run_spec("backprop", "backprop", 0.05),
-                 run_spec("proxprop-exact", "proxprop", 1.0, solver="exact", tau_theta=0.05),
-                 run_spec("proxprop-cg3", "proxprop", 1.0, cg_iters=3, tau_theta=0.05)],
-    },
-    # §5.1, Fig. 2: CIFAR-10 MLP 3072-4000-1000-4000-10, Nesterov 0.95, batch 500.
-    "mlp": {"dataset": "cifar10", "model": "mlp", "sizes": PAPER_MLP, "momentum": 0.95,
-            "epochs": 50, "batch_size": 500, "layout": "mlp", "runs": _paper_mlp_runs()},
-    # §5.3, Fig. 3: CIFAR-10 ConvNet (authors' code), Adam tau = 1e-3, tau_theta = 1.
-    "convnet": {"dataset": "cifar10", "model": "convnet", "momentum": 0.0, "epochs": 50,
-                "batch_size": 500, "layout": "convnet",
-                "runs": [run_spec("backprop", "backprop", 1e-3, optimizer="adam"),
-                         run_spec("proxprop-cg3", "proxprop", 1e-3, optimizer="adam", cg_iters=3),
-                         run_spec("proxprop-cg10", "proxprop", 1e-3, optimizer="adam",
-                                  cg_iters=10)]},
-    # §5.2, Table 1: full-batch loss after 50 epochs over tau, MLP, tau_theta = 1 for CG.
-    "stability": {"dataset": "cifar10", "model": "mlp", "sizes": PAPER_MLP, "momentum": 0.95,
-                  "epochs": 50, "batch_size": 500, "layout": "mlp",
-                  "taus": (50, 10, 5, 1, 0.5, 0.1, 0.05, 5e-3, 5e-4),
-                  "runs": [run_spec("BackProp", "backprop", 1.0)] + [
-                      run_spec(f"ProxProp (cg{k})", "proxprop", 1.0, cg_iters=k)
-                      for k in (1, 3, 5)]},
-}
 
 
 def mlp_sizes(config, input_shape, n_classes):
@@ -124,9 +89,9 @@ def memory_estimate(config, input_shape, n_classes, batch_size, dtype):
     else:
         c, h, w = input_shape
         params, acts, gram = 0, c * h * w, 0
-        for i, out_c in enumerate((16, 20, 20)):         # as convnet(), third_pool=False
+        for i, out_c in enumerate((16, 20, 20)):  # as convnet(), third_pool=False
             params += out_c * (c * 25 + 1)
-            acts += (3 * out_c + c * 25) * h * w          # conv, relu, pool; im2col patches
+            acts += (3 * out_c + c * 25) * h * w  # conv, relu, pool; im2col patches
             gram += min(batch_size * h * w, c * 25 + 1) ** 2
             c = out_c
             if i < 2:
@@ -143,16 +108,3 @@ def build_model(config, input_shape, n_classes, seed, dtype):
     if len(input_shape) != 3:
         raise ValueError(f"the convnet needs image input (C, H, W), got shape {input_shape}")
     return convnet(input_shape, n_classes, rng=rng, dtype=dtype)
-
-
-def stability_table(taus, results):
-    """The paper's Table 1 layout: rows = methods, columns = tau, '–' for diverged runs.
-
-    ``results`` maps method name -> {tau: final full-batch loss or None}.
-    """
-    head = "| τ | " + " | ".join(f"{t:g}" for t in taus) + " |"
-    lines = [head, "|" + "---|" * (len(taus) + 1)]
-    for name, row in results.items():
-        cells = ["–" if row.get(t) is None else f"{row[t]:.3g}" for t in taus]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -6,25 +6,38 @@ figure).  No ``pyplot`` state and no ``plt.show()``, so both work on a headless
 machine.  Axis labels use mathtext and name their units: the loss is the mean
 cross-entropy J in nats, times are wall-clock seconds of the training steps.
 """
+
 import io
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from .model import atomic_write_bytes
+from .files import atomic_write_bytes
 
 # panel -> (x key, y key, x label, y label, log y)
 PANELS = {
-    "loss_epoch": ("epoch", "train_loss", "epoch",
-                   r"full-batch training loss $J(\theta)$ [nats]", True),
-    "loss_time": ("time", "train_loss", "training time [s]",
-                  r"full-batch training loss $J(\theta)$ [nats]", True),
+    "loss_epoch": (
+        "epoch",
+        "train_loss",
+        "epoch",
+        r"full-batch training loss $J(\theta)$ [nats]",
+        True,
+    ),
+    "loss_time": (
+        "time",
+        "train_loss",
+        "training time [s]",
+        r"full-batch training loss $J(\theta)$ [nats]",
+        True,
+    ),
     "val_epoch": ("epoch", "val_acc", "epoch", "validation accuracy [%]", False),
     "val_time": ("time", "val_acc", "training time [s]", "validation accuracy [%]", False),
 }
-LAYOUTS = {"mlp": ("loss_epoch", "loss_time", "val_epoch"),                 # Fig. 2
-           "convnet": ("loss_epoch", "loss_time", "val_epoch", "val_time"),  # Fig. 3
-           "epochs": ("loss_epoch", "val_epoch")}                            # no timings
+LAYOUTS = {
+    "mlp": ("loss_epoch", "loss_time", "val_epoch"),  # Fig. 2
+    "convnet": ("loss_epoch", "loss_time", "val_epoch", "val_time"),  # Fig. 3
+    "epochs": ("loss_epoch", "val_epoch"),
+}  # no timings
 
 
 def save_figure(fig, path):
@@ -45,7 +58,7 @@ def accuracy_limits(histories, skip=0.2, margin=0.1):
     values = []
     for hist in histories.values():
         rows = hist["epochs"]
-        start = int(skip * (len(rows) - 1)) + 1        # epochs <= skip * last are left out
+        start = int(skip * (len(rows) - 1)) + 1  # epochs <= skip * last are left out
         values += [100 * r["val_acc"] for r in rows[start:] if np.isfinite(r["val_acc"])]
     if not values:
         return 0.0, 100.0
@@ -68,8 +81,17 @@ def mark_clipped(ax):
         x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
         below = np.isfinite(y) & (y < lo)
         if below.any():
-            ax.plot(x[below], np.full(int(below.sum()), lo), "v", color=line.get_color(),
-                    mfc="none", mew=1.3, ms=max(11 - 2 * k, 3), clip_on=False, zorder=3)
+            ax.plot(
+                x[below],
+                np.full(int(below.sum()), lo),
+                "v",
+                color=line.get_color(),
+                mfc="none",
+                mew=1.3,
+                ms=max(11 - 2 * k, 3),
+                clip_on=False,
+                zorder=3,
+            )
             marked += int(below.sum())
     return marked
 
@@ -92,8 +114,12 @@ def history_figure(histories, layout="mlp", title=None, time_limit=None, zoom=Tr
         scale = 100.0 if ykey == "val_acc" else 1.0
         for name, hist in histories.items():
             rows = hist["epochs"]
-            ax.plot([r[xkey] for r in rows], [scale * r[ykey] for r in rows], label=name,
-                    marker="." if len(rows) < 30 else None)
+            ax.plot(
+                [r[xkey] for r in rows],
+                [scale * r[ykey] for r in rows],
+                label=name,
+                marker="." if len(rows) < 30 else None,
+            )
         if log:
             ax.set_yscale("log")
         if ykey == "val_acc" and zoom:

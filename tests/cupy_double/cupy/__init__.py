@@ -3,6 +3,7 @@
 ``ndarray`` wraps a NumPy array without being one, so, as with CuPy, ``numpy.asarray`` of it
 raises instead of silently copying to the host, and NumPy arrays cannot be mixed in.
 """
+
 import builtins as _builtins
 import types as _types
 
@@ -20,15 +21,16 @@ def _refuse_host(args, where):
         if isinstance(v, (tuple, list)):
             _refuse_host(v, where)
         elif _is_host_array(v):
-            raise TypeError(f"cupy double: a NumPy array was passed to {where}; "
-                            "move it to the device first")
+            raise TypeError(
+                f"cupy double: a NumPy array was passed to {where}; move it to the device first"
+            )
 
 
 def _unwrap(x):
     """Device arrays -> their NumPy storage (recursively through tuples, lists, dicts)."""
     if isinstance(x, ndarray):
         return x._a
-    if type(x) in (tuple, list):                              # named tuples pass through
+    if type(x) in (tuple, list):  # named tuples pass through
         return type(x)(_unwrap(i) for i in x)
     if isinstance(x, dict):
         return {k: _unwrap(v) for k, v in x.items()}
@@ -41,7 +43,7 @@ def _wrap(x):
         return ndarray(x)
     if isinstance(x, _np.generic):
         return ndarray(_np.asarray(x))
-    if isinstance(x, (tuple, list)):                          # CuPy returns plain tuples
+    if isinstance(x, (tuple, list)):  # CuPy returns plain tuples
         return (list if isinstance(x, list) else tuple)(_wrap(i) for i in x)
     return x
 
@@ -58,8 +60,10 @@ class ndarray:
         return self._a.copy()
 
     def __array__(self, dtype=None, copy=None):
-        raise TypeError("Implicit conversion to a NumPy array is not allowed. "
-                        "Please use `.get()` to construct a NumPy array explicitly.")
+        raise TypeError(
+            "Implicit conversion to a NumPy array is not allowed. "
+            "Please use `.get()` to construct a NumPy array explicitly."
+        )
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         _refuse_host(inputs + tuple(kwargs.get("out", ())), f"cupy.{ufunc.__name__}")
@@ -68,8 +72,8 @@ class ndarray:
     def __array_function__(self, func, types, args, kwargs):
         return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
 
-    def __getattr__(self, name):                              # shape, dtype, sum, reshape, ...
-        if name.startswith("__"):                 # no __array_interface__ & co.: not a host array
+    def __getattr__(self, name):  # shape, dtype, sum, reshape, ...
+        if name.startswith("__"):  # no __array_interface__ & co.: not a host array
             raise AttributeError(name)
         attr = getattr(self._a, name)
         if callable(attr):
@@ -114,6 +118,7 @@ def _binary(name):
     def op(self, *other):
         _refuse_host(other, f"ndarray.{name}")
         return _wrap(getattr(self._a, name)(*_unwrap(other)))
+
     return op
 
 
@@ -122,6 +127,7 @@ def _inplace(name):
         _refuse_host([other], f"ndarray.{name}")
         getattr(self._a, name)(_unwrap(other))
         return self
+
     return op
 
 
@@ -138,6 +144,7 @@ def _device_function(f, name, accepts_host=False):
         if not accepts_host:
             _refuse_host(list(args) + list(kwargs.values()), f"cupy.{name}")
         return _wrap(f(*_unwrap(args), **_unwrap(kwargs)))
+
     call.__name__ = name
     return call
 
@@ -149,11 +156,17 @@ for _name in dir(_np):
     if callable(_obj) and not isinstance(_obj, type):
         globals()[_name] = _device_function(_obj, _name, accepts_host=_name in ("asarray", "array"))
     else:
-        globals()[_name] = _obj      # dtypes, scalar types, constants (np.bool shadows bool here)
+        globals()[_name] = _obj  # dtypes, scalar types, constants (np.bool shadows bool here)
 
-linalg = _types.SimpleNamespace(**{name: _device_function(getattr(_np.linalg, name), name)
-                                   for name in ("cholesky", "eigh", "norm", "solve", "qr")})
+linalg = _types.SimpleNamespace(
+    **{
+        name: _device_function(getattr(_np.linalg, name), name)
+        for name in ("cholesky", "eigh", "norm", "solve", "qr")
+    }
+)
 cuda = _types.SimpleNamespace(
-    runtime=_types.SimpleNamespace(getDeviceCount=lambda: 1, runtimeGetVersion=lambda: 0,
-                                   driverGetVersion=lambda: 0),
-    Stream=_types.SimpleNamespace(null=_types.SimpleNamespace(synchronize=lambda: None)))
+    runtime=_types.SimpleNamespace(
+        getDeviceCount=lambda: 1, runtimeGetVersion=lambda: 0, driverGetVersion=lambda: 0
+    ),
+    Stream=_types.SimpleNamespace(null=_types.SimpleNamespace(synchronize=lambda: None)),
+)
