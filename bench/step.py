@@ -298,7 +298,7 @@ def main():
         help="time the plain reference path (proxnp.reference()) instead",
     )
     args = p.parse_args()
-    reuse_host_memory()  # as the command line does (see proxnp.cpu)
+    reuse_host_memory()  # as the command line does (see proxnp.fast.cpu)
     if args.pieces:
         bench_pieces(args)
     if not args.skip_mlp:

@@ -11,7 +11,7 @@ working GPU) never fails because of it.
 
 It also holds the few linear-algebra adapters whose NumPy and CuPy spellings differ
 (:func:`spd_solve`, :func:`eigh`, :func:`sparse_linalg`).  How the CPU's cores are
-used lives in :mod:`proxnp.cpu`.
+used lives in :mod:`proxnp.fast.cpu`.
 """
 
 import functools

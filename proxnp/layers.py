@@ -18,7 +18,7 @@ and the error rows g::
     layer.params_from_theta(Theta)   # {'W': ..., 'b': ...}
     layer.input_grad(dz)             # dJ/da_prev with the current theta   (eq. 10)
 
-Convolution and max pooling run the fast kernels of :mod:`proxnp.fast_layers`, or,
+Convolution and max pooling run the fast kernels of :mod:`proxnp.fast.layers`, or,
 inside ``with proxnp.reference():``, the plain code of :mod:`proxnp.functional`.
 Default initialisation is U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b (the
 PyTorch default the paper used), drawn with a NumPy Generator on the host and then

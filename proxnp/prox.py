@@ -36,7 +36,7 @@ CG (``solver="cg"``) runs block CG (:func:`proxnp.cg.block_cg`, textbook unless
 applied as A^T (A X) + X/tau_theta (``"matfree"``, and ``"row"``).  The bias column of
 ones is never materialised: A x = P x[:-1] + x[-1].
 
-This is the reference path; :mod:`proxnp.fast_prox` computes the same directions faster.
+This is the reference path; :mod:`proxnp.fast.prox` computes the same directions faster.
 """
 
 from typing import NamedTuple
@@ -94,7 +94,7 @@ def choose_space(R, D1, out, solver, cg_iters):
     """The space "auto" means: "row" when the R x R Gram matrix is the smaller, else "gram".
 
     (``out``, ``solver`` and ``cg_iters`` matter to the cost model of
-    :func:`proxnp.fast_prox.choose_space`, which the fast path uses.)
+    :func:`proxnp.fast.prox.choose_space`, which the fast path uses.)
     """
     return "row" if R < D1 else "gram"
 

@@ -15,7 +15,7 @@ the update is linear in tau: arXiv 1706.04638 §4.2, docs/theory.md):
 
 ``solver="gradient"`` replaces (11) by the explicit step, so it reproduces
 ``backprop`` exactly.  Parameter-free layers just backpropagate.  The proximal step is
-:func:`proxnp.fast_prox.prox_direction`, or :func:`proxnp.prox.prox_direction` inside
+:func:`proxnp.fast.prox.prox_direction`, or :func:`proxnp.prox.prox_direction` inside
 ``with proxnp.reference():``.
 """
 

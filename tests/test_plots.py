@@ -1,4 +1,4 @@
-"""proxnp.plots: labelled axes with units, zoomed accuracy axes, the CLI's PNG."""
+"""proxnp.training.plots: labelled axes with units, zoomed accuracy axes, the CLI's PNG."""
 
 import pytest
 

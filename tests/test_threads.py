@@ -1,4 +1,4 @@
-"""The CPU's plumbing (proxnp.cpu): host-thread parts, their errors, BLAS inside them,
+"""The CPU's plumbing (proxnp.fast.cpu): host-thread parts, their errors, BLAS inside them,
 results that do not depend on how many threads computed them (float64), glibc's malloc."""
 
 import threading

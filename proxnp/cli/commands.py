@@ -8,7 +8,7 @@
 
 Every run writes config.json (the settings as used), metrics.csv, summary.json and
 a figure to --out-dir (default: a fresh folder under runs/), atomically, after each
-finished run.  A run owns its folder while it lives (see :mod:`proxnp.runs`): a
+finished run.  A run owns its folder while it lives (see :mod:`proxnp.cli.runs`): a
 second run on it refuses.  Settings, data and the model's memory are checked
 before anything is written.  Bad arguments or data end with one line on stderr
 and exit status 2; a run that diverged exits with 1.

@@ -1,7 +1,7 @@
 """The CPU's plumbing: host threads, BLAS thread counts, fork handling and glibc's malloc.
 
 None of this changes a number; it only decides how the fast kernels
-(:mod:`proxnp.fast_layers`, :mod:`proxnp.fast_prox`) use the cores.
+(:mod:`proxnp.fast.layers`, :mod:`proxnp.fast.prox`) use the cores.
 
 * :func:`in_parallel` / :func:`parallel_sum` split work over the batch on host threads.
   The im2col/col2im copies and max pooling are memory-bound strided copies with short

@@ -3,9 +3,9 @@
 
 The reference im2col, col2im and pooling are memory-bound strided copies with short
 inner rows, which NumPy runs on one core.  Here the batch is split over host threads
-(:func:`proxnp.cpu.in_parallel`): each thread copies its images' patches and multiplies
+(:func:`proxnp.fast.cpu.in_parallel`): each thread copies its images' patches and multiplies
 them, so the copies run on every core, not only the matrix products; the weight gradient
-is summed over the threads' parts in a fixed order (:func:`proxnp.cpu.parallel_sum`).
+is summed over the threads' parts in a fixed order (:func:`proxnp.fast.cpu.parallel_sum`).
 Max pooling keeps a running maximum over the window positions in contiguous
 channels-first buffers, with a one-byte arg-max, instead of stacking the windows.
 Outputs are returned as channels-first views, which the next layer reads without a copy.

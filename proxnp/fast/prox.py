@@ -15,7 +15,7 @@ Same signatures and directions (up to rounding) as the reference; what differs i
   "matfree" by multiply-add counts.
 * **Sums over rows on host threads**: a conv layer has R in the 100 000s and few
   columns, so A^T Y, A^T A and A^T A X are summed over blocks of rows shared among
-  host threads (:func:`proxnp.cpu.parallel_sum`), in a fixed order.
+  host threads (:func:`proxnp.fast.cpu.parallel_sum`), in a fixed order.
 * **Thread rules**: a conv layer's small Gram-space CG products run on one BLAS thread,
   so that no OpenBLAS worker is left spinning on a core the next layer's host threads need.
 """

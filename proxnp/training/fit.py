@@ -14,7 +14,7 @@ A NaN/inf loss or parameter stops the run with ``status = "diverged"`` and keeps
 what was recorded.  A run that stays finite but ends far above its starting loss,
 or at chance level ln K, is flagged by :func:`training_verdict`.  With
 ``checkpoint`` set, model, optimizer, shuffling state, settings and history are
-written atomically after every epoch (:mod:`proxnp.checkpoint`); ``resume=True``
+written atomically after every epoch (:mod:`proxnp.training.checkpoint`); ``resume=True``
 validates that file against the run and continues from it bit for bit.
 """
 
@@ -111,7 +111,7 @@ def fit(
     progress=False,
     eval_batch_size=1000,
 ):
-    """Train ``model`` on ``data`` (a :class:`proxnp.data.Dataset`); return the history dict.
+    """Train ``model`` on ``data`` (a :class:`proxnp.training.data.Dataset`); return the history dict.
 
     The data is moved once to the model's device.  Returns
     {"epochs": [per-epoch records], "status": "ok"|"diverged", "message": str}.

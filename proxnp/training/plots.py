@@ -100,7 +100,7 @@ def history_figure(histories, layout="mlp", title=None, time_limit=None, zoom=Tr
     """One curve per run in each panel of ``layout``; returns the Figure.
 
     ``histories`` maps a run name (mathtext allowed) to a history of
-    :func:`proxnp.train.fit`.  ``time_limit`` clips the time axes (the paper clips at
+    :func:`proxnp.training.fit.fit`.  ``time_limit`` clips the time axes (the paper clips at
     300 s); ``zoom`` narrows the accuracy axes with :func:`accuracy_limits` and marks
     the points below the zoom on the lower edge (:func:`mark_clipped`).
     """
