@@ -12,13 +12,28 @@ from .layers import FLOAT_DTYPES, is_parametrised
 
 
 class Sequential:
-    """Layers applied in order: y = layer_n(... layer_1(x))."""
+    """Layers applied in order: y = layer_n(... layer_1(x)).
+
+    Attributes
+    ----------
+    layers : list
+        The layers, bottom to top.
+    acts : list of arrays
+        ``[x, out_1, ..., out_n]`` from the last :meth:`forward` (empty before one).
+    cg_info : dict
+        What the last :func:`proxnp.proxprop` call recorded for each layer that took the
+        proximal step (11): ``{layer index: CGInfo or None}`` -- the CG record
+        (:class:`proxnp.cg.CGInfo`: iterations run, residual norms per column) when a CG
+        solver ran with proxnp's CG, None for the exact and gradient solvers and for
+        ``cg_backend="scipy"``.  Empty until proxprop runs.
+    """
 
     def __init__(self, *layers):
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         self.layers = list(layers)
         self.acts = []
+        self.cg_info = {}
         # The first layer's input gradient is never used: skip computing it.
         for layer in self.layers:
             if hasattr(layer, "need_input_grad"):
