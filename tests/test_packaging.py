@@ -6,12 +6,14 @@ a fraction of a second without installing anything.
 """
 
 import importlib.metadata
+import inspect
 import os
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
+import typing
 
 import pytest
 
@@ -110,3 +112,48 @@ def test_ci_fails_on_a_format_error(tmp_path):
 def test_ci_fails_when_pytest_fails_or_collects_nothing(tmp_path, pytest_rc):
     rc, _ = _ci(tmp_path, CLEAN, pytest_rc=pytest_rc)
     assert rc != 0
+
+
+def _public_callables():
+    """(name, function) for everything ``import proxnp`` exports: the functions, each class's
+    constructor and public methods, and the public functions and classes of the exported
+    modules (functional, gradcheck, optim)."""
+    found = {}
+
+    def add(name, obj):
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if attr == "__init__" or not attr.startswith("_"):
+                    add(f"{name}.{attr}", member)
+            for base in obj.__mro__[1:]:
+                if base.__module__.startswith("proxnp"):
+                    add(f"{name}({base.__name__})", base)
+        elif isinstance(obj, property):
+            found[name] = obj.fget
+        elif inspect.isfunction(obj) or hasattr(obj, "__wrapped__"):
+            found[name] = obj
+
+    for name in proxnp.__all__:
+        obj = getattr(proxnp, name)
+        if inspect.ismodule(obj):
+            for attr, member in vars(obj).items():
+                if not attr.startswith("_") and getattr(member, "__module__", "") == obj.__name__:
+                    add(f"{name}.{attr}", member)
+        else:
+            add(name, obj)
+    return found
+
+
+def test_public_api_is_annotated():
+    callables = _public_callables()
+    assert {"Linear.__init__", "Sequential.forward", "proxprop", "optim.SGD.step"} <= set(callables)
+    missing = []
+    for name, func in callables.items():
+        sig = inspect.signature(func)
+        for p in sig.parameters.values():
+            if p.annotation is inspect.Parameter.empty and p.name not in ("self", "cls"):
+                missing.append(f"{name}({p.name})")
+        if sig.return_annotation is inspect.Signature.empty:
+            missing.append(f"{name} -> ?")
+        typing.get_type_hints(func)  # every annotation names something that exists
+    assert not missing, missing
