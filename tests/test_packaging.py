@@ -114,10 +114,14 @@ def test_ci_fails_when_pytest_fails_or_collects_nothing(tmp_path, pytest_rc):
     assert rc != 0
 
 
+# What an exported module contributes to the public API: its public functions (the function
+# libraries) or its classes (optim: the optimizers; its helper functions are internal).
+EXPORTED_MODULES = {"functional": "functions", "gradcheck": "functions", "optim": "classes"}
+
+
 def _public_callables():
     """(name, function) for everything ``import proxnp`` exports: the functions, each class's
-    constructor and public methods, and the public functions and classes of the exported
-    modules (functional, gradcheck, optim)."""
+    constructor and public methods, and what each exported module contributes."""
     found = {}
 
     def add(name, obj):
@@ -136,9 +140,12 @@ def _public_callables():
     for name in proxnp.__all__:
         obj = getattr(proxnp, name)
         if inspect.ismodule(obj):
+            kind = EXPORTED_MODULES[name]  # a new exported module: say what it contributes
+            wanted = inspect.isfunction if kind == "functions" else inspect.isclass
             for attr, member in vars(obj).items():
                 if not attr.startswith("_") and getattr(member, "__module__", "") == obj.__name__:
-                    add(f"{name}.{attr}", member)
+                    if wanted(member):
+                        add(f"{name}.{attr}", member)
         else:
             add(name, obj)
     return found
