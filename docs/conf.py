@@ -51,6 +51,8 @@ html_theme_options = {
 
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "undoc-members": False}
+# Signatures show the type aliases by name (Array: numpy.ndarray or cupy.ndarray), not expanded.
+autodoc_type_aliases = {"Array": "proxnp.backend.Array", "DTypeLike": "numpy.typing.DTypeLike"}
 
 # The notebooks live in ../notebooks (one copy); Sphinx needs them in its source tree, so they are
 # copied into _notebooks/ (ignored by git). copy2 keeps the modification time, so an unchanged

@@ -14,11 +14,19 @@ It also holds the few linear-algebra adapters whose NumPy and CuPy spellings dif
 used lives in :mod:`proxnp.fast.cpu`.
 """
 
+from __future__ import annotations
+
 import functools
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 DEVICES = ("cpu", "gpu")
+
+#: The type of an array in annotations: a ``numpy.ndarray`` or a ``cupy.ndarray``.  It is
+#: ``Any`` so that annotating a function never imports CuPy and a checker accepts both.
+Array = Any
 
 
 def _cupy_module():
@@ -31,7 +39,7 @@ def _cupy_module():
 
 
 @functools.lru_cache(maxsize=1)
-def gpu_status():
+def gpu_status() -> tuple[bool, str]:
     """(usable, reason): whether CuPy and a CUDA device work, and why not.
 
     Any exception (no CuPy, no driver, no device, a broken runtime) means "no GPU".
@@ -53,17 +61,17 @@ def gpu_status():
     return True, f"{n} CUDA device(s) usable"
 
 
-def gpu_available():
+def gpu_available() -> bool:
     """True when CuPy is installed and a CUDA device runs a kernel."""
     return gpu_status()[0]
 
 
-def is_cupy_array(x):
+def is_cupy_array(x: object) -> bool:
     """True if ``x`` is a CuPy ndarray (checked without importing CuPy)."""
     return type(x).__module__.split(".")[0] == "cupy"
 
 
-def get_xp(*arrays):
+def get_xp(*arrays: Any) -> ModuleType:
     """The array namespace of the arguments: ``numpy`` or ``cupy``.
 
     Non-array arguments (None, Python scalars) are ignored.  Mixing NumPy and
@@ -87,12 +95,12 @@ def get_xp(*arrays):
     return np
 
 
-def device_of(x):
+def device_of(x: Array) -> str:
     """'gpu' for a CuPy array, 'cpu' otherwise."""
     return "gpu" if is_cupy_array(x) else "cpu"
 
 
-def to_device(x, device):
+def to_device(x: Array, device: str) -> Array:
     """Return ``x`` as an array on ``device`` ('cpu' or 'gpu'); no copy if it is there."""
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
@@ -105,7 +113,7 @@ def to_device(x, device):
     return cupy.asarray(x)
 
 
-def to_numpy(x):
+def to_numpy(x: Array) -> np.ndarray:
     """Return ``x`` as a NumPy array (copying from the GPU when needed)."""
     if is_cupy_array(x):
         return x.get()

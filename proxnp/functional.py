@@ -12,18 +12,20 @@ phi(theta, a_prev) = a_prev @ W + b, and an elementwise nonlinearity is sigma.
 The namespace ``xp`` (NumPy or CuPy) is taken from the arrays.
 """
 
+from __future__ import annotations
+
 from typing import NamedTuple
 
-from .backend import get_xp
+from .backend import Array, get_xp
 
 
 # --------------------------------------------------------------------------- affine
 class AffineCache(NamedTuple):
-    a_prev: object  # (N, in)
-    W: object  # (in, out)
+    a_prev: Array  # (N, in)
+    W: Array  # (in, out)
 
 
-def affine_forward(a_prev, W, b):
+def affine_forward(a_prev: Array, W: Array, b: Array) -> tuple[Array, AffineCache]:
     """z = phi(theta, a_prev) = a_prev @ W + b.
 
     a_prev (N, in), W (in, out), b (out,)  ->  z (N, out).
@@ -33,7 +35,9 @@ def affine_forward(a_prev, W, b):
     return z, AffineCache(a_prev, W)
 
 
-def affine_backward(dz, cache, need_da=True):
+def affine_backward(
+    dz: Array, cache: AffineCache, need_da: bool = True
+) -> tuple[Array | None, Array, Array]:
     """Gradients of the affine map for upstream dz (N, out).
 
     da_prev = dz @ W^T (N, in);  dW = a_prev^T @ dz (in, out);  db = sum_n dz (out,).
@@ -46,26 +50,26 @@ def affine_backward(dz, cache, need_da=True):
     return da_prev, dW, db
 
 
-def affine_input_grad(dz, cache):
+def affine_input_grad(dz: Array, cache: AffineCache) -> Array:
     """da_prev = dz @ W^T: the gradient in eq. (10) of the paper, for a linear layer."""
     return dz @ cache.W.T
 
 
 # --------------------------------------------------------------------------- conv2d
 class Conv2dCache(NamedTuple):
-    patches_T: object  # the patch matrix P transposed (C*kh*kw, N*Ho*Wo), see im2col
-    W: object  # (F, C, kh, kw)
+    patches_T: Array  # the patch matrix P transposed (C*kh*kw, N*Ho*Wo), see im2col
+    W: Array  # (F, C, kh, kw)
     x_shape: tuple  # (N, C, H, W)
     stride: int
     padding: int
 
 
-def conv_out_size(size, k, stride, padding):
+def conv_out_size(size: int, k: int, stride: int, padding: int) -> int:
     """Output length of a convolution or pooling window along one axis."""
     return (size + 2 * padding - k) // stride + 1
 
 
-def im2col(x, kh, kw, stride=1, padding=0):
+def im2col(x: Array, kh: int, kw: int, stride: int = 1, padding: int = 0) -> Array:
     """Transposed patch matrix of an NCHW batch: one column per output pixel.
 
     x (N, C, H, W)  ->  patches_T (C*kh*kw, N*Ho*Wo); rows ordered (c, i, j) to match
@@ -87,7 +91,14 @@ def im2col(x, kh, kw, stride=1, padding=0):
     return patches.reshape(C * kh * kw, N * Ho * Wo)
 
 
-def col2im(dpatches_T, x_shape, kh, kw, stride=1, padding=0):
+def col2im(
+    dpatches_T: Array,
+    x_shape: tuple[int, ...],
+    kh: int,
+    kw: int,
+    stride: int = 1,
+    padding: int = 0,
+) -> Array:
     """Adjoint of :func:`im2col`: add every patch gradient back to its pixels.
 
     dpatches_T (C*kh*kw, N*Ho*Wo)  ->  dx (N, C, H, W).  Overlapping windows accumulate.
@@ -105,7 +116,9 @@ def col2im(dpatches_T, x_shape, kh, kw, stride=1, padding=0):
     return dx_pad[:, :, padding : padding + H, padding : padding + Wd].transpose(1, 0, 2, 3)
 
 
-def conv2d_forward(x, W, b, stride=1, padding=0):
+def conv2d_forward(
+    x: Array, W: Array, b: Array, stride: int = 1, padding: int = 0
+) -> tuple[Array, Conv2dCache]:
     """z = phi(theta, x): 2-D cross-correlation with zero padding, as in every DL framework.
 
     x (N, C, H, W), W (F, C, kh, kw), b (F,)  ->  z (N, F, Ho, Wo),
@@ -121,17 +134,19 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
     return z, Conv2dCache(patches_T, W, x.shape, stride, padding)
 
 
-def conv_channel_rows(dz):
+def conv_channel_rows(dz: Array) -> Array:
     """(N, F, Ho, Wo) -> dz_mat (F, N*Ho*Wo): one row per output channel."""
     return dz.transpose(1, 0, 2, 3).reshape(dz.shape[1], -1)
 
 
-def conv_rows(dz):
+def conv_rows(dz: Array) -> Array:
     """(N, F, Ho, Wo) -> (N*Ho*Wo, F): a conv output as rows matching the patch matrix."""
     return conv_channel_rows(dz).T
 
 
-def conv2d_backward(dz, cache, need_dx=True):
+def conv2d_backward(
+    dz: Array, cache: Conv2dCache, need_dx: bool = True
+) -> tuple[Array | None, Array, Array]:
     """Gradients of the convolution for upstream dz (N, F, Ho, Wo).
 
     dW = dz_mat @ patches_T^T (reshaped to W), db = sum over n, ho, wo,
@@ -144,7 +159,7 @@ def conv2d_backward(dz, cache, need_dx=True):
     return dx, dW, db
 
 
-def conv2d_input_grad(dz, cache):
+def conv2d_input_grad(dz: Array, cache: Conv2dCache) -> Array:
     """dx = col2im(W_mat^T @ dz_mat): the gradient in eq. (10) of the paper, for a convolution."""
     F, C, kh, kw = cache.W.shape
     dpatches_T = cache.W.reshape(F, -1).T @ conv_channel_rows(dz)  # (C*kh*kw, N*Ho*Wo)
@@ -153,35 +168,35 @@ def conv2d_input_grad(dz, cache):
 
 # --------------------------------------------------------------------- nonlinearities
 class ActivationCache(NamedTuple):
-    z: object  # the pre-activation
-    a: object  # sigma(z)
+    z: Array  # the pre-activation
+    a: Array  # sigma(z)
 
 
-def relu_forward(z):
+def relu_forward(z: Array) -> tuple[Array, ActivationCache]:
     """a = sigma(z) = max(0, z), elementwise."""
     xp = get_xp(z)
     a = xp.maximum(z, 0)
     return a, ActivationCache(z, a)
 
 
-def relu_backward(da, cache):
+def relu_backward(da: Array, cache: ActivationCache) -> Array:
     """dz = da * sigma'(z), sigma'(z) = [z > 0] (0 at z = 0, as in PyTorch)."""
     return da * (cache.z > 0)
 
 
-def tanh_forward(z):
+def tanh_forward(z: Array) -> tuple[Array, ActivationCache]:
     """a = tanh(z)."""
     xp = get_xp(z)
     a = xp.tanh(z)
     return a, ActivationCache(z, a)
 
 
-def tanh_backward(da, cache):
+def tanh_backward(da: Array, cache: ActivationCache) -> Array:
     """dz = da * (1 - a^2)."""
     return da * (1 - cache.a * cache.a)
 
 
-def sigmoid_forward(z):
+def sigmoid_forward(z: Array) -> tuple[Array, ActivationCache]:
     """a = 1 / (1 + exp(-z)), computed without overflow for large abs(z)."""
     xp = get_xp(z)
     e = xp.exp(-xp.abs(z))  # in (0, 1], never overflows
@@ -189,20 +204,20 @@ def sigmoid_forward(z):
     return a, ActivationCache(z, a)
 
 
-def sigmoid_backward(da, cache):
+def sigmoid_backward(da: Array, cache: ActivationCache) -> Array:
     """dz = da * a * (1 - a)."""
     return da * cache.a * (1 - cache.a)
 
 
 # --------------------------------------------------------------------- max pooling
 class MaxPoolCache(NamedTuple):
-    argmax: object  # (N, C, Ho, Wo) index i*kernel + j into the window of the chosen input
+    argmax: Array  # (N, C, Ho, Wo) index i*kernel + j into the window of the chosen input
     x_shape: tuple
     kernel: int
     stride: int
 
 
-def pool_window(i, j, stride, Ho, Wo):
+def pool_window(i: int, j: int, stride: int, Ho: int, Wo: int) -> tuple[slice, ...]:
     """The index of entry (i, j) of every pooling window: x[pool_window(...)] is (N, C, Ho, Wo)."""
     return (
         slice(None),
@@ -212,7 +227,9 @@ def pool_window(i, j, stride, Ho, Wo):
     )
 
 
-def max_pool2d_forward(x, kernel=2, stride=None):
+def max_pool2d_forward(
+    x: Array, kernel: int = 2, stride: int | None = None
+) -> tuple[Array, MaxPoolCache]:
     """Max over kernel x kernel windows with the given stride (default: kernel).
 
     x (N, C, H, W) -> out (N, C, Ho, Wo).  The k*k entries of every window are stacked
@@ -231,7 +248,7 @@ def max_pool2d_forward(x, kernel=2, stride=None):
     return out, MaxPoolCache(argmax, x.shape, kernel, stride)
 
 
-def max_pool2d_backward(dout, cache):
+def max_pool2d_backward(dout: Array, cache: MaxPoolCache) -> Array:
     """Route each output gradient to the one arg-max input of its window (overlaps add)."""
     xp = get_xp(dout)
     argmax, x_shape, k, s = cache
@@ -247,23 +264,23 @@ class FlattenCache(NamedTuple):
     x_shape: tuple  # the input shape (N, ...)
 
 
-def flatten_forward(x):
+def flatten_forward(x: Array) -> tuple[Array, FlattenCache]:
     """(N, ...) -> (N, prod(...))."""
     return x.reshape(x.shape[0], -1), FlattenCache(x.shape)
 
 
-def flatten_backward(dout, cache):
+def flatten_backward(dout: Array, cache: FlattenCache) -> Array:
     """(N, prod(...)) -> the input shape."""
     return dout.reshape(cache.x_shape)
 
 
 # ---------------------------------------------------------------------------- losses
 class SoftmaxCECache(NamedTuple):
-    p: object  # softmax probabilities (N, K)
-    y: object  # integer labels (N,)
+    p: Array  # softmax probabilities (N, K)
+    y: Array  # integer labels (N,)
 
 
-def softmax_cross_entropy_forward(logits, y):
+def softmax_cross_entropy_forward(logits: Array, y: Array) -> tuple[Array, SoftmaxCECache]:
     """L_y = mean_n [ logsumexp(logits_n) - logits_n[y_n] ]  (batch mean).
 
     logits (N, K), y (N,) integers in [0, K).  Stable for logits of +-1e4:
@@ -279,7 +296,7 @@ def softmax_cross_entropy_forward(logits, y):
     return loss, SoftmaxCECache(exp / sum_exp, y)
 
 
-def softmax_cross_entropy_backward(cache, dloss=1.0):
+def softmax_cross_entropy_backward(cache: SoftmaxCECache, dloss: float | Array = 1.0) -> Array:
     """dlogits = (softmax(logits) - onehot(y)) / N."""
     xp = get_xp(cache.p)
     p, y = cache
@@ -290,16 +307,16 @@ def softmax_cross_entropy_backward(cache, dloss=1.0):
 
 
 class MSECache(NamedTuple):
-    diff: object  # prediction - target (N, ...)
+    diff: Array  # prediction - target (N, ...)
 
 
-def mse_forward(pred, target):
+def mse_forward(pred: Array, target: Array) -> tuple[Array, MSECache]:
     """L = (1/N) sum_n 1/2 ||pred_n - target_n||^2  (batch mean of half squared errors)."""
     diff = pred - target
     loss = 0.5 * (diff * diff).sum() / pred.shape[0]
     return loss, MSECache(diff)
 
 
-def mse_backward(cache, dloss=1.0):
+def mse_backward(cache: MSECache, dloss: float | Array = 1.0) -> Array:
     """dpred = (pred - target) / N."""
     return cache.diff * (dloss / cache.diff.shape[0])

@@ -12,12 +12,19 @@ Two checks, as in CS231n's ``gradient_check.py`` and Chainer's ``check_backward`
 All functions perturb *copies*; the caller's arrays are never changed.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .backend import get_xp, to_numpy
+from .backend import Array, get_xp, to_numpy
+from .layers import Layer
 
 
-def rel_error(x, y, eps=1e-300):
+def rel_error(x: ArrayLike, y: ArrayLike, eps: float = 1e-300) -> float:
     """max abs(x - y) / max(abs(x), abs(y)) over all entries: 0 for equal arrays, ~1 for unrelated ones."""
     x, y = np.asarray(to_numpy(x), dtype=np.float64), np.asarray(to_numpy(y), dtype=np.float64)
     if x.shape != y.shape:
@@ -26,7 +33,7 @@ def rel_error(x, y, eps=1e-300):
     return float(np.abs(x - y).max(initial=0.0) / scale)
 
 
-def numerical_gradient(f, x, h=1e-6):
+def numerical_gradient(f: Callable[[Array], Any], x: Array, h: float = 1e-6) -> Array:
     """Central-difference gradient of the scalar function f at x (any shape).
 
     f receives a perturbed copy of x; x itself is left unchanged.
@@ -46,7 +53,14 @@ def numerical_gradient(f, x, h=1e-6):
     return grad
 
 
-def directional_check(f, x, grad, n_dirs=5, h=1e-5, rng=None):
+def directional_check(
+    f: Callable[[Array], Any],
+    x: Array,
+    grad: Array,
+    n_dirs: int = 5,
+    h: float = 1e-5,
+    rng: np.random.Generator | None = None,
+) -> float:
     """Largest relative error between <grad, v> and (f(x+hv) - f(x-hv)) / 2h over random v.
 
     Each error is abs(analytic - numeric) / max(abs(analytic), abs(numeric)), with a floor of
@@ -66,7 +80,9 @@ def directional_check(f, x, grad, n_dirs=5, h=1e-5, rng=None):
     return worst
 
 
-def check_layer(layer, x, rng=None, h=1e-6):
+def check_layer(
+    layer: Layer, x: Array, rng: np.random.Generator | None = None, h: float = 1e-6
+) -> dict[str, float]:
     """Relative errors of a layer's backward against central differences.
 
     Uses the scalar s(x, params) = sum(layer.forward(x) * dy) for a random dy, so

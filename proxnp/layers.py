@@ -25,10 +25,13 @@ PyTorch default the paper used), drawn with a NumPy Generator on the host and th
 moved to the device, so CPU and GPU runs start bit-identical.
 """
 
+from __future__ import annotations
+
 import numpy as np
+from numpy.typing import DTypeLike
 
 from . import functional as F
-from .backend import device_of, get_xp, to_device
+from .backend import Array, device_of, get_xp, to_device
 from .fast import layers as fast_layers
 from .fast import use_fast
 
@@ -56,12 +59,12 @@ def _uniform_init(rng, shape, fan_in, dtype):
 class Layer:
     """Base of all layers: no parameters, identity bookkeeping, device moves."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.params = {}
         self.grads = {}
         self.cache = None
 
-    def to(self, device):
+    def to(self, device: str) -> Layer:
         """Move parameters and gradients to 'cpu' or 'gpu' (in place); returns self."""
         self.params = {k: to_device(v, device) for k, v in self.params.items()}
         self.grads = {k: to_device(v, device) for k, v in self.grads.items()}
@@ -100,7 +103,14 @@ class Layer:
 class Linear(Layer):
     """Fully connected layer z = a_prev @ W + b, W (in, out), b (out,)."""
 
-    def __init__(self, in_features, out_features, *, rng=None, dtype=np.float32):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        rng: np.random.Generator | None = None,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
@@ -111,35 +121,35 @@ class Linear(Layer):
         self.params["b"] = _uniform_init(rng, (out_features,), in_features, dtype)
         self.need_input_grad = True
 
-    def forward(self, a_prev):
+    def forward(self, a_prev: Array) -> Array:
         self._check_input(a_prev, (None, self.in_features), 2)
         z, self.cache = F.affine_forward(a_prev, self.params["W"], self.params["b"])
         return z
 
-    def backward(self, dz):
+    def backward(self, dz: Array) -> Array | None:
         da_prev, self.grads["W"], self.grads["b"] = F.affine_backward(
             dz, self.cache, need_da=self.need_input_grad
         )
         return da_prev
 
     # the affine structure: z = [a_prev, 1] Theta, one row per sample
-    def design_matrix(self):
+    def design_matrix(self) -> Array:
         """P = a_prev (N, in) of the last forward pass."""
         return self.cache.a_prev
 
-    def error_rows(self, dz):
+    def error_rows(self, dz: Array) -> Array:
         """g = dz (N, out): already one row per sample."""
         return dz
 
-    def theta(self):
+    def theta(self) -> Array:
         """Theta = [W; b^T] (in + 1, out)."""
         return get_xp(self.params["W"]).concatenate([self.params["W"], self.params["b"][None, :]])
 
-    def params_from_theta(self, Theta):
+    def params_from_theta(self, Theta: Array) -> dict[str, Array]:
         """Theta (in + 1, out) -> {'W': (in, out), 'b': (out,)}."""
         return {"W": Theta[:-1], "b": Theta[-1]}
 
-    def input_grad(self, dz):
+    def input_grad(self, dz: Array) -> Array:
         """da_prev = dz @ W^T (eq. 10)."""
         return F.affine_input_grad(dz, self.cache)
 
@@ -152,15 +162,15 @@ class Conv2d(Layer):
 
     def __init__(
         self,
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=1,
-        padding=0,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int = 0,
         *,
-        rng=None,
-        dtype=np.float32,
-    ):
+        rng: np.random.Generator | None = None,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
         super().__init__()
         kh, kw = (kernel_size, kernel_size) if np.isscalar(kernel_size) else kernel_size
         if min(in_channels, out_channels, kh, kw, stride) < 1 or padding < 0:
@@ -174,7 +184,7 @@ class Conv2d(Layer):
         self.params["b"] = _uniform_init(rng, (out_channels,), fan_in, dtype)
         self.need_input_grad = True
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         self._check_input(x, (None, self.in_channels, None, None), 4)
         kh, kw = self.kernel_size
         if x.shape[2] + 2 * self.padding < kh or x.shape[3] + 2 * self.padding < kw:
@@ -184,31 +194,31 @@ class Conv2d(Layer):
         )
         return z
 
-    def backward(self, dz):
+    def backward(self, dz: Array) -> Array | None:
         dx, self.grads["W"], self.grads["b"] = _ops().conv2d_backward(
             dz, self.cache, need_dx=self.need_input_grad
         )
         return dx
 
     # the affine structure: z = [P, 1] Theta, one row per output pixel
-    def design_matrix(self):
+    def design_matrix(self) -> Array:
         """P (N*Ho*Wo, C*kh*kw): the im2col patches of the last forward pass, one row per pixel."""
         return self.cache.patches_T.T
 
-    def error_rows(self, dz):
+    def error_rows(self, dz: Array) -> Array:
         """g (N*Ho*Wo, F): dz (N, F, Ho, Wo) as one row per output pixel."""
         return F.conv_rows(dz)
 
-    def theta(self):
+    def theta(self) -> Array:
         """Theta = [W_mat^T; b^T] (C*kh*kw + 1, F), W_mat = W.reshape(F, -1)."""
         W = self.params["W"]
         return get_xp(W).concatenate([W.reshape(W.shape[0], -1).T, self.params["b"][None, :]])
 
-    def params_from_theta(self, Theta):
+    def params_from_theta(self, Theta: Array) -> dict[str, Array]:
         """Theta (C*kh*kw + 1, F) -> {'W': (F, C, kh, kw), 'b': (F,)}."""
         return {"W": Theta[:-1].T.reshape(self.params["W"].shape), "b": Theta[-1]}
 
-    def input_grad(self, dz):
+    def input_grad(self, dz: Array) -> Array:
         """dx = col2im(W_mat^T @ dz_mat) (eq. 10)."""
         return _ops().conv2d_input_grad(dz, self.cache)
 
@@ -223,54 +233,54 @@ class Conv2d(Layer):
 class ReLU(Layer):
     """a = max(0, z)."""
 
-    def forward(self, z):
+    def forward(self, z: Array) -> Array:
         a, self.cache = F.relu_forward(z)
         return a
 
-    def backward(self, da):
+    def backward(self, da: Array) -> Array:
         return F.relu_backward(da, self.cache)
 
 
 class Tanh(Layer):
     """a = tanh(z)."""
 
-    def forward(self, z):
+    def forward(self, z: Array) -> Array:
         a, self.cache = F.tanh_forward(z)
         return a
 
-    def backward(self, da):
+    def backward(self, da: Array) -> Array:
         return F.tanh_backward(da, self.cache)
 
 
 class Sigmoid(Layer):
     """a = 1 / (1 + exp(-z))."""
 
-    def forward(self, z):
+    def forward(self, z: Array) -> Array:
         a, self.cache = F.sigmoid_forward(z)
         return a
 
-    def backward(self, da):
+    def backward(self, da: Array) -> Array:
         return F.sigmoid_backward(da, self.cache)
 
 
 class MaxPool2d(Layer):
     """Max pooling over kernel x kernel windows (stride defaults to the kernel)."""
 
-    def __init__(self, kernel_size=2, stride=None):
+    def __init__(self, kernel_size: int = 2, stride: int | None = None) -> None:
         super().__init__()
         self.kernel_size = int(kernel_size)
         self.stride = self.kernel_size if stride is None else int(stride)
         if self.kernel_size < 1 or self.stride < 1:
             raise ValueError("MaxPool2d needs kernel_size >= 1 and stride >= 1")
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         self._check_input(x, (None, None, None, None), 4)
         if min(x.shape[2], x.shape[3]) < self.kernel_size:
             raise ValueError(f"{self}: input {x.shape[2]}x{x.shape[3]} is smaller than the window")
         out, self.cache = _ops().max_pool2d_forward(x, self.kernel_size, self.stride)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout: Array) -> Array:
         return _ops().max_pool2d_backward(dout, self.cache)
 
     def __repr__(self):
@@ -280,15 +290,15 @@ class MaxPool2d(Layer):
 class Flatten(Layer):
     """(N, C, H, W) -> (N, C*H*W)."""
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         out, self.cache = F.flatten_forward(x)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout: Array) -> Array:
         return F.flatten_backward(dout, self.cache)
 
 
-def is_parametrised(layer):
+def is_parametrised(layer: object) -> bool:
     """True for the linear transfer functions phi_l: the layers that state their affine
     structure (Linear, Conv2d, or any layer with ``design_matrix``)."""
     return hasattr(layer, "design_matrix")

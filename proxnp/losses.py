@@ -7,8 +7,12 @@ authors' code; see docs/theory.md, "Mean and sum", for why the prox data term is
     dlogits = loss_fn.backward()
 """
 
+from __future__ import annotations
+
+from typing import Protocol
+
 from . import functional as F
-from .backend import get_xp
+from .backend import Array, get_xp
 from .layers import FLOAT_DTYPES
 
 
@@ -26,6 +30,18 @@ def _check_float(name, what, x):
         )
 
 
+class Loss(Protocol):
+    """What :func:`proxnp.backprop` and :func:`proxnp.proxprop` need of a loss (for annotations)."""
+
+    def forward(self, out: Array, y: Array) -> Array:
+        """L_y(out) as a 0-d array; stores what :meth:`backward` needs."""
+        ...
+
+    def backward(self) -> Array:
+        """dL_y/d(out) at the last forward pass."""
+        ...
+
+
 class SoftmaxCrossEntropy:
     """L_y(z) = mean_n [logsumexp(z_n) - z_n[y_n]] for integer labels y in [0, K).
 
@@ -35,11 +51,11 @@ class SoftmaxCrossEntropy:
     labels once (the fit loop does).
     """
 
-    def __init__(self, check_labels=True):
+    def __init__(self, check_labels: bool = True) -> None:
         self.cache = None
         self.check_labels = check_labels
 
-    def forward(self, logits, y):
+    def forward(self, logits: Array, y: Array) -> Array:
         xp = get_xp(logits, y)
         _check_float("SoftmaxCrossEntropy", "logits", logits)
         if logits.ndim != 2:
@@ -64,7 +80,7 @@ class SoftmaxCrossEntropy:
         loss, self.cache = F.softmax_cross_entropy_forward(logits, y)
         return loss
 
-    def backward(self):
+    def backward(self) -> Array:
         return F.softmax_cross_entropy_backward(self.cache)
 
     def __repr__(self):
@@ -74,10 +90,10 @@ class SoftmaxCrossEntropy:
 class MeanSquaredError:
     """L(pred) = (1/N) sum_n 1/2 ||pred_n - target_n||^2."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.cache = None
 
-    def forward(self, pred, target):
+    def forward(self, pred: Array, target: Array) -> Array:
         _check_float("MeanSquaredError", "prediction", pred)
         if pred.shape != target.shape:
             raise ValueError(
@@ -92,7 +108,7 @@ class MeanSquaredError:
         loss, self.cache = F.mse_forward(pred, target)
         return loss
 
-    def backward(self):
+    def backward(self) -> Array:
         return F.mse_backward(self.cache)
 
     def __repr__(self):

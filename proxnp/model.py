@@ -5,26 +5,40 @@
 For a parametrised layer phi_l at index i these are a_{l-1} and z_l (Fig. 1).
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+
 import numpy as np
 
-from .backend import device_of, to_device, to_numpy
-from .layers import FLOAT_DTYPES, is_parametrised
+from .backend import Array, device_of, to_device, to_numpy
+from .layers import FLOAT_DTYPES, Layer, is_parametrised
 
 
 class Sequential:
-    """Layers applied in order: y = layer_n(... layer_1(x))."""
+    """Layers applied in order: y = layer_n(... layer_1(x)).
 
-    def __init__(self, *layers):
+    * ``layers`` -- the layers, bottom to top.
+    * ``acts`` -- ``[x, out_1, ..., out_n]`` from the last :meth:`forward` (empty before one).
+    * ``cg_info`` -- what the last :func:`proxnp.proxprop` call recorded for each layer that
+      took the proximal step (11): ``{layer index: CGInfo or None}``, the CG record
+      (:class:`proxnp.cg.CGInfo`: iterations run, residual norms per column) when proxnp's
+      CG ran, None for the exact and gradient solvers and for ``cg_backend="scipy"``.
+      Empty until proxprop runs.
+    """
+
+    def __init__(self, *layers: Layer) -> None:
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         self.layers = list(layers)
         self.acts = []
+        self.cg_info = {}
         # The first layer's input gradient is never used: skip computing it.
         for layer in self.layers:
             if hasattr(layer, "need_input_grad"):
                 layer.need_input_grad = layer is not self.layers[0]
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         """Run the layers, recording acts = [x, out_1, ..., out_n]; return out_n."""
         if getattr(x, "dtype", None) not in FLOAT_DTYPES:
             raise ValueError(
@@ -40,18 +54,18 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         """Backpropagate dy through every layer (each assigns its grads); return dx or None."""
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
         return dy
 
-    def parametrised(self):
+    def parametrised(self) -> list[int]:
         """Indices of the parametrised layers (Linear, Conv2d), bottom to top."""
         return [i for i, layer in enumerate(self.layers) if is_parametrised(layer)]
 
     @property
-    def device(self):
+    def device(self) -> str:
         """'cpu' or 'gpu': where the parameters live."""
         for layer in self.layers:
             for v in layer.params.values():
@@ -59,20 +73,20 @@ class Sequential:
         return "cpu"
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype | None:
         for layer in self.layers:
             for v in layer.params.values():
                 return v.dtype
         return None
 
-    def to(self, device):
+    def to(self, device: str) -> Sequential:
         """Move every layer's parameters to 'cpu' or 'gpu'; returns self."""
         for layer in self.layers:
             layer.to(device)
         self.acts = []
         return self
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """{'<index>.<name>': numpy array} for every parameter (copied to the host)."""
         return {
             f"{i}.{k}": to_numpy(v)
@@ -80,7 +94,7 @@ class Sequential:
             for k, v in layer.params.items()
         }
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Copy arrays into the parameters; keys, shapes and dtypes must match exactly."""
         own = {f"{i}.{k}": (layer, k) for i, layer in enumerate(self.layers) for k in layer.params}
         missing, unexpected = set(own) - set(state), set(state) - set(own)

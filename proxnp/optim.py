@@ -12,15 +12,20 @@ Both update the parameters in place and keep their state as arrays on the
 parameters' device; ``state_dict``/``load_state_dict`` make checkpoints exact.
 """
 
+from __future__ import annotations
+
 import functools
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from .backend import device_of, get_xp, to_device, to_numpy
+from .backend import Array, device_of, get_xp, to_device, to_numpy
 from .fast.cpu import scipy_single_thread
+from .model import Sequential
 
 
-def axpy(a, x, y, tmp=None):
+def axpy(a: float, x: Array, y: Array, tmp: Array | None = None) -> Array:
     """In place y += a * x for arrays of one shape and dtype.
 
     On contiguous NumPy float arrays this is BLAS ``axpy``: one pass over y instead of a
@@ -56,7 +61,7 @@ def _blas_axpy(dtype_char):
 class Optimizer:
     """Base: the (layer, name) pairs of every parameter and a step counter."""
 
-    def __init__(self, model, lr):
+    def __init__(self, model: Sequential, lr: float) -> None:
         if not lr > 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
         self.model, self.lr, self.t = model, float(lr), 0
@@ -87,7 +92,7 @@ class Optimizer:
             self.scratch[key] = get_xp(like).empty_like(like)
         return self.scratch[key]
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """Host copies of the state, flat: {'t': t, '<name>/<key>': array}."""
         out = {"t": self.t}
         for name, bufs in self.state.items():
@@ -95,7 +100,7 @@ class Optimizer:
                 out[f"{name}/{key}"] = to_numpy(arr)
         return out
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.t = int(state["t"])
         self.state = {}
         for flat, arr in state.items():
@@ -116,7 +121,14 @@ class SGD(Optimizer):
     step = g + mu b (Nesterov) or b (heavy ball) or g (mu = 0).
     """
 
-    def __init__(self, model, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(
+        self,
+        model: Sequential,
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
         super().__init__(model, lr)
         if momentum < 0 or weight_decay < 0:
             raise ValueError("momentum and weight_decay must be >= 0")
@@ -124,7 +136,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
-    def step(self):
+    def step(self) -> None:
         mu, lr = self.momentum, self.lr
         for key, p, g in self._pairs():
             tmp = self._scratch(p)
@@ -149,13 +161,19 @@ class Adam(Optimizer):
     """Adam: m <- b1 m + (1-b1) g, v <- b2 v + (1-b2) g^2,
     theta <- theta - lr * m_hat / (sqrt(v_hat) + eps) with bias-corrected m_hat, v_hat."""
 
-    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(
+        self,
+        model: Sequential,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
         super().__init__(model, lr)
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or eps <= 0:
             raise ValueError(f"Adam needs betas in [0, 1) and eps > 0, got {betas}, {eps}")
         self.betas, self.eps = betas, eps
 
-    def step(self):
+    def step(self) -> None:
         b1, b2 = self.betas
         self.t += 1
         c1, c2 = 1 - b1**self.t, 1 - b2**self.t

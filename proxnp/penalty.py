@@ -22,6 +22,15 @@ exactly theta - tau * grad J, one step of gradient descent on the training loss:
          a_{l-1} with z_l^{k+1/2} and the *old* theta_l^k                   (10)
     (c)  theta_l with z_l^{k+1/2} and the *forward-pass* a_{l-1}^k          (11, explicit)
 
+**Indices.**  The paper numbers the blocks from 1: phi_l for l = 1 .. L-1, the hidden
+blocks (those with a sigma_l and a penalty term) l = 1 .. L-2.  Python lists start at 0,
+so the lists here hold block l at list index ``i = l - 1``::
+
+    phis[i] = phi_l      theta[i] = theta_l      sigmas[i] = sigma_l
+    z[i]    = z_l        a[i]     = a_l          acts[i]   = a_{l-1}   (acts = [a_0] + a)
+
+In the code ``l`` is always the paper's block index and ``i`` always a list index.
+
 The tests check this to 1e-12 against :func:`proxnp.backprop`, and show that
 taking (c) at a_{l-1}^{k+1/2} instead (``theta_step_at="updated"``, the most
 likely implementation bug) breaks the equivalence.  Everything here is written
@@ -34,8 +43,8 @@ from typing import NamedTuple
 
 class Blocks(NamedTuple):
     prefix: list  # parameter-free layers before the first phi (applied to X once)
-    phis: list  # phi_1 .. phi_{L-1}: the parametrised layers
-    sigmas: list  # sigma_1 .. sigma_{L-2}: lists of parameter-free layers
+    phis: list  # phi_1 .. phi_{L-1} (phis[i] = phi_{i+1}): the parametrised layers
+    sigmas: list  # sigma_1 .. sigma_{L-2} (sigmas[i] = sigma_{i+1}): parameter-free layers
     head: list  # layers after phi_{L-1}, applied before the loss
 
 
@@ -94,12 +103,12 @@ def _backward(clones, d):
 
 
 def current_theta(model):
-    """[{'W': ..., 'b': ...}] for phi_1 .. phi_{L-1} (the arrays themselves, not copies)."""
+    """[{'W': ..., 'b': ...}] for phi_1 .. phi_{L-1}, theta[i] = theta_{i+1} (the arrays, not copies)."""
     return [dict(phi.params) for phi in blocks(model).phis]
 
 
 def forward_point(model, x):
-    """The forward pass (7): a_0 and the lists a = [a_1..a_{L-2}], z = [z_1..z_{L-2}]."""
+    """The forward pass (7): a_0 and the lists a = [a_1..a_{L-2}], z = [z_1..z_{L-2}] (a[i] = a_{i+1})."""
     b = blocks(model)
     a_prev, _ = _forward(b.prefix, x)
     a0, a, z = a_prev, [], []
@@ -115,19 +124,20 @@ def forward_point(model, x):
 def energy(model, loss_fn, x, y, a, z, rho, gamma, theta=None):
     """E(theta, a, z) of eq. (3) and its three parts, as an :class:`Energy`.
 
-    a, z: lists [a_1..a_{L-2}] and [z_1..z_{L-2}]; theta defaults to the model's.
+    a, z: lists [a_1..a_{L-2}] and [z_1..z_{L-2}] (list index i holds block l = i + 1);
+    theta defaults to the model's.
     """
     b = blocks(model)
     theta = current_theta(model) if theta is None else theta
     a0, _ = _forward(b.prefix, x)
     acts = [a0] + list(a)
     nonlinear = linear = 0.0
-    for l in range(len(b.sigmas)):
-        phi_out, _ = _forward([_clone(b.phis[l], theta[l])], acts[l])
-        r = phi_out - z[l]
+    for i in range(len(b.sigmas)):  # block l = i + 1
+        phi_out, _ = _forward([_clone(b.phis[i], theta[i])], acts[i])
+        r = phi_out - z[i]  # r_l = phi(theta_l, a_{l-1}) - z_l
         linear = linear + rho / 2 * (r * r).sum()
-        s, _ = _forward(b.sigmas[l], z[l])
-        s = s - a[l]
+        s, _ = _forward(b.sigmas[i], z[i])
+        s = s - a[i]  # s_l = sigma_l(z_l) - a_l
         nonlinear = nonlinear + gamma / 2 * (s * s).sum()
     out, _ = _forward([_clone(b.phis[-1], theta[-1])] + b.head, acts[-1])
     loss = _clone_loss(loss_fn).forward(out, y)
@@ -146,10 +156,13 @@ def energy_grads(model, loss_fn, x, y, a, z, rho, gamma, theta=None):
     Written out term by term::
 
       dE/dtheta_{L-1}, dE/da_{L-2} += backprop of L_y through the head;
-      for each block l (with r_l = phi(theta_l, a_{l-1}) - z_l, s_l = sigma_l(z_l) - a_l):
+      for each hidden block l = 1 .. L-2 (with r_l = phi(theta_l, a_{l-1}) - z_l, s_l = sigma_l(z_l) - a_l):
         dE/dtheta_l  = rho * dphi/dtheta^T r_l,     dE/da_{l-1} += rho * dphi/da^T r_l,
         dE/dz_l      = gamma * dsigma/dz^T s_l - rho * r_l,
         dE/da_l     += -gamma * s_l.
+
+    Each list holds block l at index i = l - 1 (the module docstring's "Indices"); a_0 is
+    the input, not a variable, so dE/da_0 is not kept.
     """
     b = blocks(model)
     theta = current_theta(model) if theta is None else theta
@@ -168,17 +181,17 @@ def energy_grads(model, loss_fn, x, y, a, z, rho, gamma, theta=None):
     if n_hidden:
         d_a[-1] = d_a[-1] + d_top
     # the penalty terms
-    for l in range(n_hidden):
-        phi_out, phi_clone = _forward([_clone(b.phis[l], theta[l])], acts[l])
-        r = phi_out - z[l]
+    for i in range(n_hidden):  # block l = i + 1
+        phi_out, phi_clone = _forward([_clone(b.phis[i], theta[i])], acts[i])
+        r = phi_out - z[i]  # r_l
         d_in = _backward(phi_clone, rho * r)
-        d_theta[l] = phi_clone[0].grads
-        if l > 0:
-            d_a[l - 1] = d_a[l - 1] + d_in
-        s, sigma_clones = _forward(b.sigmas[l], z[l])
-        s = s - a[l]
-        d_z[l] = _backward(sigma_clones, gamma * s) - rho * r
-        d_a[l] = d_a[l] - gamma * s
+        d_theta[i] = phi_clone[0].grads  # dE/dtheta_l
+        if i > 0:  # dE/da_{l-1}, which is a[i - 1]
+            d_a[i - 1] = d_a[i - 1] + d_in
+        s, sigma_clones = _forward(b.sigmas[i], z[i])
+        s = s - a[i]  # s_l
+        d_z[i] = _backward(sigma_clones, gamma * s) - rho * r  # dE/dz_l
+        d_a[i] = d_a[i] - gamma * s  # dE/da_l
     return {"theta": d_theta, "a": d_a, "z": d_z}
 
 
@@ -195,7 +208,7 @@ def backprop_by_penalty(model, loss_fn, x, y, tau, theta_step_at="forward"):
     rho = gamma = 1.0 / tau
     theta = [{k: v.copy() for k, v in t.items()} for t in current_theta(model)]
     _, a, z = forward_point(model, x)  # (7)
-    L2 = len(z)  # = L - 2
+    n_hidden = len(z)  # L - 2
 
     def grads_at(a_now, z_now, theta_now):
         return energy_grads(model, loss_fn, x, y, a_now, z_now, rho, gamma, theta_now)
@@ -203,20 +216,20 @@ def backprop_by_penalty(model, loss_fn, x, y, tau, theta_step_at="forward"):
     # (a): theta_{L-1} and a_{L-2}, both from the forward point
     g = grads_at(a, z, theta)
     theta[-1] = {k: v - tau * g["theta"][-1][k] for k, v in theta[-1].items()}  # (12)
-    if L2:
+    if n_hidden:
         a[-1] = a[-1] - tau * g["a"][-1]  # (8)
-    for l in range(L2 - 1, -1, -1):  # python index l is the paper's block l+1
-        # (b): z_l with the updated a_l^{k+1/2}
+    for i in range(n_hidden - 1, -1, -1):  # blocks l = L-2 .. 1, at list index i = l - 1
+        # (b): z_l (z[i]) with the updated a_l^{k+1/2} (a[i])
         g = grads_at(a, z, theta)
-        z[l] = z[l] - tau * g["z"][l]  # (9)
+        z[i] = z[i] - tau * g["z"][i]  # (9)
         # (b) and (c) from one gradient evaluation at z_l^{k+1/2}, theta_l^k, a_{l-1}^k
-        if theta_step_at == "updated" and l > 0:
+        if theta_step_at == "updated" and i > 0:
             g_a = grads_at(a, z, theta)
-            a[l - 1] = a[l - 1] - tau * g_a["a"][l - 1]  # (10)
+            a[i - 1] = a[i - 1] - tau * g_a["a"][i - 1]  # (10): a_{l-1}
             g = grads_at(a, z, theta)  # the bug: theta_l sees a_{l-1}^{k+1/2}
         else:
             g = grads_at(a, z, theta)
-            if l > 0:
-                a[l - 1] = a[l - 1] - tau * g["a"][l - 1]  # (10)
-        theta[l] = {k: v - tau * g["theta"][l][k] for k, v in theta[l].items()}  # (c)
+            if i > 0:  # a_{l-1} is a variable unless l = 1 (a_0 = X)
+                a[i - 1] = a[i - 1] - tau * g["a"][i - 1]  # (10)
+        theta[i] = {k: v - tau * g["theta"][i][k] for k, v in theta[i].items()}  # (c): theta_l
     return theta

@@ -19,16 +19,21 @@ the update is linear in tau: arXiv 1706.04638 §4.2, docs/theory.md):
 ``with proxnp.reference():``.
 """
 
+from __future__ import annotations
+
 import numbers
 
 from . import prox
+from .backend import Array
 from .cg import VARIANTS
 from .fast import prox as fast_prox
 from .fast import use_fast
+from .losses import Loss
+from .model import Sequential
 from .prox import CG_BACKENDS, SOLVERS, affine_problem
 
 
-def backprop(model, loss_fn, x, y):
+def backprop(model: Sequential, loss_fn: Loss, x: Array, y: Array) -> Array:
     """Forward, loss, backward: every layer's grads = dJ/dtheta.  Returns the loss."""
     out = model.forward(x)
     loss = loss_fn.forward(out, y)
@@ -51,19 +56,19 @@ def check_proxprop_options(tau_theta, solver, cg_iters, cg_backend="proxnp", cg_
 
 
 def proxprop(
-    model,
-    loss_fn,
-    x,
-    y,
+    model: Sequential,
+    loss_fn: Loss,
+    x: Array,
+    y: Array,
     *,
-    tau_theta=1.0,
-    solver="cg",
-    cg_iters=3,
-    cg_backend="proxnp",
-    cg_variant="textbook",
-    cg_tol=None,
-    space="auto",
-):
+    tau_theta: float = 1.0,
+    solver: str = "cg",
+    cg_iters: int = 3,
+    cg_backend: str = "proxnp",
+    cg_variant: str = "textbook",
+    cg_tol: float | None = None,
+    space: str = "auto",
+) -> Array:
     """ProxProp directions in every layer's grads (Algorithm 2, tau = 1).  Returns the loss.
 
     Hidden Linear/Conv2d layers: grads = theta^k - theta^{k+1} with theta^{k+1} the

@@ -227,12 +227,13 @@ def test_reproduce_on_fake_cifar(tmp_path, capsys):
         (["train", "--solver", "newton"], "invalid choice: 'newton'"),
         (["train", "--tau-theta", "-1"], "must be a finite number > 0"),
         (["train", "--dataset", "cifar10"], "pass --data-dir"),
-        (["reproduce", "mlp", "--data-dir", "/nonexistent"], "no such directory"),
+        (["reproduce", "mlp", "--data-dir", "{missing}"], "no such directory"),
         (["compare", "--device", "gpu"], "no usable GPU"),
-        (["train", "--resume", "--out-dir", "/nonexistent/run"], "no checkpoint.npz"),
+        (["train", "--resume", "--out-dir", "{missing}/run"], "no checkpoint.npz"),
     ],
 )
-def test_bad_arguments_give_one_line(argv, message, capsys):
+def test_bad_arguments_give_one_line(argv, message, capsys, tmp_path):
+    argv = [arg.format(missing=tmp_path / "missing") for arg in argv]
     if "gpu" in argv:
         from proxnp import gpu_available
 

@@ -1,8 +1,8 @@
 """Crafted files that declare gigabytes, run as real CLI processes under a memory limit.
 
 Each case runs ``python -m proxnp ...`` with its address space capped
-(``resource.setrlimit(RLIMIT_AS)``, 1 GiB) and must end within seconds with a
-non-zero exit and one line on stderr -- not a MemoryError traceback, not a hang.
+(``resource.setrlimit(RLIMIT_AS)``, 1 GiB) and must end with a non-zero exit and one line
+on stderr -- not a MemoryError traceback; a hang fails at ``communicate``'s timeout.
 """
 
 import gzip
@@ -11,7 +11,6 @@ import pickle
 import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -166,25 +165,21 @@ def test_crafted_files_end_in_one_line_under_a_memory_limit(crafted, tmp_path):
     procs = {}
     for name, (argv, _) in crafted.items():
         out = ["--out-dir", str(tmp_path / name)] if "--out-dir" not in argv else []
-        procs[name] = (
-            time.perf_counter(),
-            subprocess.Popen(
-                [sys.executable, "-m", "proxnp", *argv, *out],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-                preexec_fn=_cap_memory,
-            ),
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "proxnp", *argv, *out],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=_cap_memory,
         )
     failures = []
-    for name, (t0, p) in procs.items():
+    for name, p in procs.items():
         _, err = p.communicate(timeout=120)
-        seconds = time.perf_counter() - t0
         expected = crafted[name][1]
         lines = err.strip().splitlines()
-        if not (p.returncode == 2 and len(lines) == 1 and expected in err and seconds < 60):
-            failures.append(f"{name}: exit {p.returncode} after {seconds:.1f} s: {err[-600:]}")
+        if not (p.returncode == 2 and len(lines) == 1 and expected in err):
+            failures.append(f"{name}: exit {p.returncode}: {err[-600:]}")
     assert not failures, "\n".join(failures)
 
 

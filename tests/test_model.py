@@ -17,6 +17,18 @@ def test_forward_records_activations(rng):
     assert model.device == "cpu" and model.dtype == np.float64
 
 
+def test_cg_info_records_each_prox_layer(rng):
+    model = mlp([5, 4, 4, 3])
+    assert model.cg_info == {}
+    x, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
+    loss_fn = pn.SoftmaxCrossEntropy()
+    pn.proxprop(model, loss_fn, x, y, solver="cg", cg_iters=3)
+    assert sorted(model.cg_info) == model.parametrised()[:-1]  # the last layer: no prox step
+    assert all(info.iterations == 3 for info in model.cg_info.values())
+    pn.proxprop(model, loss_fn, x, y, solver="exact")
+    assert model.cg_info == dict.fromkeys(model.parametrised()[:-1])
+
+
 def test_save_load_roundtrip_bit_exact(tmp_path, rng):
     model = mlp([5, 4, 3], seed=1, dtype=np.float32)
     path = tmp_path / "model.npz"

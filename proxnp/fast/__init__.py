@@ -16,18 +16,21 @@ signatures and caches.  Layers and :func:`proxnp.proxprop` ask :func:`use_fast` 
 to call.  The switch is one process-wide flag (not per thread).
 """
 
+from __future__ import annotations
+
 import contextlib
+from collections.abc import Iterator
 
 _reference_only = False
 
 
-def use_fast():
+def use_fast() -> bool:
     """True unless inside ``with proxnp.reference():``."""
     return not _reference_only
 
 
 @contextlib.contextmanager
-def reference():
+def reference() -> Iterator[None]:
     """Run the plain reference code inside the block (the fast kernels again after it)."""
     global _reference_only
     old, _reference_only = _reference_only, True

@@ -9,6 +9,8 @@ the file's own headers before reading an array.
     pn.load_model(model, "weights.npz")     # shapes and dtypes must match the model
 """
 
+from __future__ import annotations
+
 import io
 import math
 import os
@@ -17,15 +19,16 @@ import zipfile
 
 import numpy as np
 
+from ..model import Sequential
 from .memory import MemoryLimitError, check_memory
 
 
-def save_model(model, path):
+def save_model(model: Sequential, path: str | os.PathLike) -> None:
     """Write ``model``'s parameters (:meth:`Sequential.state_dict`) to ``path`` as .npz, atomically."""
     atomic_savez(path, model.state_dict())
 
 
-def load_model(model, path):
+def load_model(model: Sequential, path: str | os.PathLike) -> Sequential:
     """Read parameters written by :func:`save_model` into ``model``; returns ``model``.
 
     No pickles are ever loaded.  Every member's shape and dtype are checked against the
