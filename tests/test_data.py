@@ -246,12 +246,21 @@ def test_fewer_than_ten_training_samples_is_a_clear_error(tmp_path):
 def test_idx_dimensions_whose_product_wraps_name_the_file(tmp_path):
     dims = (1 << 22, 1 << 21, 1 << 21)
     assert np.prod(np.array(dims, dtype=np.int64)) == 0 and math.prod(dims) == 1 << 64
+    header = (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
     path = tmp_path / "train-images-idx3-ubyte"
-    path.write_bytes((2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims))
-    with pytest.raises(
-        DataError, match=f"{path} \\(dimensions \\[4194304, 2097152, 2097152\\]\\) needs about"
+    path.write_bytes(header)
+    with pytest.raises(  # a plain file is measured against its header before any allocation
+        DataError,
+        match=f"{path}: size 16 bytes does not match dimensions "
+        f"\\[4194304, 2097152, 2097152\\] \\({16 + (1 << 64)} bytes\\)",
     ):
         read_idx(path, 2051, 3)
+    gz = tmp_path / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gzip.compress(header))
+    with pytest.raises(
+        DataError, match=f"{gz} \\(dimensions \\[4194304, 2097152, 2097152\\]\\) needs about"
+    ):
+        read_idx(gz, 2051, 3)
 
 
 def test_idx_gzip_is_inflated_no_further_than_its_header_declares(tmp_path):

@@ -153,8 +153,8 @@ def test_a_slow_run_at_a_tiny_learning_rate_is_not_called_diverging(spirals):
 @pytest.mark.parametrize(
     "kw,message",
     [
-        (dict(momentum=1.0), r"momentum must lie in \[0, 1\), got 1.0"),
-        (dict(momentum=-0.5), r"momentum must lie in \[0, 1\)"),
+        (dict(momentum=1.0), r"momentum must be a finite number in \[0, 1\), got 1.0"),
+        (dict(momentum=-0.5), r"momentum must be a finite number in \[0, 1\)"),
         (dict(lr=float("nan")), "learning rate must be a finite number > 0"),
         (dict(cg_iters=10**9), "cg_iters must be at most 1000"),
         (dict(seed=-1), "seed must be a non-negative integer, got -1"),

@@ -13,11 +13,9 @@ try:
 except ImportError:  # Windows: no address-space limits to read
     resource = None
 
+from .errors import MemoryLimitError
+
 GIB = 1 << 30
-
-
-class MemoryLimitError(ValueError):
-    """An allocation would not fit; the message names what and how large."""
 
 
 def format_bytes(n):
