@@ -24,6 +24,7 @@ import errno
 import io
 import json
 import math
+import os
 import pathlib
 import platform
 import secrets
@@ -42,7 +43,6 @@ from ..training.files import atomic_write_bytes, read_regular
 from ..training.fit import check_data, evaluate, fit, training_verdict
 from ..training.memory import check_memory
 from ..training.models import build_model, memory_estimate, mlp_sizes
-from ..training.plots import plot_histories
 from .experiments import EXPERIMENTS, run_spec, stability_table
 from .options import OptionError, build_parser, check_taus, resolve_train, tau_label
 from .runs import check_run_dir, claim_run_dir
@@ -73,6 +73,10 @@ USER_ERRNOS = {
     errno.ENOMEM,
 }
 EXIT_USER, EXIT_BUG = 2, 3
+# Loading SciPy with its own OpenBLAS takes address space for the library and a buffer per
+# BLAS thread (about 85 MiB + 41 MiB per thread, measured); under a tighter limit
+# OpenBLAS's start-up spins or exits on its own, so the room is checked first.
+LIBRARY_BYTES, BLAS_THREAD_BYTES = 128 << 20, 48 << 20
 CONFIG_MAX_BYTES = 1 << 20  # a config.json is a few hundred bytes
 STAGE = ["starting"]  # what the command is doing, for an out-of-memory message
 
@@ -192,6 +196,8 @@ def run_all(runs, config, data, args, out_dir, layout, title, lr_flag="the learn
             print(f"{spec['name']}: {hist['message']}", file=sys.stderr)
         write_metrics(out_dir / "metrics.csv", histories)
         write_json(out_dir / "summary.json", summary)
+    from ..training.plots import plot_histories  # matplotlib: loaded only when a figure is due
+
     plot_histories(histories, out_dir / "figure.png", layout=layout, title=title)
     return histories, summary
 
@@ -482,6 +488,21 @@ def cmd_info(args):
     return 0
 
 
+def load_libraries():
+    """Import SciPy's linear algebra (and its BLAS) once there is room for it."""
+    if "scipy.linalg" in sys.modules:
+        return
+    stage("loading SciPy and its BLAS")
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "")
+    threads = int(threads) if threads.isdigit() and int(threads) > 0 else os.cpu_count() or 1
+    threads = min(threads, os.cpu_count() or 1)
+    need = LIBRARY_BYTES + BLAS_THREAD_BYTES * threads
+    check_memory(need, f"loading SciPy and its BLAS ({threads} threads)", error=CLIError)
+    import scipy.linalg  # noqa: F401
+
+    stage("starting")
+
+
 def build_cli_parser():
     return build_parser(__version__)
 
@@ -496,6 +517,7 @@ def main(argv=None):
             args = parser.parse_args(["compare"])
         if command == "info":
             return cmd_info(args)
+        load_libraries()
         reuse_host_memory()  # large temporaries reused, not page-faulted again
         if args.device == "gpu" and not gpu_status()[0]:
             raise CLIError(f"--device gpu: no usable GPU ({gpu_status()[1]})")
@@ -517,6 +539,12 @@ def main(argv=None):
         if memory is not None:
             detail = f" ({memory})" if str(memory) else ""
             say(f"proxnp: error: out of memory while {STAGE[0]}{detail}")
+            return EXIT_USER
+        if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+            # the thread's stack did not fit: out of memory (or of processes)
+            say(
+                f"proxnp: error: out of memory while {STAGE[0]}: cannot start a thread (try --threads 1)"
+            )
             return EXIT_USER
         if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:
             say(f"proxnp: error: {exc}")

@@ -208,8 +208,11 @@ def _check_reusable(folder, resume):
     entries = list(folder.iterdir())
     owned = _check_lock_file(folder)
     if resume:
-        if not owned:
-            raise RunDirError(f"--resume: {folder} is not a proxnp run folder (no {LOCK_NAME})")
+        if entries and not owned:
+            raise RunDirError(
+                f"--resume: {folder} is not a proxnp run folder (no {LOCK_NAME}; it holds "
+                f"{_listing(p.name for p in entries)})"
+            )
         return
     if not entries:
         return

@@ -99,7 +99,7 @@ def class_labels(y, n_classes, where):
         if bad.any():
             raise DataError(
                 f"{where}: labels must be whole numbers (class indices), "
-                f"got {y[bad][0]!r} at position {int(np.argmax(bad))}"
+                f"got {float(y[bad][0])!r} at position {int(np.argmax(bad))}"
             )
     if len(y) and (y.min() < 0 or y.max() >= n_classes):
         raise DataError(
