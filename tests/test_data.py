@@ -273,3 +273,40 @@ def test_idx_gzip_is_inflated_no_further_than_its_header_declares(tmp_path):
     p.write_bytes(gzip.compress(raw[:-3]))
     with pytest.raises(DataError, match=r"size 25 bytes does not match dimensions \[20\]"):
         read_idx(p, 2049, 1)
+
+
+def test_labels_are_class_indices_never_guessed():
+    from proxnp.training.data import class_labels
+
+    y = class_labels(np.array([0.0, 3.0, 9.0]), 10, "here")
+    assert y.dtype == np.int64 and y.tolist() == [0, 3, 9]
+    for bad, message in [
+        (np.array([1.0, 3.7]), "here: labels must be whole numbers .*got 3.7 at position 1"),
+        (np.array([-0.5, 1.0]), "got -0.5 at position 0"),
+        (np.array([np.nan, 1.0]), "got nan at position 0"),
+        (np.array([1e30]), r"labels must lie in 0..9, got 1e\+30..1e\+30"),
+        (np.array([2**63 + 5], dtype=np.uint64), "labels must lie in 0..9"),
+        (np.array([-1, 2]), "labels must lie in 0..9, got -1..2"),
+        (np.array([True, False]), "labels must be integers, got dtype bool"),
+        (np.zeros((2, 2), np.int64), r"labels must be a 1-D array, got shape \(2, 2\)"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            class_labels(bad, 10, "here")
+
+
+def test_only_regular_files_are_read(tmp_path):
+    import os
+
+    fifo = tmp_path / "data_batch_1"
+    os.mkfifo(fifo)  # reading it would block forever
+    with pytest.raises(DataError, match=f"{fifo}: a FIFO, not a regular file"):
+        restricted_load(fifo)
+    with pytest.raises(DataError, match="/dev/zero: a character device, not a regular file"):
+        read_idx("/dev/zero", 2051, 3)
+    with pytest.raises(DataError, match=f"{tmp_path}: a directory, not a regular file"):
+        restricted_load(tmp_path)
+    big = tmp_path / "big_batch"
+    with open(big, "wb") as f:
+        f.truncate(2 * 10_000 * 3072 + 1)  # sparse: one byte over the cap
+    with pytest.raises(DataError, match="bytes a CIFAR-10 batch can hold"):
+        restricted_load(big)

@@ -405,16 +405,29 @@ def test_a_user_file_inside_a_resumed_run_folder_is_left_alone(tmp_path):
     assert snapshot([out / "notes" / ".tmp-draft", out / ".tmp-mine"]) == before
 
 
-def test_equal_looking_taus_get_folders_of_their_own(tmp_path):
-    data = write_cifar(tmp_path / "data" / "cifar-10-batches-py", n_per_batch=20).parent
-    out = tmp_path / "stab"
-    argv = ["reproduce", "stability", "--data-dir", str(data), "--epochs", "1"]
-    assert (
-        main([*argv, "--batch-size", "30", "--taus", "0.1", "0.1000001", "--out-dir", str(out)])
-        == 0
-    )
-    assert {p.name for p in out.iterdir() if p.is_dir()} == {"tau=0.1", "tau=0.1000001"}
-    assert set(json.loads((out / "stability.json").read_text())["BackProp"]) == {"0.1", "0.1000001"}
+def test_equal_looking_taus_get_folders_of_their_own(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from proxnp.cli import commands
+
+    def trained(runs, config, data, args, out_dir, *rest):
+        (out_dir / "summary.json").write_text("{}")
+        s = {"status": "ok", "final_train_loss": 1.0}
+        return {}, {r["name"]: s for r in runs}
+
+    monkeypatch.setattr(commands, "run_all", trained)
+    config = dict(commands.EXPERIMENTS["stability"])
+    commands.stability(config, None, SimpleNamespace(taus=[0.1, 0.1000001, 5e-4]), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        "tau=0.0005",
+        "tau=0.1",
+        "tau=0.1000001",
+    ]
+    assert set(json.loads((tmp_path / "stability.json").read_text())["BackProp"]) == {
+        "0.1",
+        "0.1000001",
+        "0.0005",
+    }
 
 
 # ------------------------------------------------------------------------- killed runs

@@ -212,3 +212,19 @@ def test_file_system_errors_name_the_path(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"proxnp: error: [Errno {errno.ENOSPC}] cannot write {out}/")
     assert "No space left on device" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_refused_folder_gets_no_lock_and_an_empty_one_resumes_as_a_fresh_start(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    with pytest.raises(RunDirError, match=r"not a proxnp run folder \(it holds config.json\)"):
+        claim_run_dir(mine, "train")
+    with pytest.raises(RunDirError, match=r"--resume: .* is not a proxnp run folder"):
+        claim_run_dir(mine, "train", resume=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json"]
+    # killed between creating the folder and locking it: --resume starts the run afresh
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(TRAIN + ["--epochs", "1", "--resume", "--out-dir", str(empty)]) == 0
+    assert (empty / "checkpoint.npz").is_file() and (empty / runs.LOCK_NAME).is_file()
