@@ -58,12 +58,12 @@ def _blas_axpy(dtype_char):
 def check_real(name, value, low, high, low_open=False, high_open=True):
     """Raise ValueError unless ``value`` is a real number (not bool) in the stated interval.
 
-    NaN and inf are refused everywhere: an optimizer fed one turns every weight into NaN.
+    NaN and inf are refused everywhere (both comparisons fail for NaN; every interval is
+    open at inf): an optimizer fed one turns every weight into NaN.
     """
     ok = (
         isinstance(value, numbers.Real)
         and not isinstance(value, bool)
-        and math.isfinite(value)
         and (value > low if low_open else value >= low)
         and (value < high if high_open else value <= high)
     )

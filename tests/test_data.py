@@ -310,3 +310,12 @@ def test_only_regular_files_are_read(tmp_path):
         f.truncate(2 * 10_000 * 3072 + 1)  # sparse: one byte over the cap
     with pytest.raises(DataError, match="bytes a CIFAR-10 batch can hold"):
         restricted_load(big)
+
+
+def test_a_huge_cifar_label_is_refused_before_any_cast(tmp_path):
+    folder = write_cifar(tmp_path / "c", n_per_batch=20)
+    batch = pickle.loads((folder / "data_batch_1").read_bytes())
+    batch[b"labels"][7] = 10**30  # np.array(..., int64) would raise OverflowError
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError, match="b'labels' must be a flat list of 20 integers in 0..9"):
+        load_dataset("cifar10", data_dir=tmp_path / "c")

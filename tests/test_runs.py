@@ -11,7 +11,7 @@ import time
 import pytest
 
 from proxnp.cli import main, runs
-from proxnp.cli.runs import RunDirError, claim_run_dir
+from proxnp.cli.runs import RunDirError, check_run_dir, claim_run_dir
 from proxnp.training.files import TEMP_PREFIX, atomic_write_bytes, load_npz
 
 TRAIN = ["train", "--dataset", "spirals", "--hidden", "8", "--batch-size", "100"]
@@ -218,6 +218,8 @@ def test_a_refused_folder_gets_no_lock_and_an_empty_one_resumes_as_a_fresh_start
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "config.json").write_text("{}")
+    with pytest.raises(RunDirError, match=r"not a proxnp run folder \(it holds config.json\)"):
+        check_run_dir(mine)  # before any work
     with pytest.raises(RunDirError, match=r"not a proxnp run folder \(it holds config.json\)"):
         claim_run_dir(mine, "train")
     with pytest.raises(RunDirError, match=r"--resume: .* is not a proxnp run folder"):
