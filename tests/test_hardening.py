@@ -456,6 +456,18 @@ def test_a_kill_after_the_last_checkpoint_is_finished_by_resume(tmp_path):
     assert _metrics(out) == want and (out / "figure.png").exists()
 
 
+def test_a_kill_before_the_first_checkpoint_is_started_again_by_resume(tmp_path):
+    out = tmp_path / "r"
+    assert main([*KILLED, "--epochs", "3", "--out-dir", str(out)]) == 0
+    want = _metrics(out)
+    for name in ("checkpoint.npz", "metrics.csv", "summary.json", "figure.png"):
+        (out / name).unlink()  # what a kill during the first epoch leaves: config.json, the lock
+    (out / ".proxnp-tmp-x1checkpoint.npz").write_bytes(b"half")
+    assert main([*KILLED, "--epochs", "3", "--resume", "--lr", "0.5", "--out-dir", str(out)]) == 2
+    assert main([*KILLED, "--epochs", "3", "--resume", "--out-dir", str(out)]) == 0
+    assert _metrics(out) == want and not list(out.glob(".proxnp-tmp-*"))
+
+
 @pytest.mark.slow
 def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_metrics(tmp_path):
     argv = [*KILLED, "--epochs", "40"]
