@@ -45,15 +45,6 @@ except ImportError:  # Windows: no advisory locks
     fcntl = None
 
 LOCK_NAME = ".proxnp.lock"
-OUTPUTS = {
-    "config.json",
-    "metrics.csv",
-    "summary.json",
-    "figure.png",
-    "checkpoint.npz",
-    "stability.md",
-    "stability.json",
-}  # every name proxnp writes into a run folder, besides the lock, its temporaries and tau=*
 
 
 class RunDirError(ProxnpError):
@@ -82,9 +73,7 @@ def _is_leftover(path):
     st = _lstat(path)
     if st is None:
         return True  # gone meanwhile
-    if path.name == LOCK_NAME or _is_temp(path, st):
-        return stat.S_ISREG(st.st_mode)
-    if path.name == "config.json":
+    if path.name in (LOCK_NAME, "config.json") or _is_temp(path, st):
         return stat.S_ISREG(st.st_mode)
     if path.name.startswith("tau=") and stat.S_ISDIR(st.st_mode):
         return not any(path.iterdir())
@@ -168,8 +157,7 @@ def _open_lock(folder):
             created = False
             fd = os.open(path, flags)
     except OSError as exc:
-        if _lstat(path) is not None and stat.S_ISLNK(os.lstat(path).st_mode):
-            _check_lock_file(folder)  # raises: a symlink
+        _check_lock_file(folder)  # raises if the name is a symlink (O_NOFOLLOW refused it)
         raise RunDirError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
