@@ -428,6 +428,7 @@ def test_equal_looking_taus_get_folders_of_their_own(tmp_path, monkeypatch):
         "0.1000001",
         "0.0005",
     }
+    assert "| τ | 0.1 | 0.1000001 | 0.0005 |" in (tmp_path / "stability.md").read_text()
 
 
 # ------------------------------------------------------------------------- killed runs

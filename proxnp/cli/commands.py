@@ -43,8 +43,8 @@ from ..training.files import atomic_write_bytes, read_regular
 from ..training.fit import check_data, evaluate, fit, training_verdict
 from ..training.memory import check_memory
 from ..training.models import build_model, memory_estimate, mlp_sizes
-from .experiments import EXPERIMENTS, run_spec, stability_table
-from .options import OptionError, build_parser, check_taus, resolve_train, tau_label
+from .experiments import EXPERIMENTS, run_spec, stability_table, tau_label
+from .options import OptionError, build_parser, check_taus, resolve_train
 from .runs import check_run_dir, claim_run_dir
 
 

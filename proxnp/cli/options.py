@@ -24,7 +24,7 @@ from ..prox import SOLVERS
 from ..training.data import DATASETS
 from ..training.errors import ProxnpError
 from ..training.fit import MAX_CG_ITERS, METHODS, OPTIMIZERS
-from .experiments import EXPERIMENTS
+from .experiments import EXPERIMENTS, tau_label
 
 MAX_EPOCHS = 100_000
 MAX_BATCH = 10_000_000
@@ -280,13 +280,6 @@ def resolve_train(args):
     args.epochs = TRAIN_DEFAULTS["epochs"] if args.epochs is None else args.epochs
     args.batch_size = args.batch_size or TRAIN_DEFAULTS["batch_size"]
     return args
-
-
-def tau_label(tau):
-    """The name of one stability sweep value: short (``0.1``), yet distinct for distinct
-    floats (``0.1000001`` is not ``0.1``)."""
-    short = f"{tau:g}"
-    return short if float(short) == tau else repr(float(tau))
 
 
 def check_taus(taus):

@@ -87,7 +87,7 @@ def open_regular(path, max_bytes=None, what="file", error=UserFileError):
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{path}: {_kind(st.st_mode)}, not a regular file; proxnp reads only files")
+            raise error(f"{path}: {_kind(st.st_mode)}, not a regular file")
         if max_bytes is not None and st.st_size > max_bytes:
             raise error(
                 f"{path}: {st.st_size} bytes, more than the {max_bytes} bytes a {what} can hold"
@@ -163,9 +163,11 @@ def atomic_savez(path, arrays):
 
 
 def _caused_by_memory(exc):
-    while exc is not None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
         if isinstance(exc, MemoryError):
             return True
+        seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
 
