@@ -13,8 +13,10 @@ Memory is bounded by what a file honestly holds: pickled arrays are rebuilt from
 raw bytes whose length must match the declared shape, labels must be a flat list
 of ints of the right length, IDX files (gzipped or not) are read to exactly the
 size their header declares, and the memory the float copies will need is checked
-(:mod:`proxnp.resources`) before they are made.  A training file with fewer than
-10 samples is refused (a tenth becomes the validation split).
+(:mod:`proxnp.training.memory`) before they are made.  A training file with fewer than
+10 samples is refused (a tenth becomes the validation split).  Only regular files are
+read, opened non-blocking (a FIFO or a device is refused at once), with a size cap taken
+from the format.  Labels are class indices and never guessed (:func:`class_labels`).
 """
 
 import gzip
