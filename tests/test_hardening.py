@@ -391,7 +391,7 @@ def test_too_little_address_space_for_the_libraries_is_one_line(tmp_path):
     limit = int(probe.stdout) * 1024 + (64 << 20)  # proxnp imported, and 64 MiB more
     rc, err, _ = run_cli([*SPIRALS, "--out-dir", str(tmp_path / "o")], limit=limit)
     assert rc == 2 and len(err.strip().splitlines()) == 1, err[-800:]
-    assert "loading SciPy and its BLAS" in err and "of memory, but only" in err
+    assert "loading SciPy and its BLAS" in err and "of address space, but only" in err
 
 
 def test_a_user_file_inside_a_resumed_run_folder_is_left_alone(tmp_path):

@@ -41,7 +41,7 @@ from ..training.data import load_dataset
 from ..training.errors import ProxnpError
 from ..training.files import atomic_write_bytes, read_regular
 from ..training.fit import check_data, evaluate, fit, training_verdict
-from ..training.memory import check_memory
+from ..training.memory import address_space_available, check_memory, format_bytes
 from ..training.models import build_model, memory_estimate, mlp_sizes
 from .experiments import EXPERIMENTS, run_spec, stability_table, tau_label
 from .options import OptionError, build_parser, check_taus, resolve_train
@@ -497,7 +497,13 @@ def load_libraries():
     threads = int(threads) if threads.isdigit() and int(threads) > 0 else os.cpu_count() or 1
     threads = min(threads, os.cpu_count() or 1)
     need = LIBRARY_BYTES + BLAS_THREAD_BYTES * threads
-    check_memory(need, f"loading SciPy and its BLAS ({threads} threads)", error=CLIError)
+    room = address_space_available()  # the buffers are address space, mostly not resident
+    if room is not None and need > room:
+        raise CLIError(
+            f"loading SciPy and its BLAS ({threads} threads) needs about {format_bytes(need)} "
+            f"of address space, but only {format_bytes(room)} are left under its limit "
+            "(ulimit -v)"
+        )
     import scipy.linalg  # noqa: F401
 
     stage("starting")
