@@ -15,6 +15,8 @@ parameters' device; ``state_dict``/``load_state_dict`` make checkpoints exact.
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,12 +60,30 @@ def _blas_axpy(dtype_char):
     return scipy.linalg.blas.get_blas_funcs("axpy", dtype=np.dtype(dtype_char))
 
 
+def check_real(name, value, low, high, low_open=False, high_open=True):
+    """Raise ValueError unless ``value`` is a real number (not bool) in the stated interval.
+
+    NaN and inf are refused everywhere (both comparisons fail for NaN; every interval is
+    open at inf): an optimizer fed one turns every weight into NaN.
+    """
+    ok = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and (value > low if low_open else value >= low)
+        and (value < high if high_open else value <= high)
+    )
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        where = f"> {low:g}" if high == math.inf else f"in {lo}{low:g}, {high:g}{hi}"
+        raise ValueError(f"{name} must be a finite number {where}, got {value!r}")
+    return float(value)
+
+
 class Optimizer:
     """Base: the (layer, name) pairs of every parameter and a step counter."""
 
     def __init__(self, model: Sequential, lr: float) -> None:
-        if not lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {lr}")
+        check_real("learning rate", lr, 0, math.inf, low_open=True)
         self.model, self.lr, self.t = model, float(lr), 0
         self.keys = [(i, k) for i, layer in enumerate(model.layers) for k in layer.params]
         self.state = {}  # name -> {key: array}
@@ -130,8 +150,10 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(model, lr)
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError("momentum and weight_decay must be >= 0")
+        check_real("momentum", momentum, 0, 1)
+        check_real("weight_decay", weight_decay, 0, math.inf)
+        if not isinstance(nesterov, bool):
+            raise ValueError(f"nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
@@ -169,8 +191,11 @@ class Adam(Optimizer):
         eps: float = 1e-8,
     ) -> None:
         super().__init__(model, lr)
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or eps <= 0:
-            raise ValueError(f"Adam needs betas in [0, 1) and eps > 0, got {betas}, {eps}")
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        check_real("betas[0]", betas[0], 0, 1)
+        check_real("betas[1]", betas[1], 0, 1)
+        check_real("eps", eps, 0, math.inf, low_open=True)
         self.betas, self.eps = betas, eps
 
     def step(self) -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 from . import prox
 from .backend import Array
 from .cg import VARIANTS
@@ -55,6 +57,27 @@ def check_proxprop_options(tau_theta, solver, cg_iters, cg_backend="proxnp", cg_
         raise ValueError(f"unknown cg_variant {cg_variant!r}; allowed: {', '.join(VARIANTS)}")
 
 
+def check_tau_theta(tau_theta, dtype):
+    """Raise ValueError unless tau_theta > 0 is finite and 1/tau_theta is finite in ``dtype``.
+
+    The proximal step (11) adds I/tau_theta to A^T A: in float32 a tau_theta below about
+    3e-39 makes 1/tau_theta overflow to inf (and the step NaN), which is a bad setting,
+    not a diverged run.
+    """
+    if (
+        not isinstance(tau_theta, numbers.Real)
+        or isinstance(tau_theta, bool)
+        or not 0 < tau_theta < float("inf")
+    ):
+        raise ValueError(f"tau_theta must be a finite number > 0, got {tau_theta!r}")
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" and not 1.0 / float(tau_theta) <= float(np.finfo(dtype).max):
+        raise ValueError(
+            f"tau_theta = {tau_theta:g} is too small for {dtype.name}: 1/tau_theta = "
+            f"{1.0 / float(tau_theta):g} exceeds its largest number {np.finfo(dtype).max:g}"
+        )
+
+
 def proxprop(
     model: Sequential,
     loss_fn: Loss,
@@ -77,6 +100,7 @@ def proxprop(
     prox layer's index to its CG record (or None).
     """
     check_proxprop_options(tau_theta, solver, cg_iters, cg_backend, cg_variant)
+    check_tau_theta(tau_theta, x.dtype)
     out = model.forward(x)
     loss = loss_fn.forward(out, y)
     dy = loss_fn.backward()  # dJ/d(output), tau = 1

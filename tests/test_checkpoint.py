@@ -99,6 +99,10 @@ def _inf_buffer(arrays, meta):
     arrays["opt/momentum/2.b"][0] = np.inf
 
 
+def _huge_rng_state(arrays, meta):
+    meta["rng"]["state"]["state"] = 2**200
+
+
 def _short_history(arrays, meta):
     meta["history"]["epochs"].pop()
 
@@ -116,6 +120,13 @@ def _string_loss(arrays, meta):
         (_set("epoch", 0), "meta field 'epoch' must be an integer >= 1, got 0"),
         (_set("opt_t", 5), "5 optimizer steps do not match 2 epochs of 4 batches"),
         (_set("rng", {"bit_generator": "PCG64", "state": "x"}), "meta field 'rng' is not a PCG64"),
+        (_huge_rng_state, "meta field 'rng' is not a PCG64"),
+        (
+            _set("format", 2),
+            "checkpoint format 2 was written by a newer proxnp; this version reads format 1",
+        ),
+        (_drop_meta("format"), "checkpoint format None is not one proxnp writes"),
+        (_set("settings", [1]), "meta field 'settings' must be a JSON object"),
         (_short_history, "history holds 2 records, expected 3"),
         (_string_loss, "history record 1: train_loss = 'low' is not a finite number"),
         (_drop_opt, "missing ['opt/momentum/0.W', 'opt/momentum/0.b'"),
@@ -148,6 +159,37 @@ def test_a_checkpoint_of_another_run_is_refused(ckpt, spirals, change, name):
         resume(ckpt, spirals, **change)
 
 
+def test_a_checkpoint_of_the_same_model_on_other_data_is_refused(ckpt, spirals):
+    """4 batches of 50 either way: only the run's identity tells the two runs apart."""
+    other = load_dataset("spirals", subset=210)
+    with pytest.raises(CheckpointError, match=r"saved by a run with other settings \(data\)"):
+        resume(ckpt, other)
+    with pytest.raises(CheckpointError, match=r"other settings \(run_id\)"):
+        resume(ckpt, spirals, run_id="another run")
+    assert resume.untouched
+
+
+@pytest.mark.parametrize("damage", ["member header", "deflate stream"])
+def test_damaged_zip_members_are_one_error_naming_the_file(ckpt, spirals, damage):
+    import zipfile
+
+    if damage == "deflate stream":
+        np.savez_compressed(ckpt, **load_npz(ckpt))
+    with zipfile.ZipFile(ckpt) as zf:
+        info = zf.getinfo("model/0.W.npy")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw = bytearray(ckpt.read_bytes())
+    if damage == "member header":
+        raw[info.header_offset : info.header_offset + 4] = b"XXXX"  # its signature
+    else:
+        for i in range(start, start + info.compress_size):
+            raw[i] ^= 0x5A  # every byte of the compressed data
+    ckpt.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=f"^{ckpt}: not a readable"):
+        resume(ckpt, spirals)
+    assert resume.untouched
+
+
 def test_adam_needs_its_buffers_and_momentum_zero_has_none(spirals, tmp_path):
     path = tmp_path / "adam.npz"
     fit(small_model(), spirals, epochs=1, checkpoint=path, **{**KW, "optimizer": "adam"})
@@ -161,9 +203,13 @@ def test_adam_needs_its_buffers_and_momentum_zero_has_none(spirals, tmp_path):
     assert resume(plain, spirals, epochs=2, **kw)["status"] == "ok"
 
 
-def test_resume_needs_more_epochs_than_saved(ckpt, spirals):
+def test_resume_needs_at_least_the_epochs_saved(ckpt, spirals):
     with pytest.raises(ValueError, match="already holds 2 epochs"):
-        resume(ckpt, spirals, epochs=2)
+        resume(ckpt, spirals, epochs=1)
+    # as many as saved: nothing to train, the saved history comes back (a run killed after
+    # its last checkpoint writes its final outputs from it)
+    saved = json.loads(load_npz(ckpt)["meta"].tobytes())["history"]
+    assert resume(ckpt, spirals, epochs=2) == saved and not resume.untouched
 
 
 def test_a_member_declaring_a_huge_array_is_refused_from_its_header(ckpt, spirals):

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from proxnp.cli import main
@@ -404,3 +405,134 @@ def test_finite_blow_ups_are_reported_as_diverging(argv, message, tmp_path, caps
     assert message in err and "(try a smaller --lr)" in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary[next(iter(summary))]["status"] == "diverging"
+
+
+# ------------------------------------------------------------- errors that are bugs stay bugs
+def _failing(monkeypatch, exc):
+    from proxnp.cli import commands
+
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr(commands, "cmd_train", fail)
+
+
+def test_an_internal_error_keeps_its_traceback_and_says_it_is_a_bug(monkeypatch, capsys):
+    _failing(monkeypatch, KeyError("run"))
+    assert main(["train"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "KeyError: 'run'" in err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(
+            "this is a bug in proxnp, not in your input; please report it with the traceback above"
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ValueError("not the user's"),
+        RuntimeError("something internal"),
+        OSError("no errno"),
+        TypeError("bad call"),
+    ],
+)
+def test_plain_value_os_and_runtime_errors_are_bugs_not_one_line(monkeypatch, capsys, exc):
+    _failing(monkeypatch, exc)
+    assert main(["train"]) == 3
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_user_errors_of_every_kind_are_one_line(monkeypatch, capsys):
+    import errno
+
+    from proxnp.training.errors import CheckpointError, DataError, ProxnpError, UserFileError
+
+    for exc in (
+        DataError("d.bin: bad"),
+        CheckpointError("c.npz: bad"),
+        UserFileError("f: a FIFO"),
+        OSError(errno.ENOSPC, "cannot write x.json: No space left on device"),
+        PermissionError(errno.EACCES, "Permission denied", "/some/file"),
+    ):
+        _failing(monkeypatch, exc)
+        assert main(["train"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert issubclass(DataError, ProxnpError) and issubclass(ProxnpError, ValueError)
+
+
+def test_out_of_memory_anywhere_in_the_chain_is_one_line_exit_2(monkeypatch, capsys):
+    chained = ValueError("I/O operation on closed file")  # raised while handling a MemoryError
+    chained.__context__ = MemoryError("Unable to allocate 1.0 GiB")
+    for exc in (chained, RuntimeError("can't start new thread")):
+        _failing(monkeypatch, exc)
+        assert main(["train"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("proxnp: error: out of memory while ") and "\n" not in err
+
+
+def test_out_of_memory_while_writing_a_checkpoint_is_one_line(monkeypatch, tmp_path, capsys):
+    real = np.lib.format.write_array
+
+    def exhausted(fp, array, *args, **kw):
+        if array.size > 100:
+            raise MemoryError("Unable to allocate")
+        return real(fp, array, *args, **kw)
+
+    monkeypatch.setattr(np.lib.format, "write_array", exhausted)
+    argv = ["train", "--dataset", "spirals", "--hidden", "64", "--epochs", "1"]
+    assert main([*argv, "--out-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("proxnp: error: out of memory while training proxprop")
+    assert "\n" not in err and "closed file" not in err
+
+
+def test_messages_with_control_characters_stay_on_one_line(tmp_path, capsys):
+    weird = tmp_path / "two\nlines\tand\rmore"
+    weird.mkdir()
+    (weird / "mine.txt").write_text("x")
+    assert main(["train", "--out-dir", str(weird)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "two\\nlines\\tand\\rmore" in err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--epochs", "\u0663"], "expected an integer written with ASCII digits 0-9"),
+        (["train", "--lr", "\uff10.5"], "expected a number written with ASCII digits 0-9"),
+        (["train", "--epochs", "1_0"], "expected an integer, got '1_0'"),
+        (["train", "--epochs", " 5"], "expected an integer, got ' 5'"),
+        (["train", "--lr", "nan"], "must be a finite number > 0, got nan"),
+        (["train", "--method", "backprop", "--tau-theta", "1"], "--tau-theta applies to"),
+        (
+            ["train", "--method", "backprop", "--solver", "cg", "--cg-iters", "3"],
+            "--solver and --cg-iters apply to --method proxprop only",
+        ),
+        (["train", "--solver", "exact", "--cg-iters", "5"], "--cg-iters applies to --solver cg"),
+        (["train", "--tau-theta", "1e-40"], "--tau-theta 1e-40: tau_theta = 1e-40 is too small"),
+        (["reproduce", "stability", "--taus", "1", "0.5", "1.0"], "--taus: 1 is given twice"),
+    ],
+)
+def test_debatable_inputs_are_refused_as_documented(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_numbers_in_ascii_notation_are_accepted():
+    from proxnp.cli import build_cli_parser
+    from proxnp.cli.options import resolve_train
+
+    args = build_cli_parser().parse_args(
+        ["train", "--lr", "+1.5e-1", "--tau-theta", ".5", "--epochs", "+7", "--momentum", "0."]
+        + ["--optimizer", "sgd"]
+    )
+    assert (args.lr, args.tau_theta, args.epochs, args.momentum) == (0.15, 0.5, 7, 0.0)
+    args = resolve_train(build_cli_parser().parse_args(["train", "--method", "backprop"]))
+    assert (args.solver, args.cg_iters, args.tau_theta) == (None, None, None)

@@ -246,12 +246,21 @@ def test_fewer_than_ten_training_samples_is_a_clear_error(tmp_path):
 def test_idx_dimensions_whose_product_wraps_name_the_file(tmp_path):
     dims = (1 << 22, 1 << 21, 1 << 21)
     assert np.prod(np.array(dims, dtype=np.int64)) == 0 and math.prod(dims) == 1 << 64
+    header = (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
     path = tmp_path / "train-images-idx3-ubyte"
-    path.write_bytes((2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims))
-    with pytest.raises(
-        DataError, match=f"{path} \\(dimensions \\[4194304, 2097152, 2097152\\]\\) needs about"
+    path.write_bytes(header)
+    with pytest.raises(  # a plain file is measured against its header before any allocation
+        DataError,
+        match=f"{path}: size 16 bytes does not match dimensions "
+        f"\\[4194304, 2097152, 2097152\\] \\({16 + (1 << 64)} bytes\\)",
     ):
         read_idx(path, 2051, 3)
+    gz = tmp_path / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gzip.compress(header))
+    with pytest.raises(
+        DataError, match=f"{gz} \\(dimensions \\[4194304, 2097152, 2097152\\]\\) needs about"
+    ):
+        read_idx(gz, 2051, 3)
 
 
 def test_idx_gzip_is_inflated_no_further_than_its_header_declares(tmp_path):
@@ -264,3 +273,49 @@ def test_idx_gzip_is_inflated_no_further_than_its_header_declares(tmp_path):
     p.write_bytes(gzip.compress(raw[:-3]))
     with pytest.raises(DataError, match=r"size 25 bytes does not match dimensions \[20\]"):
         read_idx(p, 2049, 1)
+
+
+def test_labels_are_class_indices_never_guessed():
+    from proxnp.training.data import class_labels
+
+    y = class_labels(np.array([0.0, 3.0, 9.0]), 10, "here")
+    assert y.dtype == np.int64 and y.tolist() == [0, 3, 9]
+    for bad, message in [
+        (np.array([1.0, 3.7]), "here: labels must be whole numbers .*got 3.7 at position 1"),
+        (np.array([-0.5, 1.0]), "got -0.5 at position 0"),
+        (np.array([np.nan, 1.0]), "got nan at position 0"),
+        (np.array([1e30]), r"labels must lie in 0..9, got 1e\+30..1e\+30"),
+        (np.array([2**63 + 5], dtype=np.uint64), "labels must lie in 0..9"),
+        (np.array([-1, 2]), "labels must lie in 0..9, got -1..2"),
+        (np.array([True, False]), "labels must be integers, got dtype bool"),
+        (np.zeros((2, 2), np.int64), r"labels must be a 1-D array, got shape \(2, 2\)"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            class_labels(bad, 10, "here")
+
+
+def test_only_regular_files_are_read(tmp_path):
+    import os
+
+    fifo = tmp_path / "data_batch_1"
+    os.mkfifo(fifo)  # reading it would block forever
+    with pytest.raises(DataError, match=f"{fifo}: a FIFO, not a regular file"):
+        restricted_load(fifo)
+    with pytest.raises(DataError, match="/dev/zero: a character device, not a regular file"):
+        read_idx("/dev/zero", 2051, 3)
+    with pytest.raises(DataError, match=f"{tmp_path}: a directory, not a regular file"):
+        restricted_load(tmp_path)
+    big = tmp_path / "big_batch"
+    with open(big, "wb") as f:
+        f.truncate(2 * 10_000 * 3072 + 1)  # sparse: one byte over the cap
+    with pytest.raises(DataError, match="bytes a CIFAR-10 batch can hold"):
+        restricted_load(big)
+
+
+def test_a_huge_cifar_label_is_refused_before_any_cast(tmp_path):
+    folder = write_cifar(tmp_path / "c", n_per_batch=20)
+    batch = pickle.loads((folder / "data_batch_1").read_bytes())
+    batch[b"labels"][7] = 10**30  # np.array(..., int64) would raise OverflowError
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError, match="b'labels' must be a flat list of 20 integers in 0..9"):
+        load_dataset("cifar10", data_dir=tmp_path / "c")

@@ -95,3 +95,38 @@ def test_axpy_in_place_contiguous_and_strided():
         y2 = np.ones((4, 3), dtype=dtype).T  # not C-contiguous
         axpy(2.0, x, y2)
         assert np.array_equal(y2, 1 + 2 * x)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda m: pn.optim.SGD(m, lr=float("inf")), "learning rate must be a finite number > 0"),
+        (lambda m: pn.optim.SGD(m, lr=float("nan")), "learning rate must be a finite number > 0"),
+        (lambda m: pn.optim.SGD(m, lr=True), "learning rate must be a finite number > 0"),
+        (lambda m: pn.optim.SGD(m, lr="0.1"), "learning rate must be a finite number > 0"),
+        (lambda m: pn.optim.SGD(m, lr=1, momentum=float("nan")), r"momentum .* in \[0, 1\)"),
+        (lambda m: pn.optim.SGD(m, lr=1, momentum=1.0), r"momentum .* in \[0, 1\), got 1.0"),
+        (lambda m: pn.optim.SGD(m, lr=1, momentum=-0.1), r"momentum .* in \[0, 1\)"),
+        (lambda m: pn.optim.SGD(m, lr=1, weight_decay=float("inf")), "weight_decay must be"),
+        (lambda m: pn.optim.SGD(m, lr=1, momentum=0.9, nesterov="yes"), "nesterov must be"),
+        (lambda m: pn.optim.Adam(m, lr=float("inf")), "learning rate must be a finite"),
+        (lambda m: pn.optim.Adam(m, betas=(float("nan"), 0.999)), r"betas\[0\] must be"),
+        (lambda m: pn.optim.Adam(m, betas=(0.9, 1.0)), r"betas\[1\] must be"),
+        (lambda m: pn.optim.Adam(m, betas=0.9), "betas must be a pair"),
+        (lambda m: pn.optim.Adam(m, eps=0.0), "eps must be a finite number > 0"),
+        (lambda m: pn.optim.Adam(m, eps=float("inf")), "eps must be a finite number > 0"),
+    ],
+)
+def test_hyperparameters_are_checked_in_the_api(make, message):
+    """As the command line checks them: finite, in range; an optimizer fed inf/NaN would
+    silently turn every weight into NaN."""
+    model, _ = one_param_model(1.0, [])
+    with pytest.raises(ValueError, match=message):
+        make(model)
+
+
+def test_valid_hyperparameters_at_the_ends_of_their_ranges_are_accepted():
+    model, _ = one_param_model(1.0, [])
+    pn.optim.SGD(model, lr=1e-300, momentum=0.0)
+    pn.optim.SGD(model, lr=1, momentum=0.999999, nesterov=True, weight_decay=0.0)
+    pn.optim.Adam(model, lr=1e300, betas=(0.0, 0.0), eps=1e-300)

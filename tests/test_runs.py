@@ -11,8 +11,8 @@ import time
 import pytest
 
 from proxnp.cli import main, runs
-from proxnp.cli.runs import RunDirError, claim_run_dir
-from proxnp.training.files import atomic_write_bytes, load_npz
+from proxnp.cli.runs import RunDirError, check_run_dir, claim_run_dir
+from proxnp.training.files import TEMP_PREFIX, atomic_write_bytes, load_npz
 
 TRAIN = ["train", "--dataset", "spirals", "--hidden", "8", "--batch-size", "100"]
 
@@ -119,12 +119,12 @@ def test_resume_refused_while_a_run_holds_the_folder_then_resumes_after_kill9(tm
         holder.send_signal(signal.SIGKILL)
         holder.communicate()
     # a killed run leaves a resumable folder; its partial writes are swept away
-    (out / ".tmp-x1y2checkpoint.npz").write_bytes(b"partial")
+    (out / f"{TEMP_PREFIX}x1y2checkpoint.npz").write_bytes(b"partial")
     done = json.loads(load_npz(out / "checkpoint.npz")["meta"].tobytes())["epoch"]
     assert main(argv + ["--epochs", str(done + 1), "--resume"]) == 0
     rows = (out / "metrics.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[1]) for r in rows] == list(range(done + 2))
-    assert not list(out.glob(".tmp-*"))
+    assert not list(out.glob(f"{TEMP_PREFIX}*"))
 
 
 def test_a_start_that_finished_no_epoch_leaves_a_reusable_folder(tmp_path, capsys):
@@ -132,14 +132,15 @@ def test_a_start_that_finished_no_epoch_leaves_a_reusable_folder(tmp_path, capsy
     out.mkdir()
     # what kill -9 during the first checkpoint write leaves behind
     (out / "config.json").write_text(json.dumps({"command": "train", "method": "backprop"}))
-    (out / ".tmp-ab12checkpoint.npz").write_bytes(b"half a zip")
+    (out / f"{TEMP_PREFIX}ab12checkpoint.npz").write_bytes(b"half a zip")
     (out / runs.LOCK_NAME).write_text("999999")
+    # --resume starts such a run again, but only the same run: this config has no identity
     assert main(TRAIN + ["--epochs", "1", "--resume", "--out-dir", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "no checkpoint.npz in" in err and "without --resume" in err
+    assert "--resume: " in err and "has no run identity (run_id)" in err
     assert main(TRAIN + ["--epochs", "1", "--out-dir", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["method"] == "proxprop"
-    assert not list(out.glob(".tmp-*"))
+    assert not list(out.glob(f"{TEMP_PREFIX}*"))
     # a folder with results is never reused
     assert main(TRAIN + ["--epochs", "1", "--out-dir", str(out)]) == 2
     assert "exists and is not empty (it holds a checkpoint" in capsys.readouterr().err
@@ -211,3 +212,21 @@ def test_file_system_errors_name_the_path(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"proxnp: error: [Errno {errno.ENOSPC}] cannot write {out}/")
     assert "No space left on device" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_refused_folder_gets_no_lock_and_an_empty_one_resumes_as_a_fresh_start(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    with pytest.raises(RunDirError, match=r"not a proxnp run folder \(it holds config.json\)"):
+        check_run_dir(mine)  # before any work
+    with pytest.raises(RunDirError, match=r"not a proxnp run folder \(it holds config.json\)"):
+        claim_run_dir(mine, "train")
+    with pytest.raises(RunDirError, match=r"--resume: .* is not a proxnp run folder"):
+        claim_run_dir(mine, "train", resume=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json"]
+    # killed between creating the folder and locking it: --resume starts the run afresh
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(TRAIN + ["--epochs", "1", "--resume", "--out-dir", str(empty)]) == 0
+    assert (empty / "checkpoint.npz").is_file() and (empty / runs.LOCK_NAME).is_file()

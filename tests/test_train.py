@@ -153,8 +153,8 @@ def test_a_slow_run_at_a_tiny_learning_rate_is_not_called_diverging(spirals):
 @pytest.mark.parametrize(
     "kw,message",
     [
-        (dict(momentum=1.0), r"momentum must lie in \[0, 1\), got 1.0"),
-        (dict(momentum=-0.5), r"momentum must lie in \[0, 1\)"),
+        (dict(momentum=1.0), r"momentum must be a finite number in \[0, 1\), got 1.0"),
+        (dict(momentum=-0.5), r"momentum must be a finite number in \[0, 1\)"),
         (dict(lr=float("nan")), "learning rate must be a finite number > 0"),
         (dict(cg_iters=10**9), "cg_iters must be at most 1000"),
         (dict(seed=-1), "seed must be a non-negative integer, got -1"),
@@ -177,3 +177,51 @@ def test_an_empty_validation_split_is_named(spirals):
 def test_the_model_must_have_one_output_per_class(spirals):
     with pytest.raises(ValueError, match="the model has 4 outputs but the data 3 classes"):
         fit(mlp([2, 8, 4]), spirals, epochs=1, batch_size=50)
+
+
+def test_every_split_is_checked_before_training(spirals, monkeypatch):
+    import sys
+
+    from proxnp.training.errors import DataError
+
+    fit_module = sys.modules["proxnp.training.fit"]  # the module (the package exports fit)
+
+    def never(*args, **kw):
+        raise AssertionError("trained before the data was checked")
+
+    monkeypatch.setattr(fit_module, "proxprop", never)
+    x_test = spirals.x_test.copy()
+    x_test[2, 0] = np.inf
+    for bad, message in [
+        (spirals._replace(x_test=x_test), "test inputs contain NaN or inf"),
+        (spirals._replace(y_test=spirals.y_test + 3), r"test labels must lie in 0..2"),
+        (spirals._replace(y_test=spirals.y_test[:-1]), "test split: 250 inputs but 249 labels"),
+        (spirals._replace(y_val=spirals.y_val.astype(float)), "val labels must be integers"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            fit(small_model(), bad, epochs=1, batch_size=50)
+
+
+def test_tau_theta_is_checked_against_the_dtype():
+    from proxnp.proxprop import check_tau_theta
+
+    check_tau_theta(1e-40, np.float64)
+    check_tau_theta(1e-38, np.float32)
+    for tau, message in [
+        (1e-40, "tau_theta = 1e-40 is too small for float32: 1/tau_theta = 1e"),
+        (0.0, "tau_theta must be a finite number > 0"),
+        (float("inf"), "tau_theta must be a finite number > 0"),
+        (True, "tau_theta must be a finite number > 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check_tau_theta(tau, np.float32)
+
+
+def test_a_proximal_step_float32_cannot_solve_names_tau_theta():
+    """Not a diverged run: the parameters are finite, I/tau_theta is below float32's rounding."""
+    from proxnp.training.errors import TrainingError
+
+    digits = load_dataset("digits")
+    model = mlp([64, 100, 10], rng=np.random.default_rng(0), dtype=np.float32)
+    with pytest.raises(TrainingError, match=r"not positive definite in float32 .*--tau-theta"):
+        fit(model, digits, solver="exact", tau_theta=1e37, epochs=1, batch_size=200)

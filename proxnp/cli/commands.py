@@ -10,40 +10,74 @@ Every run writes config.json (the settings as used), metrics.csv, summary.json a
 a figure to --out-dir (default: a fresh folder under runs/), atomically, after each
 finished run.  A run owns its folder while it lives (see :mod:`proxnp.cli.runs`): a
 second run on it refuses.  Settings, data and the model's memory are checked
-before anything is written.  Bad arguments or data end with one line on stderr
-and exit status 2; a run that diverged exits with 1.
+before anything is written.
+
+Exit status: 0 done; 1 a run diverged (or is diverging); 2 a user error -- any
+:class:`~proxnp.training.errors.ProxnpError` (bad option, data, file, folder,
+checkpoint), an operating-system error on the user's files, or running out of
+memory anywhere -- printed as one line on stderr; 3 an internal error, i.e. a bug
+in proxnp, printed with its traceback; 130 interrupted.
 """
 
 import csv
+import errno
 import io
 import json
 import math
+import os
 import pathlib
 import platform
+import secrets
 import sys
+import traceback
 
 import numpy as np
 
 from .. import __version__
 from ..backend import gpu_status, to_device
 from ..fast.cpu import limit_threads, reuse_host_memory
-from ..training.checkpoint import CheckpointError
-from ..training.data import DataError, load_dataset
-from ..training.files import atomic_write_bytes
-from ..training.fit import evaluate, fit, training_verdict
-from ..training.memory import MemoryLimitError, check_memory
+from ..proxprop import check_tau_theta
+from ..training.data import load_dataset
+from ..training.errors import ProxnpError
+from ..training.files import atomic_write_bytes, read_regular
+from ..training.fit import check_data, evaluate, fit, training_verdict
+from ..training.memory import address_space_available, check_memory, format_bytes
 from ..training.models import build_model, memory_estimate, mlp_sizes
-from ..training.plots import plot_histories
-from .experiments import EXPERIMENTS, run_spec, stability_table
-from .options import OptionError, build_parser, resolve_train
-from .runs import RunDirError, check_run_dir, claim_run_dir
+from .experiments import EXPERIMENTS, run_spec, stability_table, tau_label
+from .options import OptionError, build_parser, check_taus, resolve_train
+from .runs import check_run_dir, claim_run_dir
 
 
-class CLIError(Exception):
-    """A user error: printed as one line, exit status 2."""
+class CLIError(ProxnpError):
+    """A user error found by the command line itself: printed as one line, exit status 2."""
 
 
-USER_ERRORS = (CLIError, OptionError, DataError, RunDirError, CheckpointError, MemoryLimitError)
+# Operating-system errors about the user's files and folders (full disk, permissions, ...):
+# one line, exit 2.  Any other OSError is a bug and keeps its traceback.
+USER_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ELOOP,
+    errno.ENAMETOOLONG,
+    errno.EFBIG,
+    errno.EIO,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.ENOMEM,
+}
+EXIT_USER, EXIT_BUG = 2, 3
+# Loading SciPy with its own OpenBLAS takes address space for the library and a buffer per
+# BLAS thread (about 85 MiB + 41 MiB per thread, measured); under a tighter limit
+# OpenBLAS's start-up spins or exits on its own, so the room is checked first.
+LIBRARY_BYTES, BLAS_THREAD_BYTES = 128 << 20, 48 << 20
+CONFIG_MAX_BYTES = 1 << 20  # a config.json is a few hundred bytes
 STAGE = ["starting"]  # what the command is doing, for an out-of-memory message
 
 
@@ -149,6 +183,7 @@ def run_all(runs, config, data, args, out_dir, layout, title, lr_flag="the learn
                 progress=sys.stderr.isatty(),
                 checkpoint=getattr(args, "checkpoint", None),
                 resume=getattr(args, "resume", False),
+                run_id=getattr(args, "run_id", None),
             )
             test = None
             if hist["status"] == "ok" and len(data.x_test):
@@ -161,6 +196,8 @@ def run_all(runs, config, data, args, out_dir, layout, title, lr_flag="the learn
             print(f"{spec['name']}: {hist['message']}", file=sys.stderr)
         write_metrics(out_dir / "metrics.csv", histories)
         write_json(out_dir / "summary.json", summary)
+    from ..training.plots import plot_histories  # matplotlib: loaded only when a figure is due
+
     plot_histories(histories, out_dir / "figure.png", layout=layout, title=title)
     return histories, summary
 
@@ -213,8 +250,16 @@ def _load(args, config, flat):
     )
 
 
-def check_fit(config, data, args):
-    """Batch size against the data, and the model's memory, before anything is written."""
+def check_fit(config, data, args, runs=()):
+    """Every split of the data, the batch size, tau_theta against the dtype and the model's
+    memory, before anything is written."""
+    check_data(data)
+    for spec in runs:
+        if spec["method"] == "proxprop":
+            try:
+                check_tau_theta(spec["tau_theta"], args.dtype)
+            except ValueError as exc:
+                raise OptionError(f"--tau-theta {spec['tau_theta']:g}: {exc}") from None
     n = len(data.x_train)
     if args.batch_size > n:
         via = f" (--subset {args.subset})" if args.subset else ""
@@ -247,7 +292,7 @@ def cmd_compare(args):
     check_run_dir(args.out_dir)
     data = _load(args, config, flat=True)
     config = with_sizes(config, data)
-    check_fit(config, data, args)
+    check_fit(config, data, args, config["runs"])
     with claim_run_dir(args.out_dir, "compare") as run:
         write_json(run.path / "config.json", {"command": "compare", **config, **vars(args)})
         _, summary = run_all(
@@ -275,25 +320,29 @@ def cmd_train(args):
     check_run_dir(args.out_dir, args.resume)
     data = _load(args, config, flat=args.model == "mlp")
     config = with_sizes(config, data)
-    check_fit(config, data, args)
     spec = run_spec(
         args.method,
         args.method,
         args.lr,
         args.optimizer,
         args.solver,
-        args.cg_iters,
+        3 if args.cg_iters is None else args.cg_iters,  # unused by other solvers
         args.tau_theta,
     )
+    check_fit(config, data, args, [spec])
     with claim_run_dir(args.out_dir, "train", args.resume) as run:
-        if args.resume:
-            check_resume_settings(args, run.path)
-        else:
-            write_json(
-                run.path / "config.json",
-                {"command": "train", **vars(args), "sizes": config["sizes"]},
-            )
+        saved = check_resume_settings(args, run.path) if args.resume else None
+        if saved is None:  # a fresh start, or --resume of a run killed before config.json
+            saved = {
+                "command": "train",
+                **vars(args),
+                "sizes": config["sizes"],
+                "run_id": secrets.token_hex(8),
+            }
+            write_json(run.path / "config.json", saved)
         args.checkpoint = run.path / "checkpoint.npz"
+        args.run_id = saved["run_id"]
+        args.resume = run.resumable  # --resume before the first checkpoint starts again
         _, summary = run_all(
             [spec],
             config,
@@ -329,14 +378,24 @@ RUN_SETTINGS = (
 
 
 def check_resume_settings(args, out_dir):
-    """--resume continues the same run: every setting but --epochs must match config.json."""
+    """--resume continues the same run: every setting but --epochs must match config.json.
+
+    Returns the saved config (its ``run_id`` identifies the run to its checkpoint), or
+    None where a run was killed before it wrote config.json.
+    """
     path = out_dir / "config.json"
+    if not (path.exists() or path.is_symlink()) and not (out_dir / "checkpoint.npz").exists():
+        return None
     try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CLIError(f"--resume: cannot read {path} ({exc})") from None
+        saved = json.loads(read_regular(path, CONFIG_MAX_BYTES, "config.json", error=CLIError))
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, CLIError):
+            raise CLIError(f"--resume: {exc}") from None
+        raise CLIError(f"--resume: {path} is not valid JSON ({exc})") from None
     if not isinstance(saved, dict) or saved.get("command") != "train":
         raise CLIError(f"--resume: {path} is not the config of a train run")
+    if not isinstance(saved.get("run_id"), str):
+        raise CLIError(f"--resume: {path} has no run identity (run_id)")
     for key in RUN_SETTINGS:
         now = vars(args).get(key)
         now = list(now) if isinstance(now, tuple) else now
@@ -345,16 +404,19 @@ def check_resume_settings(args, out_dir):
                 f"--resume: --{key.replace('_', '-')} is {now!r} but the run in "
                 f"{out_dir} used {saved.get(key)!r}"
             )
+    return saved
 
 
 def cmd_reproduce(args):
     config = dict(EXPERIMENTS[args.experiment])
     args.batch_size = args.batch_size or config["batch_size"]
     args.epochs = config["epochs"] if args.epochs is None else args.epochs
+    if args.taus is not None:
+        args.taus = check_taus(args.taus)
     check_run_dir(args.out_dir)
     data = _load(args, config, flat=config["model"] == "mlp")
     config = with_sizes(config, data)
-    check_fit(config, data, args)
+    check_fit(config, data, args, config["runs"])
     with claim_run_dir(args.out_dir, f"reproduce-{args.experiment}") as run:
         write_json(run.path / "config.json", {"command": "reproduce", **config, **vars(args)})
         if args.experiment != "stability":
@@ -382,13 +444,14 @@ def stability(config, data, args, out_dir):
     taus = args.taus or config["taus"]
     results = {spec["name"]: {} for spec in config["runs"]}
     for tau in taus:
-        runs = [dict(spec, lr=tau, name=f"{spec['name']} tau={tau:g}") for spec in config["runs"]]
-        sub = out_dir / f"tau={tau:g}"
+        label = tau_label(tau)
+        runs = [dict(spec, lr=tau, name=f"{spec['name']} tau={label}") for spec in config["runs"]]
+        sub = out_dir / f"tau={label}"
         try:
-            sub.mkdir(exist_ok=True)
+            sub.mkdir()  # new: never a folder (or a link) that was there before
         except OSError as exc:
             raise CLIError(f"cannot create {sub}: {exc.strerror or exc}") from None
-        _, summary = run_all(runs, config, data, args, sub, "mlp", f"tau = {tau:g}", "tau")
+        _, summary = run_all(runs, config, data, args, sub, "mlp", f"tau = {label}", "tau")
         for spec, run in zip(config["runs"], runs):
             s = summary[run["name"]]
             results[spec["name"]][tau] = (
@@ -398,7 +461,7 @@ def stability(config, data, args, out_dir):
         atomic_write_bytes(out_dir / "stability.md", (table + "\n").encode())
         write_json(
             out_dir / "stability.json",
-            {k: {f"{t:g}": v for t, v in r.items()} for k, r in results.items()},
+            {k: {tau_label(t): v for t, v in r.items()} for k, r in results.items()},
         )
     return table
 
@@ -425,6 +488,27 @@ def cmd_info(args):
     return 0
 
 
+def load_libraries():
+    """Import SciPy's linear algebra (and its BLAS) once there is room for it."""
+    if "scipy.linalg" in sys.modules:
+        return
+    stage("loading SciPy and its BLAS")
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "")
+    threads = int(threads) if threads.isdigit() and int(threads) > 0 else os.cpu_count() or 1
+    threads = min(threads, os.cpu_count() or 1)
+    need = LIBRARY_BYTES + BLAS_THREAD_BYTES * threads
+    room = address_space_available()  # the buffers are address space, mostly not resident
+    if room is not None and need > room:
+        raise CLIError(
+            f"loading SciPy and its BLAS ({threads} threads) needs about {format_bytes(need)} "
+            f"of address space, but only {format_bytes(room)} are left under its limit "
+            "(ulimit -v)"
+        )
+    import scipy.linalg  # noqa: F401
+
+    stage("starting")
+
+
 def build_cli_parser():
     return build_parser(__version__)
 
@@ -439,33 +523,62 @@ def main(argv=None):
             args = parser.parse_args(["compare"])
         if command == "info":
             return cmd_info(args)
+        load_libraries()
         reuse_host_memory()  # large temporaries reused, not page-faulted again
         if args.device == "gpu" and not gpu_status()[0]:
             raise CLIError(f"--device gpu: no usable GPU ({gpu_status()[1]})")
         return {"compare": cmd_compare, "train": cmd_train, "reproduce": cmd_reproduce}[command](
             args
         )
-    except USER_ERRORS as exc:
-        print(
-            f"proxnp: error: {exc}" if not str(exc).startswith("proxnp") else str(exc),
-            file=sys.stderr,
-        )
-        return 2
-    except MemoryError as exc:
-        print(
-            f"proxnp: error: out of memory while {STAGE[0]}{f' ({exc})' if str(exc) else ''}",
-            file=sys.stderr,
-        )
-        return 2
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"proxnp: error: {exc}", file=sys.stderr)
-        return 2
+    except ProxnpError as exc:
+        text = str(exc)
+        say(text if text.startswith("proxnp") else f"proxnp: error: {text}")
+        return EXIT_USER
     except KeyboardInterrupt:
         print(
             "proxnp: interrupted; results of finished runs are in the output folder",
             file=sys.stderr,
         )
         return 130
+    except Exception as exc:
+        memory = _caused_by(exc, MemoryError)
+        if memory is not None:
+            detail = f" ({memory})" if str(memory) else ""
+            say(f"proxnp: error: out of memory while {STAGE[0]}{detail}")
+            return EXIT_USER
+        if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+            # the thread's stack did not fit: out of memory (or of processes)
+            say(
+                f"proxnp: error: out of memory while {STAGE[0]}: cannot start a thread (try --threads 1)"
+            )
+            return EXIT_USER
+        if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:
+            say(f"proxnp: error: {exc}")
+            return EXIT_USER
+        traceback.print_exc()
+        say(
+            f"proxnp: internal error while {STAGE[0]}: this is a bug in proxnp, not in "
+            "your input; please report it with the traceback above"
+        )
+        return EXIT_BUG
+
+
+def _caused_by(exc, kind):
+    """``exc`` or the first exception of type ``kind`` it was raised from or during."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def say(message):
+    """Print ``message`` to stderr as exactly one line: control characters (a newline in
+    a file name, say) are shown escaped, as Python writes them in a string literal."""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -90,12 +90,19 @@ EXPERIMENTS = {
 }
 
 
+def tau_label(tau):
+    """The name of one stability sweep value: short (``0.1``), yet distinct for distinct
+    floats (``0.1000001`` is not ``0.1``)."""
+    short = f"{tau:g}"
+    return short if float(short) == tau else repr(float(tau))
+
+
 def stability_table(taus, results):
     """The paper's Table 1 layout: rows = methods, columns = tau, '–' for diverged runs.
 
     ``results`` maps method name -> {tau: final full-batch loss or None}.
     """
-    head = "| τ | " + " | ".join(f"{t:g}" for t in taus) + " |"
+    head = "| τ | " + " | ".join(tau_label(t) for t in taus) + " |"
     lines = [head, "|" + "---|" * (len(taus) + 1)]
     for name, row in results.items():
         cells = ["–" if row.get(t) is None else f"{row[t]:.3g}" for t in taus]

@@ -1,6 +1,11 @@
 """The command line's options: every number range-checked, every default stated.
 
 Errors name the flag (``argument --epochs: must be an integer in [1, 100000], got -5``).
+Numbers are written in ASCII: digits 0-9, an optional sign, point and exponent (``1e-3``);
+Unicode digits, digit-group underscores and surrounding spaces are refused, not guessed at.
+An option that the run would not use (``--solver``, ``--cg-iters`` or ``--tau-theta`` with
+``--method backprop``; ``--cg-iters`` with a solver other than ``cg``) is refused, as are
+``--hidden`` with the ConvNet and ``--momentum`` with Adam.
 Defaults that depend on other choices follow the paper (arXiv 1706.04638, §5):
 
 * ``--lr`` (the paper's tau): 1e-3 with Adam (§5.3); with SGD/Nesterov 0.05 for
@@ -13,11 +18,13 @@ Defaults that depend on other choices follow the paper (arXiv 1706.04638, §5):
 
 import argparse
 import math
+import re
 
 from ..prox import SOLVERS
 from ..training.data import DATASETS
+from ..training.errors import ProxnpError
 from ..training.fit import MAX_CG_ITERS, METHODS, OPTIMIZERS
-from .experiments import EXPERIMENTS
+from .experiments import EXPERIMENTS, tau_label
 
 MAX_EPOCHS = 100_000
 MAX_BATCH = 10_000_000
@@ -27,14 +34,23 @@ MAX_HIDDEN = 1_000_000
 TRAIN_DEFAULTS = {"epochs": 20, "batch_size": 100, "hidden": (256, 256), "momentum": 0.95}
 
 
+INTEGER = re.compile(r"[+-]?[0-9]+")
+NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+NON_FINITE = {"nan", "inf", "infinity"}  # parsed, then refused as not finite
+
+
+def _expected(what, s):
+    ascii_note = "" if s.isascii() else " written with ASCII digits 0-9"
+    return argparse.ArgumentTypeError(f"expected {what}{ascii_note}, got {s!r}")
+
+
 def int_in(low, high):
-    """argparse type: an integer in [low, high]."""
+    """argparse type: an integer in [low, high], in ASCII digits."""
 
     def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if not INTEGER.fullmatch(s):
+            raise _expected("an integer", s)
+        v = int(s)
         if not low <= v <= high:
             raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {v}")
         return v
@@ -47,10 +63,9 @@ def float_in(low, high, low_open=True, high_open=False):
     lo, hi = "(" if low_open else "[", ")" if high_open else "]"
 
     def parse(s):
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not (NUMBER.fullmatch(s) or s.lower().lstrip("+-") in NON_FINITE):
+            raise _expected("a number", s)
+        v = float(s)
         ok = (
             math.isfinite(v)
             and (v > low if low_open else v >= low)
@@ -72,7 +87,7 @@ def float_in(low, high, low_open=True, high_open=False):
 positive = float_in(0, math.inf, high_open=True)
 
 
-class OptionError(ValueError):
+class OptionError(ProxnpError):
     """A bad option or combination of options; the message names the flag."""
 
 
@@ -164,14 +179,15 @@ def build_parser(version):
     p.add_argument(
         "--solver",
         choices=SOLVERS,
-        default="cg",
-        help="how ProxProp solves the proximal step (default: cg)",
+        default=None,
+        help="how ProxProp solves the proximal step; proxprop only (default: cg)",
     )
     p.add_argument(
         "--cg-iters",
         type=int_in(1, MAX_CG_ITERS),
-        default=3,
-        help=f"CG iterations per proximal step, at most {MAX_CG_ITERS} (default: 3)",
+        default=None,
+        help=f"CG iterations per proximal step (--solver cg only), at most {MAX_CG_ITERS} "
+        "(default: 3)",
     )
     p.add_argument(
         "--tau-theta",
@@ -227,6 +243,27 @@ def resolve_train(args):
             "--momentum applies to --optimizer sgd or nesterov, not adam "
             "(Adam uses betas 0.9, 0.999)"
         )
+    if args.method == "backprop":
+        unused = [
+            flag
+            for flag, value in (
+                ("--solver", args.solver),
+                ("--cg-iters", args.cg_iters),
+                ("--tau-theta", args.tau_theta),
+            )
+            if value is not None
+        ]
+        if unused:
+            raise OptionError(
+                f"{' and '.join(unused)} appl{'y' if len(unused) > 1 else 'ies'} to "
+                "--method proxprop only (BackProp takes the plain gradient)"
+            )
+    else:
+        args.solver = args.solver or "cg"
+        if args.solver != "cg" and args.cg_iters is not None:
+            raise OptionError(f"--cg-iters applies to --solver cg only, not {args.solver}")
+        if args.solver == "cg" and args.cg_iters is None:
+            args.cg_iters = 3
     if args.model == "mlp" and args.hidden is None:
         args.hidden = list(TRAIN_DEFAULTS["hidden"])
     if args.momentum is None:
@@ -238,8 +275,18 @@ def resolve_train(args):
         )
     if args.lr is None:
         args.lr = 1e-3 if args.optimizer == "adam" else (0.05 if args.method == "backprop" else 1.0)
-    if args.tau_theta is None:
+    if args.tau_theta is None and args.method == "proxprop":
         args.tau_theta = 1.0 if args.model == "convnet" else 0.05
     args.epochs = TRAIN_DEFAULTS["epochs"] if args.epochs is None else args.epochs
     args.batch_size = args.batch_size or TRAIN_DEFAULTS["batch_size"]
     return args
+
+
+def check_taus(taus):
+    """The stability sweep's values, each once: an equal value given twice is refused."""
+    seen = {}
+    for text, tau in zip((tau_label(t) for t in taus), taus):
+        if tau in seen:
+            raise OptionError(f"--taus: {text} is given twice (each step size is run once)")
+        seen[tau] = text
+    return list(taus)

@@ -14,18 +14,30 @@
   refuses with one line.  (flock is advisory and works between processes on
   one machine; on network file systems it may not.  Without ``fcntl``, i.e. on
   Windows, only the atomic ``mkdir`` protects a new folder.)
-* Under the lock an existing folder is accepted when it is empty or holds only
-  what a start that finished no epoch leaves behind (``config.json``, the lock
-  file, ``.tmp-*`` files, empty sub-folders): such a folder is reused.  A folder
-  with results is refused; one with ``checkpoint.npz`` can be continued with
-  ``--resume``.  Stale ``.tmp-*`` files of a writer that was killed are removed.
+* A run folder holds only what the run made.  The lock file is the folder's mark:
+  an existing folder is used only when it is empty, or when it holds a regular
+  ``.proxnp.lock`` (a proxnp run folder) and, for a fresh start, nothing but what a
+  start that finished no epoch leaves behind: ``config.json``, proxnp's own partial
+  writes (``.proxnp-tmp-*`` files at the top of the folder) and empty ``tau=*``
+  sub-folders.  Any other folder is refused with one line naming what is in it;
+  a folder with results is refused too, and one with ``checkpoint.npz`` can be
+  continued with ``--resume``.
+* Nothing is followed that proxnp did not create: the lock is opened with
+  ``O_NOFOLLOW`` (and created with ``O_EXCL``), so a planted symlink or hard link is
+  refused, not written through; outputs are new files (``mkstemp``) renamed into
+  place, which replaces a name and never writes through it.
+* The stale-temporary clean-up removes only regular files named ``.proxnp-tmp-*`` at
+  the top of a folder that carries the lock; a user's ``.tmp-*`` file is never touched.
 """
 
 import os
 import pathlib
 import secrets
-import shutil
+import stat
 import time
+
+from ..training.errors import ProxnpError
+from ..training.files import TEMP_PREFIX
 
 try:
     import fcntl
@@ -33,10 +45,9 @@ except ImportError:  # Windows: no advisory locks
     fcntl = None
 
 LOCK_NAME = ".proxnp.lock"
-LEFTOVER_FILES = {"config.json", LOCK_NAME}
 
 
-class RunDirError(Exception):
+class RunDirError(ProxnpError):
     """The output folder cannot be used; the message names it and says why."""
 
 
@@ -46,29 +57,68 @@ def default_run_dir(command, root="runs"):
     return pathlib.Path(root) / f"{command}-{stamp}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def _is_leftover(path, top=True):
-    """True for what a start that finished no epoch may leave behind."""
-    if path.name.startswith(".tmp-"):
-        return True
-    if path.is_dir() and not path.is_symlink():
-        return all(_is_leftover(p, top=False) for p in path.iterdir())
-    return top and path.name in LEFTOVER_FILES
+def _lstat(path):
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
-def _remove_leftovers(folder, keep=()):
-    for p in folder.iterdir():
-        if p.name in keep:
-            continue
-        if p.name.startswith(".tmp-") or p.name == "config.json":
-            p.unlink()
-        elif p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
+def _is_temp(path, st):
+    return path.name.startswith(TEMP_PREFIX) and stat.S_ISREG(st.st_mode)
+
+
+def _is_leftover(path):
+    """True for what a start that finished no epoch leaves beside the lock (never a symlink)."""
+    st = _lstat(path)
+    if st is None:
+        return True  # gone meanwhile
+    if path.name in (LOCK_NAME, "config.json") or _is_temp(path, st):
+        return stat.S_ISREG(st.st_mode)
+    if path.name.startswith("tau=") and stat.S_ISDIR(st.st_mode):
+        return not any(path.iterdir())
+    return False
+
+
+def _listing(names, limit=5):
+    names = sorted(names)
+    more = f", ... ({len(names)} entries)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _check_lock_file(folder):
+    """None if ``folder`` has no lock; True if it has a regular one; RunDirError otherwise."""
+    st = _lstat(folder / LOCK_NAME)
+    if st is None:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a plain file of its own"
+        raise RunDirError(
+            f"{folder / LOCK_NAME} is {what}; proxnp does not write through it "
+            "(remove it, or choose another --out-dir)"
+        )
+    return True
 
 
 def remove_stale_temps(folder):
-    """Delete ``.tmp-*`` files (partial writes of a killed run) in folder and its sub-folders."""
-    for p in list(folder.glob(".tmp-*")) + list(folder.glob("*/.tmp-*")):
-        if p.is_file():
+    """Delete proxnp's partial writes (regular ``.proxnp-tmp-*`` files) at the top of ``folder``."""
+    for p in folder.iterdir():
+        st = _lstat(p)
+        if st is not None and _is_temp(p, st):
+            p.unlink()
+
+
+def _remove_leftovers(folder):
+    """Clear a folder that :func:`_is_leftover` accepted (under the lock), keeping the lock."""
+    for p in folder.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        st = _lstat(p)
+        if st is None:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            p.rmdir()  # an empty tau=* folder; never a tree
+        elif stat.S_ISREG(st.st_mode):
             p.unlink()
 
 
@@ -77,6 +127,7 @@ class RunDir:
 
     def __init__(self, path, lock_fd):
         self.path, self._fd = path, lock_fd
+        self.resumable = False  # whether a checkpoint is there to continue from
 
     def release(self):
         if self._fd is not None:
@@ -93,15 +144,35 @@ class RunDir:
         self.release()
 
 
-def _lock(folder):
-    """Open and flock ``folder/.proxnp.lock``; RunDirError if another run holds it."""
+def _open_lock(folder):
+    """(descriptor, created) of the lock file: created with O_EXCL, or opened with O_NOFOLLOW."""
     path = folder / LOCK_NAME
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_NONBLOCK", 0)  # a planted FIFO must not block the open
+    created = True
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            created = False
+            fd = os.open(path, flags)
     except OSError as exc:
+        _check_lock_file(folder)  # raises if the name is a symlink (O_NOFOLLOW refused it)
         raise RunDirError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        _check_lock_file(folder)  # raises, naming what it is
+        raise RunDirError(f"{path} changed while it was opened; try again")
+    return fd, created
+
+
+def _lock(folder):
+    """Open and flock ``folder/.proxnp.lock``: (descriptor, created); RunDirError if another
+    run holds it."""
+    fd, created = _open_lock(folder)
     if fcntl is None:
-        return fd
+        return fd, created
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -114,23 +185,41 @@ def _lock(folder):
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
+    return fd, created
 
 
 def _check_reusable(folder, resume):
-    if not folder.is_dir():
+    """RunDirError unless proxnp may use the existing ``folder`` (see the module docstring)."""
+    st = _lstat(folder)
+    if st is None or not folder.is_dir():
         raise RunDirError(f"output directory {folder} exists and is not a directory")
+    entries = list(folder.iterdir())
+    owned = _check_lock_file(folder)
     if resume:
+        if entries and not owned:
+            raise RunDirError(
+                f"--resume: {folder} is not a proxnp run folder (no {LOCK_NAME}; it holds "
+                f"{_listing(p.name for p in entries)})"
+            )
         return
-    if not all(_is_leftover(p) for p in folder.iterdir()):
+    if not entries:
+        return
+    if not owned:
+        raise RunDirError(
+            f"output directory {folder} exists and is not a proxnp run folder (it holds "
+            f"{_listing(p.name for p in entries)}); choose another --out-dir "
+            "(nothing is overwritten)"
+        )
+    results = [p.name for p in entries if not _is_leftover(p)]
+    if results:
         hint = (
             " (it holds a checkpoint: continue that run with --resume)"
-            if (folder / "checkpoint.npz").exists()
+            if "checkpoint.npz" in results
             else ""
         )
         raise RunDirError(
-            f"output directory {folder} exists and is not empty{hint}; "
-            "choose another --out-dir (nothing is overwritten)"
+            f"output directory {folder} exists and is not empty{hint}: it holds "
+            f"{_listing(results)}; choose another --out-dir (nothing is overwritten)"
         )
 
 
@@ -142,19 +231,25 @@ def check_run_dir(out_dir, resume=False):
     if resume:
         if not folder.is_dir():
             raise RunDirError(f"--resume: no checkpoint.npz in {folder} (no such directory)")
-    elif folder.exists() or folder.is_symlink():
+        _check_reusable(folder, resume=True)
+    elif _lstat(folder) is not None:
         _check_reusable(folder, resume)
 
 
 def claim_run_dir(out_dir, command, resume=False):
-    """Create or lock the output folder for this run; returns a :class:`RunDir`."""
+    """Create or lock the output folder for this run; returns a :class:`RunDir`.
+
+    ``run.resumable`` says whether the folder holds a checkpoint to continue from
+    (``--resume`` on a folder whose run was killed before its first checkpoint starts
+    that run again from epoch 0).
+    """
     if out_dir is None and not resume:
         for _ in range(100):
             folder = default_run_dir(command)
             try:
                 folder.parent.mkdir(parents=True, exist_ok=True)
                 folder.mkdir()
-                return RunDir(folder, _lock(folder))
+                return RunDir(folder, _lock(folder)[0])
             except FileExistsError:
                 continue
             except OSError as exc:
@@ -177,20 +272,36 @@ def claim_run_dir(out_dir, command, resume=False):
             raise RunDirError(
                 f"cannot create the output directory {folder}: {exc.strerror or exc}"
             ) from None
-    fd = _lock(folder)
+    fd, created = _lock(folder)
     try:
+        others = [p.name for p in folder.iterdir() if p.name != LOCK_NAME]
+        if created and others:  # the folder was not a run folder: it must have been empty
+            raise RunDirError(
+                f"output directory {folder} is not a proxnp run folder (it holds "
+                f"{_listing(others)}); choose another --out-dir (nothing is overwritten)"
+            )
         _check_reusable(folder, resume)  # again, now that no one else can change it
-        if resume:
-            if not (folder / "checkpoint.npz").is_file():
+        remove_stale_temps(folder)
+        resumable = resume and _is_regular(folder / "checkpoint.npz")
+        if resume and not resumable:
+            results = [p.name for p in folder.iterdir() if not _is_leftover(p)]
+            if results:
                 raise RunDirError(
-                    f"--resume: no checkpoint.npz in {folder} (the run there "
-                    "finished no epoch; start it again without --resume: the "
-                    "folder is reused)"
+                    f"--resume: no checkpoint.npz in {folder}, but it holds "
+                    f"{_listing(results)}; choose another --out-dir"
                 )
-            remove_stale_temps(folder)
-        else:
-            _remove_leftovers(folder, keep={LOCK_NAME})
+        if not resume:
+            _remove_leftovers(folder)
     except BaseException:
+        if created:
+            os.unlink(folder / LOCK_NAME)
         os.close(fd)
         raise
-    return RunDir(folder, fd)
+    run = RunDir(folder, fd)
+    run.resumable = resumable
+    return run
+
+
+def _is_regular(path):
+    st = _lstat(path)
+    return st is not None and stat.S_ISREG(st.st_mode)

@@ -8,9 +8,12 @@
 * :mod:`proxnp.training.checkpoint`, :mod:`proxnp.training.files` -- validated checkpoints, atomic
   writes, a bounded .npz reader, a model's parameters in a file.
 * :mod:`proxnp.training.memory` -- memory checks before anything large is allocated.
+* :mod:`proxnp.training.errors` -- :class:`ProxnpError` and its kinds: the errors a user can cause
+  (the command line prints them as one line; anything else is a bug and keeps its traceback).
 """
 
-from .data import DataError, Dataset, load_dataset
+from .data import Dataset, load_dataset
+from .errors import DataError, ProxnpError
 from .files import load_model, save_model
 from .fit import evaluate, fit, training_verdict
 from .models import PAPER_MLP, convnet, mlp
@@ -18,6 +21,7 @@ from .models import PAPER_MLP, convnet, mlp
 __all__ = [
     "PAPER_MLP",
     "DataError",
+    "ProxnpError",
     "Dataset",
     "convnet",
     "evaluate",

@@ -5,8 +5,9 @@
 
 Members: ``model/<i>.<name>`` (the parameters), ``opt/<buffer>/<i>.<name>`` (the
 optimizer's buffers: ``momentum`` for SGD with momentum, ``m`` and ``v`` for Adam)
-and ``meta`` (UTF-8 JSON: epoch, optimizer step count, RNG state, the run's
-settings and its history).  Written atomically (temp file + rename).
+and ``meta`` (UTF-8 JSON: the format version, epoch, optimizer step count, RNG
+state, the run's settings -- its identity and its data among them -- and its
+history).  Written atomically (temp file + rename).
 
 Loading trusts nothing: the member list, every shape and dtype are checked
 against the model and the optimizer from the file's headers before any array is
@@ -14,7 +15,8 @@ read; the meta fields are type- and range-checked (the step count must equal
 epoch x steps per epoch, the history must hold epochs 0..epoch); the settings
 must be those of the run being resumed; a missing optimizer state is an error,
 not fresh momentum; NaN or inf in any array is refused.  Only when all of this
-holds are model, optimizer and RNG changed.
+holds are model, optimizer and RNG changed.  A checkpoint of another format
+version (a newer proxnp's) is refused, not guessed at.
 """
 
 import json
@@ -26,8 +28,10 @@ import numpy as np
 
 from .. import optim
 from ..backend import to_numpy
-from .files import atomic_savez, load_npz
+from .errors import CheckpointError
+from .files import ZIP_ERRORS, atomic_savez, load_npz, open_regular
 
+FORMAT = 1  # the version of the layout above; bumped when it changes
 META_MAX_BYTES = 64 << 20
 RECORD_KEYS = (
     "epoch",
@@ -39,10 +43,6 @@ RECORD_KEYS = (
     "epoch_time",
     "time",
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be resumed; the message names the file and the problem."""
 
 
 def optimizer_buffers(opt):
@@ -60,6 +60,7 @@ def save_checkpoint(path, model, opt, rng, history, epoch, settings):
     state = opt.state_dict()
     arrays.update({f"opt/{k}": to_numpy(v) for k, v in state.items() if k != "t"})
     meta = {
+        "format": FORMAT,
         "epoch": epoch,
         "opt_t": state["t"],
         "rng": rng.bit_generator.state,
@@ -81,26 +82,30 @@ def _expected_members(model, opt, meta_size):
 
 def _meta_size(path):
     """The byte length of the ``meta`` member, read from its header (capped)."""
+    f = open_regular(path, what="checkpoint", error=CheckpointError)
     try:
-        with zipfile.ZipFile(path) as zf:
-            info = zf.getinfo("meta.npy")
-    except KeyError:
-        raise CheckpointError(f"{path}: not a proxnp checkpoint (no meta member)") from None
-    except (OSError, zipfile.BadZipFile) as exc:
+        with f, zipfile.ZipFile(f) as zf:
+            try:
+                info = zf.getinfo("meta.npy")
+            except KeyError:
+                raise CheckpointError(f"{path}: not a proxnp checkpoint (no meta member)") from None
+            if info.file_size > META_MAX_BYTES:
+                raise CheckpointError(
+                    f"{path}: meta member of {info.file_size} bytes is larger than "
+                    f"the {META_MAX_BYTES} allowed"
+                )
+            with zf.open(info) as m:
+                version = np.lib.format.read_magic(m)
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, _ = read(m, max_header_size=10000)
+    except CheckpointError:
+        raise
+    except (ValueError, *ZIP_ERRORS) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
-    if info.file_size > META_MAX_BYTES:
-        raise CheckpointError(
-            f"{path}: meta member of {info.file_size} bytes is larger than "
-            f"the {META_MAX_BYTES} allowed"
-        )
-    with zipfile.ZipFile(path) as zf, zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        read = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, _, _ = read(f, max_header_size=10000)
     if len(shape) != 1:
         raise CheckpointError(f"{path}: meta member must be 1-D bytes, has shape {shape}")
     return shape[0]
@@ -149,33 +154,45 @@ def load_checkpoint(path, model, opt, rng, history, settings, steps_per_epoch):
         arrays = load_npz(path, expect=expect)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
+    except CheckpointError:
+        raise
     except ValueError as exc:
         raise CheckpointError(
             str(exc).replace("does not fit this model:", "does not fit this model and optimizer:")
         ) from None
     try:
         meta = json.loads(arrays.pop("meta").tobytes().decode())
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: meta is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: meta must be a JSON object")
+    if meta.get("format") != FORMAT:
+        got = meta.get("format")
+        newer = isinstance(got, int) and not isinstance(got, bool) and got > FORMAT
+        raise CheckpointError(
+            f"{path}: checkpoint format {got!r}"
+            + (" was written by a newer proxnp" if newer else " is not one proxnp writes")
+            + f"; this version reads format {FORMAT}"
+        )
     missing = {"epoch", "opt_t", "rng", "settings", "history"} - set(meta)
     if missing:
         raise CheckpointError(f"{path}: meta lacks {', '.join(sorted(missing))}")
     epoch = _int(meta, "epoch", 1, path)
     opt_t = _int(meta, "opt_t", 0, path)
+    if not isinstance(meta["settings"], dict):
+        raise CheckpointError(f"{path}: meta field 'settings' must be a JSON object")
+    if meta["settings"] != json.loads(json.dumps(settings)):
+        diff = sorted(
+            k
+            for k in set(settings) | set(meta["settings"])
+            if meta["settings"].get(k) != json.loads(json.dumps(settings.get(k)))
+        )
+        raise CheckpointError(f"{path}: saved by a run with other settings ({', '.join(diff)})")
     if opt_t != epoch * steps_per_epoch:
         raise CheckpointError(
             f"{path}: {opt_t} optimizer steps do not match {epoch} epochs of "
             f"{steps_per_epoch} batches (another --batch-size?)"
         )
-    if meta["settings"] != json.loads(json.dumps(settings)):
-        diff = sorted(
-            k
-            for k in set(settings) | set(meta["settings"] or {})
-            if (meta["settings"] or {}).get(k) != settings.get(k)
-        )
-        raise CheckpointError(f"{path}: saved by a run with other settings ({', '.join(diff)})")
     _check_history(meta["history"], epoch, path)
     for key, arr in arrays.items():
         if not np.isfinite(arr).all():
@@ -183,7 +200,7 @@ def load_checkpoint(path, model, opt, rng, history, settings, steps_per_epoch):
     probe = np.random.Generator(type(rng.bit_generator)())
     try:
         probe.bit_generator.state = meta["rng"]
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
         raise CheckpointError(
             f"{path}: meta field 'rng' is not a {type(rng.bit_generator).__name__} state ({exc})"
         ) from None

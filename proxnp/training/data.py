@@ -14,12 +14,15 @@ raw bytes whose length must match the declared shape, labels must be a flat list
 of ints of the right length, IDX files (gzipped or not) are read to exactly the
 size their header declares, and the memory the float copies will need is checked
 (:mod:`proxnp.training.memory`) before they are made.  A training file with fewer than
-10 samples is refused (a tenth becomes the validation split).
+10 samples is refused (a tenth becomes the validation split).  Only regular files are
+read, opened non-blocking (a FIFO or a device is refused at once), with a size cap taken
+from the format.  Labels are class indices and never guessed (:func:`class_labels`).
 """
 
 import gzip
 import io
 import math
+import os
 import pathlib
 import pickle
 import zlib
@@ -27,14 +30,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .errors import DataError
+from .files import load_npz, open_regular, read_regular
 from .memory import check_memory
 
 DATA_DIR = pathlib.Path(__file__).parents[1] / "data"  # proxnp/data: the embedded files
 DATASETS = ("digits", "mnist1d", "cifar10", "mnist", "fashion-mnist", "spirals")
-
-
-class DataError(ValueError):
-    """A data set could not be loaded; the message names the file and the problem."""
 
 
 class Dataset(NamedTuple):
@@ -70,16 +71,43 @@ def _finish(name, parts, n_classes, flat, dtype, subset):
         x = np.ascontiguousarray(x, dtype=dtype)
         return x.reshape(len(x), -1) if flat else x
 
+    where = f"data set {name}"
     return Dataset(
         name,
         fx(x_tr),
-        y_tr.astype(np.int64),
+        class_labels(y_tr, n_classes, f"{where}, train split"),
         fx(x_va),
-        y_va.astype(np.int64),
+        class_labels(y_va, n_classes, f"{where}, validation split"),
         fx(x_te),
-        y_te.astype(np.int64),
+        class_labels(y_te, n_classes, f"{where}, test split"),
         n_classes,
     )
+
+
+def class_labels(y, n_classes, where):
+    """``y`` as int64 class indices in [0, n_classes), or DataError naming ``where``.
+
+    Nothing is guessed: float labels must be whole numbers (3.0 is class 3; 3.7 and
+    -0.5 are refused, never cast), and every label must lie in range before any cast,
+    so that 10**30 cannot wrap around.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels must be a 1-D array, got shape {y.shape}")
+    if y.dtype.kind not in "iuf":
+        raise DataError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.floor(y))
+        if bad.any():
+            raise DataError(
+                f"{where}: labels must be whole numbers (class indices), "
+                f"got {float(y[bad][0])!r} at position {int(np.argmax(bad))}"
+            )
+    if len(y) and (y.min() < 0 or y.max() >= n_classes):
+        raise DataError(
+            f"{where}: labels must lie in 0..{n_classes - 1}, got {y.min():g}..{y.max():g}"
+        )
+    return y.astype(np.int64)
 
 
 def load_dataset(name, data_dir=None, seed=0, flat=True, dtype=np.float32, subset=None):
@@ -156,8 +184,23 @@ def load_mnist1d(data_dir, seed):
                 "y_test": np.asarray(d["y_test"]),
             },
         )
-    with np.load(cache, allow_pickle=False) as f:
-        x, y, x_te, y_te = f["x"], f["y"], f["x_test"], f["y_test"]
+    arrays = load_npz(cache)
+    keys = {"x", "y", "x_test", "y_test"}
+    if set(arrays) != keys:
+        raise DataError(
+            f"{cache}: an MNIST-1D cache holds the arrays {', '.join(sorted(keys))}, "
+            f"this file {', '.join(sorted(arrays)) or 'none'} (delete it to regenerate)"
+        )
+    x, y, x_te, y_te = (arrays[k] for k in ("x", "y", "x_test", "y_test"))
+    for xs, ys, split in ((x, y, "x/y"), (x_te, y_te, "x_test/y_test")):
+        if xs.ndim != 2 or ys.ndim != 1 or len(xs) != len(ys):
+            raise DataError(
+                f"{cache}: {split} must be (n, length) inputs and n labels, "
+                f"got shapes {xs.shape} and {ys.shape}"
+            )
+    y, y_te = class_labels(y, 10, str(cache)), class_labels(y_te, 10, str(cache))
+    if len(x) < MIN_TRAIN:
+        raise DataError(f"{cache}: {len(x)} training samples; at least {MIN_TRAIN} are needed")
     x_tr, y_tr, x_va, y_va, _, _ = _split(x, y, len(x) // 10, 0, seed)
     return x_tr, y_tr, x_va, y_va, x_te, y_te
 
@@ -281,18 +324,18 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self.ALLOWED[module, name]
 
 
+# A CIFAR-10 python batch holds 10,000 images of 3,072 bytes (about 30 MiB with its labels
+# and file names); twice that is the most a batch file may be.
+CIFAR_BATCH_MAX_BYTES = 2 * 10_000 * 3072
+
+
 def restricted_load(path):
     """Read one pickle file with :class:`RestrictedUnpickler` (bytes keys kept as bytes).
 
     Arrays at the top level, or as values of a top-level dict, are returned as
     NumPy arrays (that is where CIFAR-10 keeps them); deeper ones are refused.
     """
-    try:
-        data = pathlib.Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+    data = read_regular(path, CIFAR_BATCH_MAX_BYTES, "CIFAR-10 batch", error=DataError)
     try:
         obj = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
         if isinstance(obj, dict):
@@ -317,10 +360,10 @@ def _int_labels(labels, n, path, key="b'labels'"):
         if (
             not isinstance(labels, (list, tuple))
             or len(labels) != n
-            or not all(type(v) is int for v in labels)
+            or not all(type(v) is int and 0 <= v <= 9 for v in labels)
         ):
-            raise bad
-        y = np.array(labels, dtype=np.int64) if n else np.zeros(0, np.int64)
+            raise bad  # checked before the cast: 10**30 cannot overflow
+        return np.array(labels, dtype=np.int64) if n else np.zeros(0, np.int64)
     if n and (y.min() < 0 or y.max() > 9):
         raise bad
     return y
@@ -399,9 +442,11 @@ def read_idx(path, magic, ndim, max_items=None):
     and must end there.  ``max_items`` caps the first dimension.
     """
     header = 4 + 4 * ndim
+    dims, size = None, 0
+    raw = open_regular(path, what="IDX file", error=DataError)
+    f = gzip.GzipFile(fileobj=raw) if str(path).endswith(".gz") else raw
     try:
-        opener = gzip.open if str(path).endswith(".gz") else open
-        with opener(path, "rb") as f:
+        with raw, f:
             head = f.read(header)
             if len(head) < header:
                 raise DataError(f"{path}: truncated IDX header")
@@ -412,6 +457,12 @@ def read_idx(path, magic, ndim, max_items=None):
             size = math.prod(dims)  # Python ints: no wrap-around
             if max_items is not None and dims[0] > max_items:
                 raise DataError(f"{path}: {dims[0]} items declared, at most {max_items} allowed")
+            on_disk = os.fstat(raw.fileno()).st_size
+            if f is raw and on_disk != header + size:
+                raise DataError(
+                    f"{path}: size {on_disk} bytes does not match dimensions {dims} "
+                    f"({header + size} bytes)"
+                )
             check_memory(size, f"{path} (dimensions {dims})", error=DataError)
             buf = np.empty(size, dtype=np.uint8)
             view, pos = memoryview(buf), 0
@@ -421,8 +472,6 @@ def read_idx(path, magic, ndim, max_items=None):
                     break
                 pos += n
             extra = len(f.read(1))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     except MemoryError:
@@ -447,8 +496,7 @@ def load_idx_dataset(data_dir, name):
         y = read_idx(_find(folder, lab), 2049, 1, max_items=len(x))
         if len(x) != len(y):
             raise DataError(f"{folder}: {img} has {len(x)} images but {lab} {len(y)} labels")
-        if y.max(initial=0) > 9:
-            raise DataError(f"{folder / lab}: labels must be 0..9")
+        y = class_labels(y, 10, str(_find(folder, lab)))
         raw[split] = x, y
     (x, _), (x_te, _) = raw["train"], raw["test"]
     _check_size(
@@ -465,6 +513,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "RestrictedUnpickler",
+    "class_labels",
     "load_dataset",
     "make_spirals",
     "read_idx",

@@ -11,16 +11,33 @@ the file's own headers before reading an array.
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
+import stat
+import struct
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
 from ..model import Sequential
-from .memory import MemoryLimitError, check_memory
+from .errors import MemoryLimitError, UserFileError
+from .memory import check_memory
+
+TEMP_PREFIX = ".proxnp-tmp-"  # the marker of proxnp's own partial writes (see proxnp.cli.runs)
+ZIP_ERRORS = (
+    OSError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    struct.error,
+)  # what a damaged zip (central directory, member header, DEFLATE stream) raises
 
 
 def save_model(model: Sequential, path: str | os.PathLike) -> None:
@@ -38,9 +55,64 @@ def load_model(model: Sequential, path: str | os.PathLike) -> Sequential:
     state = load_npz(path, expect=expect)
     for key, v in state.items():
         if not np.isfinite(v).all():
-            raise ValueError(f"{path}: parameter {key} contains NaN or inf")
+            raise UserFileError(f"{path}: parameter {key} contains NaN or inf")
     model.load_state_dict(state)
     return model
+
+
+def _kind(mode):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path, max_bytes=None, what="file", error=UserFileError):
+    """Open ``path`` for binary reading if it is a regular file of at most ``max_bytes``.
+
+    Opened non-blocking, so a FIFO or a device is refused at once (it would block, or
+    never end) instead of being read; ``error`` (an exception class) gets one line naming
+    ``path``, what it is, and the size cap ``what`` is held to.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot open ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: {_kind(st.st_mode)}, not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise error(
+                f"{path}: {st.st_size} bytes, more than the {max_bytes} bytes a {what} can hold"
+            )
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path, max_bytes, what="file", error=UserFileError):
+    """The bytes of a regular file of at most ``max_bytes`` (see :func:`open_regular`)."""
+    with open_regular(path, max_bytes, what, error) as f:
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:  # grew while being read
+        raise error(f"{path}: more than the {max_bytes} bytes a {what} can hold")
+    return data
 
 
 def current_umask():
@@ -59,7 +131,7 @@ def atomic_write_bytes(path, data):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
     try:
@@ -78,10 +150,29 @@ def atomic_write_bytes(path, data):
 
 
 def atomic_savez(path, arrays):
-    """np.savez to ``path`` atomically; ``arrays`` maps names to host arrays."""
+    """np.savez to ``path`` atomically; ``arrays`` maps names to host arrays.
+
+    A MemoryError while the archive is built is raised as such (zipfile's clean-up
+    would otherwise replace it by "I/O operation on closed file").
+    """
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    try:
+        np.savez(buf, **arrays)
+    except Exception as exc:
+        if _caused_by_memory(exc):
+            raise MemoryError(f"writing {path}") from None
+        raise
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _caused_by_memory(exc):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MemoryError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def load_npz(path, expect=None):
@@ -94,7 +185,13 @@ def load_npz(path, expect=None):
     into a buffer of exactly its declared size.
     """
     try:
-        with zipfile.ZipFile(path) as zf:
+        f = open_regular(path, what=".npz file")
+    except UserFileError as exc:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(errno.ENOENT, f"{path}: no such file") from None
+        raise exc from None
+    try:
+        with f, zipfile.ZipFile(f) as zf:
             members = [_npy_header(zf, info, path) for info in zf.infolist()]
             names = [m[0] for m in members]
             if len(set(names)) != len(names):
@@ -104,18 +201,16 @@ def load_npz(path, expect=None):
             total = sum(m[4] for m in members)
             check_memory(total, f"{path}: its arrays", error=MemoryLimitError)
             return {m[0]: _read_member(zf, m) for m in members}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
     except MemoryLimitError:
         raise
     except MemoryError as exc:
         raise MemoryLimitError(f"{path}: too large to load ({exc})") from None
     except ValueError as exc:
         if str(exc).startswith(("does not fit", "parameter ")):
-            raise ValueError(f"{path}: {exc}") from None
-        raise ValueError(f"{path}: not a readable proxnp .npz file ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError) as exc:
-        raise ValueError(f"{path}: not a readable proxnp .npz file ({exc})") from None
+            raise UserFileError(f"{path}: {exc}") from None
+        raise UserFileError(f"{path}: not a readable proxnp .npz file ({exc})") from None
+    except ZIP_ERRORS as exc:
+        raise UserFileError(f"{path}: not a readable proxnp .npz file ({exc})") from None
 
 
 def _npy_header(zf, info, path):

@@ -15,9 +15,14 @@ what was recorded.  A run that stays finite but ends far above its starting loss
 or at chance level ln K, is flagged by :func:`training_verdict`.  With
 ``checkpoint`` set, model, optimizer, shuffling state, settings and history are
 written atomically after every epoch (:mod:`proxnp.training.checkpoint`); ``resume=True``
-validates that file against the run and continues from it bit for bit.
+validates that file against the run and continues from it bit for bit (asking for
+the epochs the checkpoint already holds returns its history: what a run killed
+after its last checkpoint needs to write its final outputs).  The checkpoint
+records the run's identity -- ``run_id`` and the shape and labels of its data -- so
+that a checkpoint of another run is refused, not mixed in.
 """
 
+import hashlib
 import math
 import numbers
 import time
@@ -25,10 +30,11 @@ import time
 import numpy as np
 
 from .. import optim
-from ..backend import get_xp, synchronize, to_device
+from ..backend import get_xp, synchronize, to_device, to_numpy
 from ..losses import SoftmaxCrossEntropy
-from ..proxprop import backprop, check_proxprop_options, proxprop
+from ..proxprop import backprop, check_proxprop_options, check_tau_theta, proxprop
 from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import DataError, TrainingError
 
 METHODS = ("backprop", "proxprop")
 OPTIMIZERS = ("sgd", "nesterov", "adam")
@@ -38,12 +44,9 @@ MAX_CG_ITERS = 1000  # a few CG steps is the point of ProxProp; more than this n
 def make_optimizer(name, model, lr, momentum=0.95):
     """'sgd' (plain, or heavy ball if momentum > 0), 'nesterov', or 'adam'.
 
-    ``lr`` must be a finite number > 0 and ``momentum`` lie in [0, 1) (Nesterov: (0, 1)).
+    ``lr`` must be a finite number > 0 and ``momentum`` lie in [0, 1) (Nesterov: (0, 1));
+    :mod:`proxnp.optim` checks them.
     """
-    if not isinstance(lr, numbers.Real) or not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"learning rate must be a finite number > 0, got {lr!r}")
-    if not isinstance(momentum, numbers.Real) or not 0 <= momentum < 1:
-        raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
     if name == "sgd":
         return optim.SGD(model, lr, momentum=momentum)
     if name == "nesterov":
@@ -69,21 +72,45 @@ def evaluate(model, x, y, batch_size=1000):
 
 
 def check_data(data):
-    """Raise ValueError naming the split if inputs are not finite or labels are out of range."""
-    for split in ("train", "val"):
+    """Raise :class:`DataError` naming the split unless every split is usable.
+
+    Train and validation must be non-empty, the test split may be empty; in each,
+    inputs and labels must come in equal numbers, inputs must be finite and labels
+    integers in [0, n_classes).  Checked before training starts, for every split.
+    """
+    for split in ("train", "val", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         if len(x) != len(y):
-            raise ValueError(f"{split} split: {len(x)} inputs but {len(y)} labels")
-        if len(x) == 0:
-            raise ValueError(f"{split} split is empty")
-        if len(x) and not np.isfinite(x).all():
-            raise ValueError(f"{split} inputs contain NaN or inf")
-        if not np.issubdtype(np.asarray(y).dtype, np.integer):
-            raise ValueError(f"{split} labels must be integers, got {np.asarray(y).dtype}")
+            raise DataError(f"{split} split: {len(x)} inputs but {len(y)} labels")
+        if len(x) == 0 and split != "test":
+            raise DataError(f"{split} split is empty")
+        if len(x) and not bool(get_xp(x).isfinite(x).all()):
+            raise DataError(f"{split} inputs contain NaN or inf")
+        y = to_numpy(y)
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(
+                f"{split} labels must be integers in a 1-D array, got {y.dtype}{y.shape}"
+            )
         if len(y) and (y.min() < 0 or y.max() >= data.n_classes):
-            raise ValueError(
+            raise DataError(
                 f"{split} labels must lie in 0..{data.n_classes - 1}, got {y.min()}..{y.max()}"
             )
+
+
+def data_identity(data):
+    """What a checkpoint records of the data it was trained on (a resumed run must match)."""
+    labels = hashlib.sha256()
+    for y in (data.y_train, data.y_val):
+        labels.update(np.ascontiguousarray(to_numpy(y), dtype=np.int64).tobytes())
+    return {
+        "name": data.name,
+        "n_train": len(data.x_train),
+        "n_val": len(data.x_val),
+        "n_test": len(data.x_test),
+        "input_shape": [int(d) for d in data.x_train.shape[1:]],
+        "n_classes": int(data.n_classes),
+        "labels_sha256": labels.hexdigest(),
+    }
 
 
 def _params_finite(model):
@@ -108,12 +135,14 @@ def fit(
     seed=0,
     checkpoint=None,
     resume=False,
+    run_id=None,
     progress=False,
     eval_batch_size=1000,
 ):
     """Train ``model`` on ``data`` (a :class:`proxnp.training.data.Dataset`); return the history dict.
 
-    The data is moved once to the model's device.  Returns
+    The data is moved once to the model's device.  ``run_id`` (any JSON value) is
+    written into the checkpoint and must match on resume.  Returns
     {"epochs": [per-epoch records], "status": "ok"|"diverged", "message": str}.
     """
     if method not in METHODS:
@@ -122,6 +151,7 @@ def fit(
         check_proxprop_options(tau_theta, solver, cg_iters)
         if cg_iters > MAX_CG_ITERS:
             raise ValueError(f"cg_iters must be at most {MAX_CG_ITERS}, got {cg_iters}")
+        check_tau_theta(tau_theta, model.dtype)
     n = len(data.x_train)
     for name, v in (("batch_size", batch_size), ("epochs", epochs), ("seed", seed)):
         if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
@@ -177,16 +207,18 @@ def fit(
         "momentum": momentum,
         "batch_size": batch_size,
         "seed": seed,
+        "run_id": run_id,
+        "data": data_identity(data),
     }
     start_epoch = 1
     if resume:
         start_epoch = (
             load_checkpoint(checkpoint, model, opt, rng, history, settings, n // batch_size) + 1
         )
-        if epochs < start_epoch:
+        if epochs < start_epoch - 1:
             raise ValueError(
                 f"{checkpoint} already holds {start_epoch - 1} epochs; ask for "
-                f"more than that to continue (got epochs={epochs})"
+                f"at least that many to continue (got epochs={epochs})"
             )
     else:
         record(0, float("nan"), 0.0)
@@ -204,15 +236,25 @@ def fit(
                 if method == "backprop":
                     loss = backprop(model, loss_fn, xb, yb)
                 else:
-                    loss = proxprop(
-                        model,
-                        loss_fn,
-                        xb,
-                        yb,
-                        tau_theta=tau_theta,
-                        solver=solver,
-                        cg_iters=cg_iters,
-                    )
+                    try:
+                        loss = proxprop(
+                            model,
+                            loss_fn,
+                            xb,
+                            yb,
+                            tau_theta=tau_theta,
+                            solver=solver,
+                            cg_iters=cg_iters,
+                        )
+                    except np.linalg.LinAlgError as exc:
+                        if not _params_finite(model):
+                            break  # diverged: recorded and reported below
+                        raise TrainingError(
+                            f"the proximal step's matrix A^T A + I/tau_theta is not positive "
+                            f"definite in {np.dtype(dtype).name} at epoch {epoch} ({exc}): "
+                            f"with tau_theta = {tau_theta:g}, I/tau_theta is lost in rounding; "
+                            "use a smaller tau_theta (--tau-theta) or float64 (--dtype)"
+                        ) from None
                 opt.step()
                 loss_sum += loss
             synchronize(xp)

@@ -13,11 +13,9 @@ try:
 except ImportError:  # Windows: no address-space limits to read
     resource = None
 
+from .errors import MemoryLimitError
+
 GIB = 1 << 30
-
-
-class MemoryLimitError(ValueError):
-    """An allocation would not fit; the message names what and how large."""
 
 
 def format_bytes(n):
@@ -39,13 +37,18 @@ def _proc_kib(path, key):
     return None
 
 
+def address_space_available():
+    """Bytes of address space left under ``RLIMIT_AS``, or None where no limit is set."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS) if resource else (None, None)
+    if not resource or soft == resource.RLIM_INFINITY:
+        return None
+    used = _proc_kib("/proc/self/status", "VmSize")
+    return max(0, soft - used) if used is not None else soft
+
+
 def memory_available():
     """Bytes this process can still allocate, or None where that is unknown."""
-    limits = [_proc_kib("/proc/meminfo", "MemAvailable")]
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS) if resource else (None, None)
-    if resource and soft != resource.RLIM_INFINITY:
-        used = _proc_kib("/proc/self/status", "VmSize")
-        limits.append(max(0, soft - used) if used is not None else soft)
+    limits = [_proc_kib("/proc/meminfo", "MemAvailable"), address_space_available()]
     known = [v for v in limits if v is not None]
     return min(known) if known else None
 
