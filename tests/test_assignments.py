@@ -233,6 +233,39 @@ A4_THREADS = {
     "                     solver='cg', cg_iters=iters)\n",
 }
 
+CONV_IJC = """def im2col(x, kh, kw, stride, padding):
+    N, C, H, Wd = x.shape
+    Ho, Wo = (H + 2 * padding - kh) // stride + 1, (Wd + 2 * padding - kw) // stride + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    cols = np.empty((N, Ho, Wo, kh, kw, C))
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = xp[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride].transpose(0, 2, 3, 1)
+    return cols.reshape(N * Ho * Wo, -1), (Ho, Wo)
+
+
+def conv_forward(x, W, b, stride=1, padding=0):
+    F, C, kh, kw = W.shape
+    cols, (Ho, Wo) = im2col(x, kh, kw, stride, padding)
+    z = (cols @ W.transpose(0, 2, 3, 1).reshape(F, -1).T + b).reshape(x.shape[0], Ho, Wo, F).transpose(0, 3, 1, 2)
+    return z, (x.shape, cols, W, stride, padding)
+
+
+def conv_backward(dz, cache):
+    (N, C, H, Wd), cols, W, stride, padding = cache
+    F, _, kh, kw = W.shape
+    Ho, Wo = dz.shape[2], dz.shape[3]
+    rows = dz.transpose(0, 2, 3, 1).reshape(-1, F)
+    dW = (rows.T @ cols).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
+    db = rows.sum(axis=0)
+    dcols = (rows @ W.transpose(0, 2, 3, 1).reshape(F, -1)).reshape(N, Ho, Wo, kh, kw, C)
+    dxp = np.zeros((N, C, H + 2 * padding, Wd + 2 * padding))
+    for i in range(kh):
+        for j in range(kw):
+            patch = dcols[:, :, :, i, j, :].transpose(0, 3, 1, 2)
+            dxp[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += patch
+    return dxp[:, :, padding:padding + H, padding:padding + Wd], dW, db
+"""
 THETA_STEP = "a_used = a[l - 1] if wrong_order else a_prev_k"
 A4_CG = (
     "block_cg(lambda T: apply_At(apply_A(T)) + T / tau_theta, apply_At(to_rows(dz)), iters=iters)"
@@ -246,6 +279,19 @@ CASES = {
             ["conv_test"],
         ),
         "delegates_to_proxnp": ({"affine": PROXNP_LAYERS}, ["affine_test"]),
+        # a consistent convolution whose im2col columns are in the order (i, j, c), not the (c, i, j) asked for
+        "planted_im2col_order": ({"conv": CONV_IJC}, ["conv_test"]),
+        "planted_inplace_relu": (
+            {
+                "relu": [
+                    (
+                        "return np.maximum(z, 0), z",
+                        "cache = z.copy()\n    z[z < 0] = 0\n    return z, cache",
+                    )
+                ]
+            },
+            ["relu_test"],
+        ),
         "edited_tests": (
             {"relu": [("cache > 0", "cache >= 0")], None: replace_tests_by_pass},
             ["relu_test"],
@@ -272,6 +318,17 @@ CASES = {
         "bug_in_z_step": (
             {"algorithm1": [("gamma * (1 - np.tanh(z[l - 1]) ** 2) * s", "gamma * s")]},
             ["algorithm1_test"],
+        ),
+        "planted_inplace_theta_step": (
+            {
+                "theta_step": [
+                    (
+                        "return W - tau * rho * a.T @ r, b - tau * rho * r.sum(axis=0)",
+                        "W -= tau * rho * a.T @ r\n    b -= tau * rho * r.sum(axis=0)\n    return W, b",
+                    )
+                ]
+            },
+            ["theta_step_test"],
         ),
         "planted_theta_step_sign": (
             {"theta_step": [("b - tau * rho * r.sum(axis=0)", "b + tau * rho * r.sum(axis=0)")]},
@@ -1013,12 +1070,11 @@ def test_no_feedback_shows_hidden_code(course, name):
         submitted = (
             course["base"] / name / "submitted" / student / name / f"{name}.ipynb"
         ).read_text()
-        mine = {
-            line.strip() for c in json.loads(submitted)["cells"] for line in source(c).splitlines()
-        }
+        # the student's own text (a planted line may contain a solution line)
+        mine = "\n".join(source(c) for c in json.loads(submitted)["cells"])
         leaks = sorted(line for line in hidden if line in text and line not in mine)
         assert not leaks, f"{name}, {student}: the feedback shows hidden code: {leaks[:5]}"
-        names = [n for n in HIDDEN_NAMES if n in text and n not in submitted]
+        names = [n for n in HIDDEN_NAMES if n in text and n not in mine]
         assert not names, f"{name}, {student}: the feedback names the hidden tests' {names}"
         shown = sorted(line for line in solution if line in text and line not in mine)
         assert not shown, f"{name}, {student}: the feedback shows the solution: {shown[:5]}"
@@ -1072,6 +1128,23 @@ def test_notebook_conventions(path):
                 f"{meta['grade_id']}: neither answer nor locked"
             )
     assert graded >= 3
+
+
+# Honest mistakes whose feedback must name the cause.
+CAUSES = {
+    ("01_layers_by_hand", "planted_im2col_order"): "columns in another order",
+    ("02_backprop_as_penalty_steps", "planted_inplace_theta_step"): "changed its inputs in place",
+    ("04_the_prox_step_of_a_convolution", "cg_forms_design_matrix"): "matrix-free",
+    ("04_the_prox_step_of_a_convolution", "cheat_dense_dummy_calls"): "computed from x itself",
+    ("03_the_proximal_step", "cheat_tracemalloc_off"): "must not form the (in+1)^2 matrix",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,case", sorted(CAUSES))
+def test_feedback_names_the_cause(course, name, case):
+    html = (course["base"] / name / "feedback" / case / name / f"{name}.html").read_text()
+    assert CAUSES[name, case] in htmllib.unescape(re.sub(r"<[^>]+>", "", html))
 
 
 # ------------------------------------------------------------------ the scan
