@@ -363,6 +363,11 @@ CASES = {
             },
             ["cg_test"],
         ),
+        # one alpha and beta for the whole block instead of one per column
+        "planted_cg_block_alpha": (
+            {"cg": [("(P * MP).sum(axis=0)", "(P * MP).sum()"), ("(R * R).sum(axis=0)", "(R * R).sum()")]},
+            ["cg_test"],
+        ),
         "cg_delegates_to_proxnp": (
             {
                 "cg": "from proxnp.cg import block_cg as proxnp_cg\n\n\n"
@@ -1007,8 +1012,9 @@ def test_each_case_loses_exactly_its_questions(course, name, case):
 @pytest.mark.parametrize("name", NAMES)
 def test_release_leaks_no_solution_or_hidden_test(course, name):
     text = (course["base"] / name / "release" / name / f"{name}.ipynb").read_text()
-    for marker in ("BEGIN SOLUTION", "END SOLUTION", "HIDDEN TESTS", "_proxnp_modules"):
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "HIDDEN TESTS", "_proxnp_modules", "_hidden_"):
         assert marker not in text
+    assert "docs/students.md" in text, "the release links to the students' page"
     release = json.loads(text)
     for cell in release["cells"]:
         meta = nbgrader_meta(cell)
@@ -1137,6 +1143,7 @@ CAUSES = {
     ("04_the_prox_step_of_a_convolution", "cg_forms_design_matrix"): "matrix-free",
     ("04_the_prox_step_of_a_convolution", "cheat_dense_dummy_calls"): "computed from x itself",
     ("03_the_proximal_step", "cheat_tracemalloc_off"): "must not form the (in+1)^2 matrix",
+    ("03_the_proximal_step", "planted_cg_block_alpha"): "alpha and beta column by column",
 }
 
 
