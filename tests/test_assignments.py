@@ -365,7 +365,12 @@ CASES = {
         ),
         # one alpha and beta for the whole block instead of one per column
         "planted_cg_block_alpha": (
-            {"cg": [("(P * MP).sum(axis=0)", "(P * MP).sum()"), ("(R * R).sum(axis=0)", "(R * R).sum()")]},
+            {
+                "cg": [
+                    ("(P * MP).sum(axis=0)", "(P * MP).sum()"),
+                    ("(R * R).sum(axis=0)", "(R * R).sum()"),
+                ]
+            },
             ["cg_test"],
         ),
         "cg_delegates_to_proxnp": (
