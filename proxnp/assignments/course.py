@@ -40,6 +40,10 @@ c = get_config()
 c.CourseDirectory.root = {root!r}
 c.CourseDirectory.course_id = "proxnp"
 c.OverwriteCells.add_missing_cells = True      # a deleted test cell is put back and run
+c.Autograde.sanitize_preprocessors = [         # a renamed test cell is graded as missing, not a crash
+    "nbgrader.preprocessors.ClearOutput", "nbgrader.preprocessors.DeduplicateIds",
+    "nbgrader.preprocessors.OverwriteKernelspec", "proxnp.assignments.nbgrader_plugins.DropUnknownCells",
+    "nbgrader.preprocessors.OverwriteCells", "nbgrader.preprocessors.CheckCellMetadata"]
 c.ExecutePreprocessor.timeout = 600
 # feedback shows the scores and the failures, never the hidden tests
 c.GenerateFeedback.preprocessors = ["nbgrader.preprocessors.GetGrades", "nbgrader.preprocessors.ClearHiddenTests",
