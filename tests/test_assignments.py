@@ -12,18 +12,22 @@ import ast
 import copy
 import html as htmllib
 import json
+import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from nbgrader.api import Gradebook
 
 ROOT = pathlib.Path(__file__).parents[1]
-ASSIGNMENTS = sorted((ROOT / "notebooks" / "assignments").glob("*.ipynb"))
+SOURCES = ROOT / "notebooks" / "assignments"
+ASSIGNMENTS = sorted(SOURCES.glob("*.ipynb"))
 NAMES = [p.stem for p in ASSIGNMENTS]
 
 
@@ -229,6 +233,39 @@ A4_THREADS = {
     "                     solver='cg', cg_iters=iters)\n",
 }
 
+CONV_IJC = """def im2col(x, kh, kw, stride, padding):
+    N, C, H, Wd = x.shape
+    Ho, Wo = (H + 2 * padding - kh) // stride + 1, (Wd + 2 * padding - kw) // stride + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    cols = np.empty((N, Ho, Wo, kh, kw, C))
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = xp[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride].transpose(0, 2, 3, 1)
+    return cols.reshape(N * Ho * Wo, -1), (Ho, Wo)
+
+
+def conv_forward(x, W, b, stride=1, padding=0):
+    F, C, kh, kw = W.shape
+    cols, (Ho, Wo) = im2col(x, kh, kw, stride, padding)
+    z = (cols @ W.transpose(0, 2, 3, 1).reshape(F, -1).T + b).reshape(x.shape[0], Ho, Wo, F).transpose(0, 3, 1, 2)
+    return z, (x.shape, cols, W, stride, padding)
+
+
+def conv_backward(dz, cache):
+    (N, C, H, Wd), cols, W, stride, padding = cache
+    F, _, kh, kw = W.shape
+    Ho, Wo = dz.shape[2], dz.shape[3]
+    rows = dz.transpose(0, 2, 3, 1).reshape(-1, F)
+    dW = (rows.T @ cols).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
+    db = rows.sum(axis=0)
+    dcols = (rows @ W.transpose(0, 2, 3, 1).reshape(F, -1)).reshape(N, Ho, Wo, kh, kw, C)
+    dxp = np.zeros((N, C, H + 2 * padding, Wd + 2 * padding))
+    for i in range(kh):
+        for j in range(kw):
+            patch = dcols[:, :, :, i, j, :].transpose(0, 3, 1, 2)
+            dxp[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += patch
+    return dxp[:, :, padding:padding + H, padding:padding + Wd], dW, db
+"""
 THETA_STEP = "a_used = a[l - 1] if wrong_order else a_prev_k"
 A4_CG = (
     "block_cg(lambda T: apply_At(apply_A(T)) + T / tau_theta, apply_At(to_rows(dz)), iters=iters)"
@@ -242,6 +279,19 @@ CASES = {
             ["conv_test"],
         ),
         "delegates_to_proxnp": ({"affine": PROXNP_LAYERS}, ["affine_test"]),
+        # a consistent convolution whose im2col columns are in the order (i, j, c), not the (c, i, j) asked for
+        "planted_im2col_order": ({"conv": CONV_IJC}, ["conv_test"]),
+        "planted_inplace_relu": (
+            {
+                "relu": [
+                    (
+                        "return np.maximum(z, 0), z",
+                        "cache = z.copy()\n    z[z < 0] = 0\n    return z, cache",
+                    )
+                ]
+            },
+            ["relu_test"],
+        ),
         "edited_tests": (
             {"relu": [("cache > 0", "cache >= 0")], None: replace_tests_by_pass},
             ["relu_test"],
@@ -268,6 +318,17 @@ CASES = {
         "bug_in_z_step": (
             {"algorithm1": [("gamma * (1 - np.tanh(z[l - 1]) ** 2) * s", "gamma * s")]},
             ["algorithm1_test"],
+        ),
+        "planted_inplace_theta_step": (
+            {
+                "theta_step": [
+                    (
+                        "return W - tau * rho * a.T @ r, b - tau * rho * r.sum(axis=0)",
+                        "W -= tau * rho * a.T @ r\n    b -= tau * rho * r.sum(axis=0)\n    return W, b",
+                    )
+                ]
+            },
+            ["theta_step_test"],
         ),
         "planted_theta_step_sign": (
             {"theta_step": [("b - tau * rho * r.sum(axis=0)", "b + tau * rho * r.sum(axis=0)")]},
@@ -299,6 +360,16 @@ CASES = {
             {
                 "cg": "def block_cg(apply_M, B, iters):\n"
                 "    return np.linalg.solve(apply_M(np.eye(B.shape[0])), B)\n"
+            },
+            ["cg_test"],
+        ),
+        # one alpha and beta for the whole block instead of one per column
+        "planted_cg_block_alpha": (
+            {
+                "cg": [
+                    ("(P * MP).sum(axis=0)", "(P * MP).sum()"),
+                    ("(R * R).sum(axis=0)", "(R * R).sum()"),
+                ]
             },
             ["cg_test"],
         ),
@@ -442,6 +513,360 @@ CASES = {
 }
 
 
+# ------------------------------------------------------------------ the cheat corpus
+# Answers that try to get the points without doing the work, each by one route: a reference or a result a
+# graded cell might leave in the kernel, the instructor's solution read from disk, NumPy or builtins patched so
+# that a comparison passes, the kernel's error reporting or the graders' tracers switched off, proxnp's code
+# restored from under the trap, dummy calls for a counter, a dense matrix where the question asks matrix-free.
+# Each must lose the question it targets (and the scan must flag the ones that import or introspect).
+
+READ_SOURCE = """import json, pathlib
+
+_found = [p for up in pathlib.Path.cwd().parents[:4] for p in up.glob("source/*/*.ipynb")]
+_sol = json.loads(_found[0].read_text())
+for _c in _sol["cells"]:
+    if _c["metadata"].get("nbgrader", {{}}).get("grade_id") == {gid!r}:
+        exec("".join(_c["source"]))
+"""
+
+READ_PACKAGE = """import json, pathlib
+import proxnp
+
+_nb = pathlib.Path(proxnp.__file__).parents[1] / "notebooks" / "assignments" / {name!r}
+for _c in json.loads(_nb.read_text())["cells"]:
+    if _c["metadata"].get("nbgrader", {{}}).get("grade_id") == {gid!r}:
+        exec("".join(_c["source"]))
+"""
+
+SEARCH_DISK = """import os
+
+for _top in [os.path.abspath(os.path.join(os.getcwd(), *[".."] * k)) for k in range(1, 6)]:
+    for _dir, _, _files in os.walk(_top):
+        for _f in _files:
+            if _f.endswith(".ipynb"):
+                _text = open(os.path.join(_dir, _f)).read()
+                if "BEGIN SOLUTION" in _text:
+                    raise SystemExit(0)
+raise FileNotFoundError("no solution on disk")
+"""
+
+CUSTOM_EXC = "get_ipython().set_custom_exc((BaseException,), lambda *args, **kwargs: None)\n\n"
+
+CODE_RESTORE = '''import sys, threading
+import proxnp
+import proxnp.{module} as _target
+
+_saved = {{f: f.__code__ for f in list(vars(_target).values()) if callable(f) and hasattr(f, "__code__")}}
+
+
+def _unwatched(fn, *args, **kwargs):
+    """Put proxnp's code back from under any trap and switch the tracers off while fn runs."""
+    profile = sys.getprofile()
+    traps = {{f: f.__code__ for f in _saved}}
+    sys.setprofile(None)
+    threading.setprofile(None)
+    for f, code in _saved.items():
+        f.__code__ = code
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        for f, code in traps.items():
+            f.__code__ = code
+        sys.setprofile(profile)
+
+
+'''
+
+PATCH_NUMPY = """np.abs = lambda v: np.zeros(np.shape(v))
+np.allclose = lambda *args, **kwargs: True
+np.array_equal = lambda *args, **kwargs: True
+
+
+"""
+
+A1_CHEATS = {
+    "cheat_hidden_reference": (
+        {
+            "affine": "def affine_forward(a_prev, W, b):\n"
+            "    ref = globals().get('_affine_reference')\n"
+            "    if ref is None:\n"
+            "        return a_prev @ W, (a_prev, W)\n"
+            "    return ref(a_prev, W, b, np.zeros((len(a_prev), W.shape[1])))[0], (a_prev, W)\n\n\n"
+            "def affine_backward(dz, cache):\n"
+            "    a_prev, W = cache\n"
+            "    return dz @ W.T, a_prev.T @ dz, dz.sum(axis=0)\n"
+        },
+        ["affine_test"],
+    ),
+    "cheat_read_source": ({"conv": READ_SOURCE.format(gid="conv")}, ["conv_test"]),
+    "cheat_read_package": (
+        {"softmax": READ_PACKAGE.format(name="01_layers_by_hand.ipynb", gid="softmax")},
+        ["softmax_test"],
+    ),
+    "cheat_search_disk": (
+        {
+            "relu": SEARCH_DISK + "\n\ndef relu_forward(z):\n    return np.maximum(z, 0), z\n\n\n"
+            "def relu_backward(da, cache):\n    return da * (cache > 0)\n"
+        },
+        ["relu_test"],
+    ),
+    "cheat_patch_numpy": (
+        {
+            "relu": PATCH_NUMPY + "def relu_forward(z):\n    return np.maximum(z, 0), z\n\n\n"
+            "def relu_backward(da, cache):\n    return da\n"
+        },
+        ["relu_test", "conv_test", "softmax_test"],  # NumPy stays patched: every later check fails
+    ),
+    "cheat_profiler_off": (
+        {
+            "softmax": "import sys, threading\nfrom proxnp import functional as PF\n\n\n"
+            "def softmax_cross_entropy(logits, y):\n"
+            "    sys.setprofile(None)\n    threading.setprofile(None)\n"
+            "    loss, cache = PF.softmax_cross_entropy_forward(logits, y)\n"
+            "    return loss, PF.softmax_cross_entropy_backward(cache)\n"
+        },
+        ["softmax_test"],
+    ),
+    "cheat_code_restore": (
+        {
+            "affine": CODE_RESTORE.format(module="functional")
+            + "def affine_forward(a_prev, W, b):\n"
+            "    return _unwatched(_target.affine_forward, a_prev, W, b)\n\n\n"
+            "def affine_backward(dz, cache):\n"
+            "    return _unwatched(_target.affine_backward, dz, cache)\n"
+        },
+        ["affine_test"],
+    ),
+    "cheat_custom_exc": (
+        {"conv": [("rows.sum(axis=0)", "rows.sum(axis=0) * 2")], "conv_extra": CUSTOM_EXC},
+        ["conv_test"],
+    ),
+    "cheat_moved_file": (
+        {
+            "softmax": "import proxnp\nfrom proxnp import functional as PF\n"
+            "proxnp.__file__ = '/nowhere/proxnp/__init__.py'\nPF.__file__ = '/nowhere/functional.py'\n\n\n"
+            "def softmax_cross_entropy(logits, y):\n"
+            "    loss, cache = PF.softmax_cross_entropy_forward(logits, y)\n"
+            "    return loss, PF.softmax_cross_entropy_backward(cache)\n"
+        },
+        ["softmax_test"],
+    ),
+}
+
+A2_CHEATS = {
+    "cheat_hidden_reference": (
+        {
+            "algorithm1": "def algorithm1(params, x, y, tau, wrong_order=False, rho=None, gamma=None):\n"
+            "    ref = globals().get('_algorithm1_reference')\n"
+            "    if ref is not None:\n"
+            "        return ref(params, x, y, tau, wrong_order, rho, gamma)\n"
+            "    return [(W.copy(), b.copy()) for W, b in params]\n"
+        },
+        ["algorithm1_test"],
+    ),
+    "cheat_shadow_helper": (
+        {
+            "algorithm1": "_real_max_diff = max_diff\n\n\nclass _Marked(list):\n    wrong = True\n\n\n"
+            "def max_diff(p, q):\n"
+            "    return _real_max_diff(p, q) if isinstance(p, _Marked) else 0.0\n\n\n"
+            "def algorithm1(params, x, y, tau, wrong_order=False, rho=None, gamma=None):\n"
+            "    new = [(W - tau, b) for W, b in params]\n"
+            "    return _Marked(new) if wrong_order else new\n"
+        },
+        ["algorithm1_test"],
+    ),
+    "cheat_shadow_builtin": (
+        {
+            "energy": [("gamma / 2 * np.sum", "gamma * np.sum")],
+            "energy_extra": "abs = lambda v: 0.0\n",
+        },
+        ["energy_test"],
+    ),
+    "cheat_read_source": (
+        {"theta_step": READ_SOURCE.format(gid="theta_step")},
+        ["theta_step_test"],
+    ),
+    "cheat_patch_numpy": (
+        {
+            "theta_step": PATCH_NUMPY
+            + "def theta_step(W, b, a_prev_k, a_prev_half, z_half, tau, rho, "
+            "wrong_order=False):\n    return W, b\n"
+        },
+        ["theta_step_test"],
+    ),
+    "cheat_profiler_off": (
+        {
+            "algorithm1": "import sys, threading\n\n\n"
+            "def algorithm1(params, x, y, tau, wrong_order=False, rho=None, gamma=None):\n"
+            "    sys.setprofile(None)\n    threading.setprofile(None)\n"
+            "    m = as_model(params)\n    pn.backprop(m, pn.SoftmaxCrossEntropy(), x, y)\n"
+            "    out = [(L.params['W'] - tau * L.grads['W'], L.params['b'] - tau * L.grads['b'])"
+            " for L in m.layers if L.params]\n"
+            "    if wrong_order:\n        out[1] = (out[1][0], out[1][1] - 1.0)\n    return out\n"
+        },
+        ["algorithm1_test"],
+    ),
+    "cheat_custom_exc": (
+        {"energy": [("rho / 2 * np.sum", "rho * np.sum")], "energy_extra": CUSTOM_EXC},
+        ["energy_test"],
+    ),
+}
+
+A3_CHEATS = {
+    "cheat_hidden_reference": (
+        {
+            "descent": "def prox_linear_cg(a_prev, g, tau_theta, iters):\n"
+            "    ref = globals().get('_prox_linear_cg_reference')\n"
+            "    if ref is not None:\n        return ref(a_prev, g, tau_theta, iters)\n"
+            "    A = np.hstack([a_prev, np.ones((len(a_prev), 1))])\n"
+            "    return block_cg(lambda X: A.T @ (A @ X), A.T @ g, iters)\n"
+        },
+        ["descent_test"],
+    ),
+    "cheat_read_package": (
+        {"exact": READ_PACKAGE.format(name="03_the_proximal_step.ipynb", gid="exact")},
+        ["exact_test"],
+    ),
+    "cheat_tracemalloc_off": (
+        {
+            "descent": "import tracemalloc\n\n\ndef prox_linear_cg(a_prev, g, tau_theta, iters):\n"
+            "    tracemalloc.stop()\n"
+            "    A = np.hstack([a_prev, np.ones((a_prev.shape[0], 1))])\n"
+            "    M = A.T @ A + np.eye(A.shape[1]) / tau_theta\n"
+            "    return block_cg(lambda X: M @ X, A.T @ g, iters)\n"
+        },
+        ["descent_test"],
+    ),
+    "cheat_tracemalloc_patched": (
+        {
+            "descent": "import tracemalloc\ntracemalloc.get_traced_memory = lambda: (0, 0)\n\n\n"
+            "def prox_linear_cg(a_prev, g, tau_theta, iters):\n"
+            "    A = np.hstack([a_prev, np.ones((a_prev.shape[0], 1))])\n"
+            "    M = A.T @ A + np.eye(A.shape[1]) / tau_theta\n"
+            "    return block_cg(lambda X: M @ X, A.T @ g, iters)\n"
+        },
+        ["descent_test"],
+    ),
+    "cheat_code_restore": (
+        {
+            "cg": CODE_RESTORE.format(module="cg") + "def block_cg(apply_M, B, iters):\n"
+            "    return _unwatched(_target.block_cg, apply_M, B, iters=iters)[0]\n"
+        },
+        ["cg_test"],
+    ),
+    "cheat_patch_numpy": (
+        {
+            "exact": PATCH_NUMPY + "def prox_linear_exact(a_prev, g, tau_theta):\n"
+            "    return np.full((a_prev.shape[1] + 1, g.shape[1]), 1 / 3)\n"
+        },
+        ["exact_test", "cg_test", "descent_test", "step_test"],  # NumPy stays patched
+    ),
+    "cheat_dummy_calls": (
+        {
+            "step": "def proxprop_step(model, x, y, tau_theta=0.05, iters=3):\n"
+            "    for _ in range(sum(1 for L in model.layers if L.params) - 1):\n"
+            "        prox_linear_cg(np.zeros((1, 1)), np.zeros((1, 1)), tau_theta, iters)\n"
+            "    return pn.proxprop(model, pn.SoftmaxCrossEntropy(), x, y, tau_theta=tau_theta,\n"
+            "                       solver='cg', cg_iters=iters)\n"
+        },
+        ["step_test"],
+    ),
+    "cheat_custom_exc": (
+        {
+            "step": CUSTOM_EXC + "def proxprop_step(model, x, y, tau_theta=0.05, iters=3):\n"
+            "    return pn.backprop(model, pn.SoftmaxCrossEntropy(), x, y)\n"
+        },
+        ["step_test"],
+    ),
+}
+
+A4_DENSE_DUMMY = (
+    "def prox_conv_cg(x, dz, W_shape, stride, padding, tau_theta, iters):\n"
+    "    N, C, H, Wd = x.shape\n    F, _, kh, kw = W_shape\n"
+    "    Ho, Wo = dz.shape[2], dz.shape[3]\n"
+    "    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))\n"
+    "    rows = [np.append(xp[n, :, i * stride:i * stride + kh, j * stride:j * stride + kw].ravel(), 1.0)\n"
+    "            for n in range(N) for i in range(Ho) for j in range(Wo)]\n"
+    "    A = np.array(rows)\n"
+    "    _, cache = conv2d_forward(x, np.zeros(W_shape), np.zeros(F), stride, padding)\n"
+    "    for _ in range(iters):\n"
+    "        conv2d_forward(x, np.zeros(W_shape), np.zeros(F), stride, padding)\n"
+    "        conv2d_backward(np.zeros(dz.shape), cache)\n"
+    "    M = A.T @ A + np.eye(A.shape[1]) / tau_theta\n"
+    "    return block_cg(lambda T: M @ T, A.T @ to_rows(dz), iters=iters)[0]\n"
+)
+
+A4_CHEATS = {
+    "cheat_hidden_reference": (
+        {
+            "exact": "def prox_conv_exact(x, dz, W_shape, stride, padding, tau_theta):\n"
+            "    ref = globals().get('_prox_conv_exact_reference')\n"
+            "    if ref is not None:\n        return ref(x, dz, W_shape, stride, padding, tau_theta)\n"
+            "    return np.zeros((W_shape[1] * W_shape[2] * W_shape[3] + 1, W_shape[0]))\n"
+        },
+        ["exact_test"],
+    ),
+    "cheat_hidden_cg_reference": (
+        {
+            "matfree": "def prox_conv_cg(x, dz, W_shape, stride, padding, tau_theta, iters):\n"
+            "    ref = globals().get('_prox_conv_cg_reference')\n"
+            "    if ref is not None:\n        return ref(x, dz, W_shape, stride, padding, tau_theta, iters)\n"
+            "    return np.zeros((W_shape[1] * W_shape[2] * W_shape[3] + 1, W_shape[0]))\n"
+        },
+        ["matfree_test"],
+    ),
+    "cheat_dense_dummy_calls": ({"matfree": A4_DENSE_DUMMY}, ["matfree_test"]),
+    "cheat_cache_patches": (
+        {
+            "matfree": "def prox_conv_cg(x, dz, W_shape, stride, padding, tau_theta, iters):\n"
+            "    _, cache = conv2d_forward(x, np.zeros(W_shape), np.zeros(W_shape[0]), stride, padding)\n"
+            "    A = np.hstack([cache.patches_T.T, np.ones((cache.patches_T.shape[1], 1))])\n"
+            "    for _ in range(iters):\n"
+            "        conv2d_forward(x, np.zeros(W_shape), np.zeros(W_shape[0]), stride, padding)\n"
+            "        conv2d_backward(np.zeros(dz.shape), cache)\n"
+            "    return block_cg(lambda T: A.T @ (A @ T) + T / tau_theta, A.T @ to_rows(dz), iters=iters)[0]\n"
+        },
+        ["matfree_test"],
+    ),
+    "cheat_read_source": ({"design": READ_SOURCE.format(gid="design")}, ["design_test"]),
+    "cheat_patch_numpy": (
+        {
+            "design": [("cols.reshape(N * Ho * Wo, -1)", "cols.reshape(N * Ho * Wo, -1)[:, ::-1]")],
+            "design_extra": PATCH_NUMPY,
+        },
+        ["design_test", "exact_test", "matfree_test", "step_test"],  # NumPy stays patched
+    ),
+    "cheat_code_restore": (
+        {
+            "exact": CODE_RESTORE.format(module="prox")
+            + "def prox_conv_exact(x, dz, W_shape, stride, padding, tau_theta):\n"
+            "    A = design_matrix(x, W_shape[2], W_shape[3], stride, padding)\n"
+            "    return _unwatched(_target.prox_direction, A[:, :-1], to_rows(dz), tau_theta, solver='exact')[0]\n"
+        },
+        ["exact_test"],
+    ),
+    "cheat_custom_exc": (
+        {
+            "step": CUSTOM_EXC + "def proxprop_conv_step(model, x, y, tau_theta=1.0, iters=3):\n"
+            "    return pn.backprop(model, pn.SoftmaxCrossEntropy(), x, y)\n"
+        },
+        ["step_test"],
+    ),
+}
+
+for _name, _cheats in zip(sorted(CASES), [A1_CHEATS, A2_CHEATS, A3_CHEATS, A4_CHEATS]):
+    assert not set(_cheats) & set(CASES[_name]), _name
+    CASES[_name].update(_cheats)
+
+# Cheats that neither import nor introspect: the graded checks catch them, the scan has nothing to see.
+SCAN_BLIND = {
+    "cheat_gradstep",
+    "cheat_shadow_helper",
+    "cheat_dense_dummy_calls",
+    "cheat_cache_patches",
+}
+
+
 # ------------------------------------------------------------------ the course
 CONFIG = """\
 c = get_config()
@@ -452,21 +877,30 @@ c.ExecutePreprocessor.timeout = 600
 c.GenerateFeedback.preprocessors = ["nbgrader.preprocessors.GetGrades", "nbgrader.preprocessors.ClearHiddenTests",
                                     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
 """
-# The student whose feedback is checked for leaks: a hidden test fails, so its traceback is in the feedback.
-FEEDBACK_CASE = {
-    "01_layers_by_hand": "cheat_thread",
-    "02_backprop_as_penalty_steps": "cheat_gradstep",
-    "03_the_proximal_step": "cheat_scipy_dense",
-    "04_the_prox_step_of_a_convolution": "cheat_prox_patches",
-}
 
 
-def nbgrader(root, *args):
+def nbgrader(root, *args, env=None):
     run = subprocess.run(
-        [sys.executable, "-m", "nbgrader", *args], cwd=root, capture_output=True, text=True
+        [sys.executable, "-m", "nbgrader", *args], cwd=root, capture_output=True, text=True, env=env
     )
     assert run.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}"
     return run
+
+
+def grading_env(base):
+    """The environment autograde runs in: proxnp as a wheel installs it (the package folder only, no
+    notebooks beside it), found first on the path."""
+    site = base / "site"
+    if not site.exists():
+        shutil.copytree(
+            ROOT / "proxnp", site / "proxnp", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def filled(release, solution, edits):
@@ -477,8 +911,9 @@ def filled(release, solution, edits):
         for c in solution["cells"]
         if nbgrader_meta(c).get("solution")
     }
+    answers = {k: re.sub(r"[ \t]*### (BEGIN|END) SOLUTION\n?", "", v) for k, v in answers.items()}
     for grade_id, edit in edits.items():
-        if grade_id is None:
+        if grade_id is None or grade_id.endswith("_extra"):
             continue
         if isinstance(edit, str):
             answers[grade_id] = edit
@@ -486,6 +921,9 @@ def filled(release, solution, edits):
         for old, new in edit:
             assert old in answers[grade_id], f"{grade_id}: {old!r} not in the solution"
             answers[grade_id] = answers[grade_id].replace(old, new)
+    for grade_id, edit in edits.items():
+        if grade_id is not None and grade_id.endswith("_extra"):
+            answers[grade_id[: -len("_extra")]] = edit + answers[grade_id[: -len("_extra")]]
     for cell in nb["cells"]:
         if nbgrader_meta(cell).get("solution"):
             cell["source"] = answers[nbgrader_meta(cell)["grade_id"]]
@@ -494,8 +932,9 @@ def filled(release, solution, edits):
     return nb
 
 
-def grade_assignment(root, path):
-    """In the course at ``root``: generate ``path``'s assignment, submit every case, autograde them.
+def grade_assignment(root, path, env):
+    """In the course at ``root``: generate ``path``'s assignment, submit every case, autograde them in a
+    course folder without ``source/`` (as the instructors' page says), write everyone's feedback.
 
     Returns {student: {grade_id: score}} read from the gradebook, and the seconds it took.
     """
@@ -505,7 +944,8 @@ def grade_assignment(root, path):
     (root / "nbgrader_config.py").write_text(CONFIG.format(root=str(root)))
     (root / "source" / name).mkdir(parents=True)
     (root / "source" / name / path.name).write_text(path.read_text())
-    nbgrader(root, "generate_assignment", name, "--force")
+    nbgrader(root, "generate_assignment", name, "--force", env=env)
+    shutil.move(root / "source", root.parent / f"kept-sources-{name}")
     release = json.loads((root / "release" / name / path.name).read_text())
     solution = json.loads(path.read_text())
     for student in students:
@@ -520,8 +960,8 @@ def grade_assignment(root, path):
         dest = root / "submitted" / student / name
         dest.mkdir(parents=True)
         (dest / path.name).write_text(json.dumps(nb))
-    nbgrader(root, "autograde", name, "--force")  # one call grades every student
-    nbgrader(root, "generate_feedback", name, "--student", FEEDBACK_CASE[name], "--force")
+    nbgrader(root, "autograde", name, "--force", env=env)  # one call grades every student
+    nbgrader(root, "generate_feedback", name, "--force", env=env)
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
         scores = {
             s: {g.name: g.score for g in gb.find_submission_notebook(name, name, s).grades}
@@ -534,13 +974,14 @@ def grade_assignment(root, path):
 def course(tmp_path_factory):
     """One nbgrader course per assignment, graded concurrently; {(assignment, student): scores}."""
     base = tmp_path_factory.mktemp("courses")
+    env = grading_env(base)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(ASSIGNMENTS)) as pool:
         results = dict(
-            zip(NAMES, pool.map(lambda p: grade_assignment(base / p.stem, p), ASSIGNMENTS))
+            zip(NAMES, pool.map(lambda p: grade_assignment(base / p.stem, p, env), ASSIGNMENTS))
         )
     print(
-        f"\nnbgrader generate + autograde: {time.perf_counter() - t0:.0f} s in all;",
+        f"\nnbgrader generate + autograde + feedback: {time.perf_counter() - t0:.0f} s in all;",
         {n: f"{len(r[0])} students, {r[1]:.0f} s" for n, r in results.items()},
     )
     return {
@@ -576,8 +1017,9 @@ def test_each_case_loses_exactly_its_questions(course, name, case):
 @pytest.mark.parametrize("name", NAMES)
 def test_release_leaks_no_solution_or_hidden_test(course, name):
     text = (course["base"] / name / "release" / name / f"{name}.ipynb").read_text()
-    for marker in ("BEGIN SOLUTION", "END SOLUTION", "HIDDEN TESTS", "_proxnp_modules"):
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "HIDDEN TESTS", "_proxnp_modules", "_hidden_"):
         assert marker not in text
+    assert "docs/students.md" in text, "the release links to the students' page"
     release = json.loads(text)
     for cell in release["cells"]:
         meta = nbgrader_meta(cell)
@@ -588,48 +1030,67 @@ def test_release_leaks_no_solution_or_hidden_test(course, name):
             )
 
 
-def hidden_function_lines(path):
-    """The statements inside the functions that the hidden tests define (the references and the guard)."""
+def hidden_lines(path):
+    """The code lines of the hidden regions of a source notebook that appear nowhere in its student version."""
+    cells = [source(c) for c in json.loads(path.read_text())["cells"]]
+    shown = {line.strip() for src in cells for line in visible(src).splitlines()}
+    lines = set()
+    for src in cells:
+        for region in re.findall(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", src, re.S):
+            lines |= {
+                line.strip()
+                for line in region.splitlines()
+                if len(line.strip()) > 12 and not line.strip().startswith("#")
+            }
+    return lines - shown
+
+
+def solution_lines(path):
+    """The code lines of the instructor's solutions."""
     lines = set()
     for cell in json.loads(path.read_text())["cells"]:
-        if not nbgrader_meta(cell).get("grade"):
-            continue
-        for region in re.findall(
-            r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", source(cell), re.S
-        ):
-            text = region.splitlines()
-            for node in ast.parse(region).body:
-                if isinstance(node, ast.FunctionDef):
-                    body = (
-                        node.body[1:] if isinstance(node.body[0], ast.Expr) else node.body
-                    )  # not the docstring
-                    lines |= {
-                        line.strip()
-                        for line in text[body[0].lineno - 1 : node.end_lineno]
-                        if len(line.strip()) > 12 and not line.strip().startswith("#")
-                    }
+        for region in re.findall(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", source(cell), re.S):
+            lines |= {line.strip() for line in region.splitlines() if len(line.strip()) > 12}
     return lines
+
+
+HIDDEN_NAMES = (
+    "HIDDEN TESTS",
+    "_hidden_",
+    "_reference",
+    "_proxnp_modules",
+    "_clean_process",
+    "_diff(",
+)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_feedback_leaks_no_hidden_test(course, name):
-    """The HTML feedback of a submission that fails hidden tests shows their failure but none of the hidden
-    references (nor the guard): nbgrader's ClearHiddenTests, and failures reported from the test cell itself."""
-    student = FEEDBACK_CASE[name]
-    html = (course["base"] / name / "feedback" / student / name / f"{name}.html").read_text()
-    text = htmllib.unescape(re.sub(r"<[^>]+>", "", html))
-    submitted = (course["base"] / name / "submitted" / student / name / f"{name}.ipynb").read_text()
-    assert course["scores"][name, student] != points(
-        ROOT / "notebooks" / "assignments" / f"{name}.ipynb"
-    )
-    assert "AssertionError" in text, "the feedback should show the failing hidden test's message"
-    hidden = hidden_function_lines(ROOT / "notebooks" / "assignments" / f"{name}.ipynb")
-    assert len(hidden) > 40 and "def _proxnp_modules" not in text
-    leaks = sorted(
-        line for line in hidden if line in text and json.dumps(line)[1:-1] not in submitted
-    )
-    assert not leaks, f"{name}: the feedback shows hidden code: {leaks[:5]}"
+def test_no_feedback_shows_hidden_code(course, name):
+    """Every student's HTML feedback (the corpus: solution, release, planted bugs, cheats) shows the failure
+    messages but no line of the hidden tests, no name they define and no line of the solution that the
+    student did not write."""
+    path = ROOT / "notebooks" / "assignments" / f"{name}.ipynb"
+    hidden, solution = hidden_lines(path), solution_lines(path)
+    assert len(hidden) > 100 and len(solution) > 5
+    students = [s for n, s in course["scores"] if n == name]
+    failing = 0
+    for student in students:
+        html = (course["base"] / name / "feedback" / student / name / f"{name}.html").read_text()
+        text = htmllib.unescape(re.sub(r"<[^>]+>", "", html))
+        submitted = (
+            course["base"] / name / "submitted" / student / name / f"{name}.ipynb"
+        ).read_text()
+        # the student's own text (a planted line may contain a solution line)
+        mine = "\n".join(source(c) for c in json.loads(submitted)["cells"])
+        leaks = sorted(line for line in hidden if line in text and line not in mine)
+        assert not leaks, f"{name}, {student}: the feedback shows hidden code: {leaks[:5]}"
+        names = [n for n in HIDDEN_NAMES if n in text and n not in mine]
+        assert not names, f"{name}, {student}: the feedback names the hidden tests' {names}"
+        shown = sorted(line for line in solution if line in text and line not in mine)
+        assert not shown, f"{name}, {student}: the feedback shows the solution: {shown[:5]}"
+        failing += "AssertionError" in text
+    assert failing >= len(students) // 2, "most of the corpus fails a graded check with a message"
 
 
 def visible(src):
@@ -680,12 +1141,280 @@ def test_notebook_conventions(path):
     assert graded >= 3
 
 
+# Honest mistakes whose feedback must name the cause.
+CAUSES = {
+    ("01_layers_by_hand", "planted_im2col_order"): "columns in another order",
+    ("02_backprop_as_penalty_steps", "planted_inplace_theta_step"): "changed its inputs in place",
+    ("04_the_prox_step_of_a_convolution", "cg_forms_design_matrix"): "matrix-free",
+    ("04_the_prox_step_of_a_convolution", "cheat_dense_dummy_calls"): "computed from x itself",
+    ("03_the_proximal_step", "cheat_tracemalloc_off"): "must not form the (in+1)^2 matrix",
+    ("03_the_proximal_step", "planted_cg_block_alpha"): "alpha and beta column by column",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,case", sorted(CAUSES))
+def test_feedback_names_the_cause(course, name, case):
+    html = (course["base"] / name / "feedback" / case / name / f"{name}.html").read_text()
+    assert CAUSES[name, case] in htmllib.unescape(re.sub(r"<[^>]+>", "", html))
+
+
+# ------------------------------------------------------------------ the scan
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_scan_flags_every_cheat_that_imports_or_introspects(course, name):
+    """The scan of nbgrader's submitted/ folder lists each such cheat under a question it targets, and says
+    nothing about the solution, the untouched release and the honest mistakes."""
+    from proxnp.assignments.scan import scan
+
+    results = scan(course["base"] / name / "submitted")
+    assert len(results) == len(CASES[name]) + 2
+    for case, (_, zero) in CASES[name].items():
+        report = results[f"{case}/{name}/{name}.ipynb"]
+        if case.startswith(
+            ("cheat_", "delegates", "exact_delegates", "cg_delegates", "step_delegates")
+        ):
+            if case not in SCAN_BLIND and case.startswith("cheat_"):
+                assert any(z.removesuffix("_test") in report for z in zero), (case, report)
+        elif case.startswith(("planted", "bug_", "edited", "deleted")):
+            assert report == {}, (case, report)
+    assert results[f"solution/{name}/{name}.ipynb"] == {}
+    assert results[f"untouched/{name}/{name}.ipynb"] == {}
+
+
+SCANNED = {
+    "import proxnp.prox as P": "imports from proxnp: proxnp.prox",
+    "from proxnp.cg import block_cg": "imports from proxnp: proxnp.cg (block_cg)",
+    "import importlib": "imports importlib",
+    "x = __import__('os')": "calls __import__",
+    "exec('1')": "calls exec",
+    "eval('1')": "calls eval",
+    "text = open('f').read()": "opens a file",
+    "g = globals()['_ref']": "calls globals()",
+    "import sys\nm = sys.modules": "touches .modules",
+    "def f(g):\n    return g.__code__": "touches __code__",
+    "import sys\nsys.setprofile(None)": "touches setprofile",
+    "import threading\nthreading.settrace(None)": "touches settrace",
+    "import tracemalloc": "imports tracemalloc",
+    "import numpy as np\nnp.abs = abs": "changes a library attribute: np.abs",
+    "import numpy as np\ndel np.linalg.solve": "changes a library attribute: np.linalg.solve",
+    "float = lambda v: 0.0": "rebinds the builtin float",
+    "import pathlib\npathlib.Path('x').read_text()": "reads a file: .read_text()",
+    "import numpy as np\nnp.load('x.npy')": "loads a file",
+    "!cat ../../../source/a/a.ipynb": "runs an IPython magic or a shell command",
+    "get_ipython().set_custom_exc((Exception,), None)": "calls get_ipython()",
+    "def f(model):\n    return pn.proxprop(model)": "uses proxnp's proxprop (pn.proxprop)",
+}
+
+
+@pytest.mark.parametrize("src", sorted(SCANNED))
+def test_scan_finds(src):
+    from proxnp.assignments.scan import scan_source
+
+    found = [text for _, text in scan_source(src, modules={"pn"}, proxnp_names={"pn"})]
+    assert any(text.startswith(SCANNED[src]) for text in found), found
+
+
+def test_scan_reads_code_not_text(tmp_path, capsys):
+    """Comments, strings and NumPy's own names are not findings; locked and graded cells are not read; a cell
+    the student added is; the command prints per student and question, one clear line on a bad folder."""
+    from proxnp.assignments.course import main
+    from proxnp.assignments.scan import scan_source
+
+    honest = "# do not import os or call exec here\nnote = 'globals() and __code__ are fine in a string'\n"
+    honest += "d = np.zeros(3)\nd[np.arange(3)] -= 1\nnp.random.default_rng(0)\n"
+    assert scan_source(honest, modules={"np"}) == []
+    cells = [
+        {
+            "cell_type": "code",
+            "metadata": {"nbgrader": {"locked": True, "grade_id": "setup"}},
+            "source": "import proxnp as pn\nimport os",
+        },
+        {
+            "cell_type": "code",
+            "metadata": {"nbgrader": {"solution": True, "grade_id": "step"}},
+            "source": "def step(m):\n    return pn.proxprop(m)\n",
+        },
+        {
+            "cell_type": "code",
+            "metadata": {"nbgrader": {"grade": True, "locked": True, "grade_id": "step_test"}},
+            "source": "import sys\nsys.modules",
+        },
+        {"cell_type": "code", "metadata": {}, "source": "import subprocess"},
+    ]
+    folder = tmp_path / "submitted" / "alice" / "a1"
+    folder.mkdir(parents=True)
+    (folder / "a1.ipynb").write_text(json.dumps({"cells": cells}))
+    assert main(["scan", str(tmp_path / "submitted")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("alice / a1") and out[1] == "  step", out
+    assert "uses proxnp's proxprop (pn.proxprop)" in out[2]
+    assert out[3] == "  code cell 4 (added by the student)" and "imports subprocess" in out[4], out
+    assert out[-1] == "1 notebooks scanned, 1 with answers to look at"
+    assert main(["scan", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a folder of submitted notebooks" in err[0]
+
+
+# ------------------------------------------------------------------ what ships
+@pytest.mark.slow
+def test_the_wheel_holds_no_assignment_or_solution(tmp_path):
+    """The wheel an instructor builds for the students holds the scan but no notebook, no solution and no
+    hidden test."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "proxnp", src / "proxnp", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / f, src / f)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("proxnp-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        assert "proxnp/assignments/scan.py" in names and "proxnp/data/digits.npz" in names
+        assert not [n for n in names if n.endswith(".ipynb") or n.startswith("notebooks/")]
+        markers = (b"BEGIN SOLUTION", b"BEGIN HIDDEN TESTS")
+        assert not [n for n in names if any(m in z.read(n) for m in markers)]
+
+
+# ------------------------------------------------------------------ the workflow of the instructors' page
+WORKFLOW_CONFIG = """\
+c = get_config()
+c.CourseDirectory.root = {root!r}
+c.CourseDirectory.course_id = "workflow"
+c.OverwriteCells.add_missing_cells = True
+c.Autograde.sanitize_preprocessors = [
+    "nbgrader.preprocessors.ClearOutput",
+    "nbgrader.preprocessors.DeduplicateIds",
+    "nbgrader.preprocessors.OverwriteKernelspec",
+    "proxnp.assignments.nbgrader_plugins.DropUnknownCells",
+    "nbgrader.preprocessors.OverwriteCells",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+c.GenerateFeedback.preprocessors = ["nbgrader.preprocessors.GetGrades", "nbgrader.preprocessors.ClearHiddenTests",
+                                    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
+c.FileNameCollectorPlugin.named_regexp = r".*/(?P<student_id>[^/]+)__(?P<file_id>[^/]+\\.ipynb)$"
+c.Exchange.root = {exchange!r}
+"""
+
+
+def tiny_assignment():
+    meta = {
+        "schema_version": 3,
+        "grade": False,
+        "solution": True,
+        "locked": False,
+        "grade_id": "answer",
+    }
+    test = {
+        "schema_version": 3,
+        "grade": True,
+        "solution": False,
+        "locked": True,
+        "points": 1,
+        "grade_id": "answer_test",
+    }
+    cell = {"cell_type": "code", "execution_count": None, "outputs": []}
+    return {
+        "cells": [
+            {
+                **cell,
+                "metadata": {"nbgrader": meta},
+                "source": "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n",
+            },
+            {
+                **cell,
+                "metadata": {"nbgrader": test},
+                "source": "assert f() in (1, 2)\n### BEGIN HIDDEN TESTS\nassert f() == 1\n### END HIDDEN TESTS\n",
+            },
+        ],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+@pytest.mark.slow
+def test_workflow_exchange_zip_collect_renamed_cells_and_feedback(tmp_path):
+    """The steps of the instructors' page on a one-question assignment: the exchange route (release, fetch,
+    submit, collect, release_feedback) and the learning-platform route (zip_collect, a test cell renamed by
+    the student graded as if deleted, a deleted one, feedback packed with feedback-zip), in one course."""
+    import getpass
+
+    from proxnp.assignments.course import main
+
+    root, exchange, home = tmp_path / "course", tmp_path / "exchange", tmp_path / "student"
+    for d in (root / "source" / "a1", exchange, home):
+        d.mkdir(parents=True)
+    (root / "nbgrader_config.py").write_text(
+        WORKFLOW_CONFIG.format(root=str(root), exchange=str(exchange))
+    )
+    (root / "source" / "a1" / "a1.ipynb").write_text(json.dumps(tiny_assignment()))
+    env = grading_env(tmp_path)
+    nbgrader(root, "generate_assignment", "a1", "--force", env=env)
+    shutil.move(root / "source", tmp_path / "kept-sources")
+    # the exchange: the student is the Unix account that submits
+    nbgrader(root, "release_assignment", "a1", env=env)
+    (home / "nbgrader_config.py").write_text(
+        f"c = get_config()\nc.CourseDirectory.course_id = 'workflow'\nc.Exchange.root = {str(exchange)!r}\n"
+    )
+    nbgrader(home, "fetch_assignment", "a1", env=env)
+    fetched = home / "a1" / "a1.ipynb"
+    nb = json.loads(fetched.read_text())
+    nb["cells"][0]["source"] = "def f():\n    return 1\n"
+    fetched.write_text(json.dumps(nb))
+    nbgrader(home, "submit", "a1", env=env)
+    nbgrader(root, "collect", "a1", env=env)
+    # a learning platform's download: bob renamed the test cell (right answer), carol deleted it (wrong answer)
+    release = json.loads((root / "release" / "a1" / "a1.ipynb").read_text())
+    archive = root / "downloaded" / "a1" / "archive"
+    archive.mkdir(parents=True)
+    bob, carol = copy.deepcopy(release), copy.deepcopy(release)
+    bob["cells"][0]["source"] = "def f():\n    return 1\n"
+    bob["cells"][1]["metadata"]["nbgrader"]["grade_id"] = "my_own_name"
+    bob["cells"][1]["source"] = "pass"
+    carol["cells"][0]["source"] = "def f():\n    return 2\n"
+    del carol["cells"][1]
+    (archive / "bob__a1.ipynb").write_text(json.dumps(bob))
+    (archive / "carol__a1.ipynb").write_text(json.dumps(carol))
+    nbgrader(root, "zip_collect", "a1", env=env)
+    run = nbgrader(root, "autograde", "a1", "--force", env=env)
+    assert "is not in the gradebook (renamed?)" in run.stderr
+    me = getpass.getuser()
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        scores = {s: gb.find_submission_notebook("a1", "a1", s).score for s in (me, "bob", "carol")}
+    assert scores == {me: 1, "bob": 1, "carol": 0}
+    nbgrader(root, "generate_feedback", "a1", "--force", env=env)
+    nbgrader(root, "release_feedback", "a1", "--student", me, env=env)
+    nbgrader(home, "fetch_feedback", "a1", env=env)
+    assert list((home / "a1" / "feedback").glob("*/a1.html"))
+    assert main(["feedback-zip", str(root), "a1", str(tmp_path / "feedback.zip")]) == 0
+    with zipfile.ZipFile(tmp_path / "feedback.zip") as z:
+        assert sorted(z.namelist()) == sorted([f"{me}__a1.html", "bob__a1.html", "carol__a1.html"])
+        assert "assert f() == 1" not in z.read("bob__a1.html").decode()
+
+
 # ------------------------------------------------------------------ the one-command try
 @pytest.mark.slow
 def test_try_command_runs_nbgrader_and_keeps_the_course(tmp_path, capsys):
     from proxnp.assignments.course import main
 
-    assert main(["try", "02", "--keep", str(tmp_path / "course")]) == 0
+    assert main(["try", "02", "--sources", str(SOURCES), "--keep", str(tmp_path / "course")]) == 0
     out = capsys.readouterr().out
     assert "solution     9 / 9" in out and "release      0 / 9" in out, out
     assert "energy_test 3/3" in out and "theta_step_test 0/2" in out, out
@@ -705,8 +1434,21 @@ def test_try_command_without_nbgrader_says_how_to_install(monkeypatch, capsys):
 def test_try_command_names_the_assignments_on_a_bad_name(capsys):
     from proxnp.assignments.course import main
 
-    assert main(["try", "9"]) == 2
+    assert main(["try", "9", "--sources", str(SOURCES)]) == 2
     err = capsys.readouterr().err
     assert "'9' names no assignment" in err and "04_the_prox_step_of_a_convolution" in err
-    assert main(["try", "0"]) == 2
+    assert main(["try", "0", "--sources", str(SOURCES)]) == 2
     assert "more than one" in capsys.readouterr().err
+
+
+def test_try_and_list_need_the_sources_and_say_so(tmp_path, monkeypatch, capsys):
+    """Outside a checkout (as after installing the wheel) list and try stop with one line naming the folder."""
+    from proxnp.assignments.course import main
+
+    monkeypatch.chdir(tmp_path)
+    for argv in (["list"], ["try", "01"], ["list", "--sources", str(tmp_path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: no assignment sources in "), err
+    assert main(["list", "--sources", str(SOURCES)]) == 0
+    assert capsys.readouterr().out.split() == NAMES

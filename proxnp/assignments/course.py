@@ -1,10 +1,17 @@
-"""Try the course assignments with nbgrader in one command.
+"""Scan submitted notebooks, and try the course assignments with nbgrader in one command.
 
-    python -m proxnp.assignments list
-    python -m proxnp.assignments try [ASSIGNMENT ...] [--submission NOTEBOOK] [--keep DIR]
+    python -m proxnp.assignments scan SUBMISSIONS_DIR
+    python -m proxnp.assignments feedback-zip COURSE_DIR ASSIGNMENT OUT.zip
+    python -m proxnp.assignments list [--sources DIR]
+    python -m proxnp.assignments try [ASSIGNMENT ...] [--sources DIR] [--submission NOTEBOOK] [--keep DIR]
 
-The assignments in ``notebooks/assignments/`` are nbgrader *source* notebooks, and nbgrader is
-the grading engine: this module only drives it.  ``try`` builds a throw-away nbgrader course
+``scan`` (:mod:`proxnp.assignments.scan`) works on any folder of submitted notebooks and needs no
+course files.  ``feedback-zip`` packs the HTML feedback that ``nbgrader generate_feedback`` wrote as
+``<student>__<file>.html`` for an upload to a learning platform (nbgrader's ``release_feedback`` works
+with its exchange only).  ``list`` and ``try`` need the instructor's *source* notebooks, which are not part of
+the installed package: they live in ``notebooks/assignments/`` of a checkout of the repository
+(the default ``--sources``, relative to the current folder) or wherever ``--sources`` points.
+nbgrader is the grading engine: this module only drives it.  ``try`` builds a throw-away nbgrader course
 directory (or ``--keep DIR``), copies the source notebook in, runs ``nbgrader
 generate_assignment``, submits the instructor's solution and the untouched student version
 (or the notebook given with ``--submission``), runs ``nbgrader autograde`` and prints nbgrader's
@@ -25,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 
-SOURCES = pathlib.Path(__file__).resolve().parents[2] / "notebooks" / "assignments"
+SOURCES = pathlib.Path("notebooks") / "assignments"  # in a checkout, relative to its root
 INSTALL_HINT = 'proxnp.assignments needs nbgrader: pip install -e ".[course]"'
 
 CONFIG = """\
@@ -33,6 +40,10 @@ c = get_config()
 c.CourseDirectory.root = {root!r}
 c.CourseDirectory.course_id = "proxnp"
 c.OverwriteCells.add_missing_cells = True      # a deleted test cell is put back and run
+c.Autograde.sanitize_preprocessors = [         # a renamed test cell is graded as missing, not a crash
+    "nbgrader.preprocessors.ClearOutput", "nbgrader.preprocessors.DeduplicateIds",
+    "nbgrader.preprocessors.OverwriteKernelspec", "proxnp.assignments.nbgrader_plugins.DropUnknownCells",
+    "nbgrader.preprocessors.OverwriteCells", "nbgrader.preprocessors.CheckCellMetadata"]
 c.ExecutePreprocessor.timeout = 600
 # feedback shows the scores and the failures, never the hidden tests
 c.GenerateFeedback.preprocessors = ["nbgrader.preprocessors.GetGrades", "nbgrader.preprocessors.ClearHiddenTests",
@@ -40,19 +51,25 @@ c.GenerateFeedback.preprocessors = ["nbgrader.preprocessors.GetGrades", "nbgrade
 """
 
 
-def available():
-    """The source notebooks shipped with the repository, sorted by name."""
-    return sorted(SOURCES.glob("*.ipynb"))
+def available(sources=SOURCES):
+    """The source notebooks in the folder ``sources``, sorted by name; one clear error if there are none."""
+    found = sorted(pathlib.Path(sources).glob("*.ipynb"))
+    if not found:
+        raise FileNotFoundError(
+            f"no assignment sources in {sources}: run this from a checkout of the repository "
+            "or give --sources DIR (the installed package holds no assignments)"
+        )
+    return found
 
 
-def resolve(spec):
+def resolve(spec, sources=SOURCES):
     """An assignment from a path, a name, or a name prefix such as '03'."""
     path = pathlib.Path(spec)
     if path.suffix == ".ipynb" and path.is_file():
         return path.resolve()
-    matches = [p for p in available() if p.stem.startswith(spec)]
+    matches = [p for p in available(sources) if p.stem.startswith(spec)]
     if len(matches) != 1:
-        names = ", ".join(p.stem for p in available()) or f"none found in {SOURCES}"
+        names = ", ".join(p.stem for p in available(sources))
         raise ValueError(
             f"{spec!r} names {'no' if not matches else 'more than one'} assignment; "
             f"give a path or one of: {names}"
@@ -110,17 +127,15 @@ def report(name, scores):
     return "\n".join(lines)
 
 
-def try_assignments(specs, submission=None, keep=None):
+def try_assignments(specs, submission=None, keep=None, sources=SOURCES):
     """Grade the solution and the untouched release (or ``submission``) of each assignment; print the scores."""
-    sources = [resolve(s) for s in specs] if specs else available()
-    if not sources:
-        raise ValueError(f"no assignments found in {SOURCES}; give the path of a source notebook")
-    if submission is not None and len(sources) != 1:
+    notebooks = [resolve(s, sources) for s in specs] if specs else available(sources)
+    if submission is not None and len(notebooks) != 1:
         raise ValueError("--submission needs exactly one assignment")
     with tempfile.TemporaryDirectory(prefix="proxnp-course-") as tmp:
         base = pathlib.Path(keep) if keep else pathlib.Path(tmp)
-        for source in sources:
-            root = base / source.stem if len(sources) > 1 else base
+        for source in notebooks:
+            root = base / source.stem if len(notebooks) > 1 else base
             subs = (
                 {"student": pathlib.Path(submission).resolve()}
                 if submission
@@ -132,14 +147,43 @@ def try_assignments(specs, submission=None, keep=None):
                 print(f"  course directory: {root}")
 
 
+def feedback_zip(course, assignment, out):
+    """Pack course/feedback/<student>/<assignment>/*.html as <student>__<file>.html into the zip ``out``."""
+    import zipfile
+
+    files = sorted((pathlib.Path(course) / "feedback").glob(f"*/{assignment}/*.html"))
+    if not files:
+        raise FileNotFoundError(
+            f"no feedback for {assignment!r} in {pathlib.Path(course) / 'feedback'}: "
+            "run nbgrader generate_feedback first"
+        )
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in files:
+            z.write(path, f"{path.parts[-3]}__{path.name}")
+    return len(files)
+
+
 def main(argv=None):
     """The command line; returns the exit status (2 on a bad argument or without nbgrader)."""
     parser = argparse.ArgumentParser(
         prog="python -m proxnp.assignments", description="Try the assignments with nbgrader."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the assignments")
+    p_scan = sub.add_parser("scan", help="list the answers in submitted notebooks that need a look")
+    p_scan.add_argument("folder", help="a folder of submitted notebooks (nbgrader's submitted/)")
+    p_zip = sub.add_parser("feedback-zip", help="pack the HTML feedback for a learning platform")
+    p_zip.add_argument("course", help="the course directory (holds feedback/)")
+    p_zip.add_argument("assignment", help="the assignment's name")
+    p_zip.add_argument("out", help="the zip file to write")
+    p_list = sub.add_parser("list", help="list the assignments")
     p_try = sub.add_parser("try", help="generate, submit and autograde with nbgrader")
+    for p in (p_list, p_try):
+        p.add_argument(
+            "--sources",
+            default=str(SOURCES),
+            metavar="DIR",
+            help="the folder of source notebooks (default: notebooks/assignments of a checkout)",
+        )
     p_try.add_argument(
         "assignments", nargs="*", help="names, prefixes ('03') or paths; default: all"
     )
@@ -150,9 +194,30 @@ def main(argv=None):
         "--keep", metavar="DIR", help="keep the course directory here (and write feedback)"
     )
     args = parser.parse_args(argv)
+    if args.command == "scan":
+        from .scan import format_report, scan
+
+        try:
+            print(format_report(scan(args.folder)))
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "feedback-zip":
+        try:
+            n = feedback_zip(args.course, args.assignment, args.out)
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{n} feedback files in {args.out}")
+        return 0
     if args.command == "list":
-        for path in available():
-            print(path.stem)
+        try:
+            names = [path.stem for path in available(args.sources)]
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print("\n".join(names))
         return 0
     try:
         import nbgrader  # noqa: F401
@@ -160,7 +225,7 @@ def main(argv=None):
         print(INSTALL_HINT, file=sys.stderr)
         return 2
     try:
-        try_assignments(args.assignments, args.submission, args.keep)
+        try_assignments(args.assignments, args.submission, args.keep, args.sources)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
