@@ -69,12 +69,12 @@ def test_gradient_solver_reproduces_backprop(kind):
 @pytest.mark.parametrize(
     "kind,space",
     [
-        ("mlp", "row"),
-        ("mlp", "gram"),
-        ("mlp_tall", "gram"),
-        ("mlp_tall", "row"),
-        ("convnet", "gram"),
-        ("convnet", "row"),
+        ("mlp", "row_gram"),
+        ("mlp", "col_gram"),
+        ("mlp_tall", "col_gram"),
+        ("mlp_tall", "row_gram"),
+        ("convnet", "col_gram"),
+        ("convnet", "row_gram"),
     ],
 )
 def test_exact_equals_dense_closed_form(kind, space):
@@ -124,7 +124,7 @@ def test_last_layer_gets_the_plain_gradient():
 
 
 @pytest.mark.parametrize("kind", ["mlp", "mlp_tall", "convnet"])
-@pytest.mark.parametrize("space", ["row", "gram", "matfree"])
+@pytest.mark.parametrize("space", ["row_gram", "col_gram", "matfree"])
 def test_cg_with_enough_iterations_equals_exact(kind, space):
     model, x, y = net_and_batch(kind)
     loss_fn = pn.SoftmaxCrossEntropy()
@@ -150,8 +150,8 @@ def test_range_space_cg_has_the_same_iterates_as_parameter_space_cg():
             u, info_u = fast_prox.range_space_cg(prox.row_gram(P), g, beta, iters, variant=variant)
             X, info = block_cg(lambda v: M @ v, prox.apply_At(P, g), iters=iters, variant=variant)
             assert rel_error(prox.apply_At(P, u), X) < 1e-10, (iters, variant)
-            n = info_u.residual_norms.shape[0]
-            assert rel_error(info_u.residual_norms, info.residual_norms[:n]) < 1e-10
+            assert info_u.residual_norms.shape == info.residual_norms.shape
+            assert rel_error(info_u.residual_norms, info.residual_norms) < 1e-10
 
 
 def test_eigenbasis_cg_has_the_same_iterates():
@@ -190,7 +190,7 @@ def test_column_blocks_give_the_same_iterates(monkeypatch):
     assert widths == [3]  # blocks were used
     assert rel_error(u_blk, u_one) < 1e-12
     assert info_blk.iterations == info_one.iterations == 4
-    assert info_blk.residual_norms.shape == info_one.residual_norms.shape == (4, 10)
+    assert info_blk.residual_norms.shape == info_one.residual_norms.shape == (5, 10)
     assert rel_error(info_blk.residual_norms, info_one.residual_norms) < 1e-12
 
 
@@ -231,7 +231,7 @@ def test_cg_error_in_M_norm_decreases_monotonically():
     exact = np.linalg.solve(M, rhs)
     errs = []
     for iters in range(1, 15):
-        d, _ = prox.prox_direction(P, g, 1 / beta, "cg", iters, space="gram")
+        d, _ = prox.prox_direction(P, g, 1 / beta, "cg", iters, space="col_gram")
         e = d - exact
         errs.append((e * (M @ e)).sum(axis=0))
     errs = np.array(errs)
@@ -320,6 +320,79 @@ def test_prox_direction_rejects_unknown_names(solve):
         solve(P, g, 0.5, solver="exact", space="fourier")
 
 
+def test_the_fast_table_overrides_every_solver_and_keeps_its_options():
+    assert list(fast_prox.SOLVERS) == list(prox.SOLVERS) == ["exact", "cg", "gradient"]
+    for name, entry in prox.SOLVERS.items():
+        fast = fast_prox.SOLVERS[name]
+        assert fast.solve is not entry.solve, name
+        assert (fast.options, fast.spaces) == (entry.options, entry.spaces)
+
+
+def test_solve_with_runs_the_entry_with_its_own_options():
+    """A new solver is one table entry: it gets 1/tau_theta, the space and its options only."""
+    seen = []
+
+    def scaled(P, g, inv_tau_theta, space, cg_iters):
+        seen.append((inv_tau_theta, space, cg_iters))
+        return prox.apply_At(P, g) * cg_iters, None
+
+    table = {**prox.SOLVERS, "scaled": prox.Solver(scaled, ("cg_iters",), ("col_gram",))}
+    P, g = np.ones((4, 3)), np.ones((4, 2))
+    d, _ = prox.solve_with(table, prox.choose_space, P, g, 0.5, "scaled", "auto", cg_iters=3)
+    assert seen == [(2.0, "col_gram", 3)] and rel_error(d, 3 * prox.apply_At(P, g)) == 0
+    with pytest.raises(ValueError, match="the scaled solver needs space 'col_gram', not 'matfree'"):
+        prox.solve_with(table, prox.choose_space, P, g, 0.5, "scaled", "matfree", cg_iters=3)
+    with pytest.raises(ValueError, match="unknown solver 'newton'; allowed: exact, cg, gradient"):
+        prox.solve_with(prox.SOLVERS, prox.choose_space, P, g, 0.5, "newton", "auto")
+
+
+def test_one_check_per_option_with_one_wording(capsys):
+    """proxprop and the command line reject a bad option with the same sentence."""
+    from proxnp.cli import main
+    from proxnp.proxprop import check_proxprop_option
+
+    for name, value, flag in [
+        ("cg_iters", 0, "--cg-iters"),
+        ("cg_iters", 1001, "--cg-iters"),
+        ("tau_theta", -1.0, "--tau-theta"),
+        ("solver", "newton", "--solver"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            check_proxprop_option(name, value)
+        assert main(["train", flag, str(value)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"error: argument {flag}: {e.value}"), (name, err)
+    with pytest.raises(ValueError, match="unknown proxprop option 'cg_iter'"):
+        check_proxprop_option("cg_iter", 3)
+    model, x, y = net_and_batch("mlp")
+    with pytest.raises(ValueError, match="the exact solver needs space 'row_gram' or 'col_gram'"):
+        pn.proxprop(model, pn.SoftmaxCrossEntropy(), x, y, solver="exact", space="matfree")
+
+
+def test_block_cg_in_another_inner_product_is_galerkin_in_it():
+    """CG with inner = <a, H b> on M = H^-1 S (self-adjoint in H) from 0: after k steps x_k
+    minimises (x - x*)^T S (x - x*) over span{b, M b, ..., M^(k-1) b} (checked directly)."""
+    rng = np.random.default_rng(12)
+    n = 12
+    G = rng.standard_normal((n, n))
+    H = G @ G.T + n * np.eye(n)
+    S = rng.standard_normal((n, n))
+    S = S @ S.T + np.eye(n)
+    M = np.linalg.solve(H, S)
+    b = rng.standard_normal((n, 2))
+    x_star = np.linalg.solve(M, b)
+    for k in (1, 2, 4):
+        X, info = block_cg(
+            lambda v: M @ v, b, iters=k, inner=lambda a, c: (a * (H @ c)).sum(axis=0)
+        )
+        for j in range(2):
+            V = np.stack([np.linalg.matrix_power(M, i) @ b[:, j] for i in range(k)], axis=1)
+            c = np.linalg.solve(V.T @ S @ V, V.T @ S @ x_star[:, j])
+            assert rel_error(X[:, j], V @ c) < 1e-10, (k, j)
+        r0 = np.sqrt((b * (H @ b)).sum(axis=0))  # the record is in the H-norm
+        assert rel_error(info.residual_norms[0], r0) < 1e-14
+
+
 def test_block_cg_edge_cases():
     M = np.diag([1.0, 2.0, 3.0])
     B = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # second column: zero rhs
@@ -330,7 +403,7 @@ def test_block_cg_edge_cases():
     assert info.iterations == 5 and info.residual_norms.shape == (6, 2)
     X, info = block_cg(lambda v: M @ v, B, iters=50, tol=1e-8)
     assert info.iterations <= 4
-    with pytest.raises(ValueError, match="unknown CG variant"):
+    with pytest.raises(ValueError, match="unknown cg_variant"):
         block_cg(lambda v: M @ v, B, variant="fast")
 
 
@@ -367,13 +440,19 @@ def test_cost_model_for_the_papers_layers():
     ]
     for R, D1, out in convnet_layers:  # measured: the Gram matrix is cheaper
         for solver, iters in [("cg", 3), ("cg", 10), ("exact", 1)]:
-            assert fast_prox.choose_space(R, D1, out, solver, iters) == "gram", (R, solver, iters)
+            assert fast_prox.choose_space(R, D1, out, solver, iters) == "col_gram", (
+                R,
+                solver,
+                iters,
+            )
     for D1, out in [(3073, 4000), (4001, 1000), (1001, 4000)]:  # the MLP: N = 500 < D + 1
-        assert fast_prox.choose_space(500, D1, out, "cg", 3) == "row"
+        assert fast_prox.choose_space(500, D1, out, "cg", 3) == "row_gram"
     assert fast_prox.choose_space(10_000, 2001, 4, "cg", 1) == "matfree"  # few outputs
 
 
-@pytest.mark.parametrize("R,D1,want", [(500, 3073, "row"), (3073, 500, "gram"), (10, 10, "gram")])
+@pytest.mark.parametrize(
+    "R,D1,want", [(500, 3073, "row_gram"), (3073, 500, "col_gram"), (10, 10, "col_gram")]
+)
 def test_reference_space_is_the_smaller_gram_matrix(R, D1, want):
     assert prox.choose_space(R, D1, 4000, "cg", 3) == want
 

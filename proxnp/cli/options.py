@@ -15,8 +15,9 @@ import argparse
 import math
 
 from ..prox import SOLVERS
+from ..proxprop import MAX_CG_ITERS, check_proxprop_option
 from ..training.data import DATASETS
-from ..training.fit import MAX_CG_ITERS, METHODS, OPTIMIZERS
+from ..training.fit import METHODS, OPTIMIZERS
 from .experiments import EXPERIMENTS
 
 MAX_EPOCHS = 100_000
@@ -70,6 +71,25 @@ def float_in(low, high, low_open=True, high_open=False):
 
 
 positive = float_in(0, math.inf, high_open=True)
+
+
+def proxprop_option(name, convert):
+    """argparse type: ``convert(s)`` checked by :func:`proxnp.proxprop.check_proxprop_option`,
+    the one check of every proxprop option, with its wording."""
+
+    def parse(s):
+        try:
+            v = convert(s)
+        except ValueError:
+            what = "an integer" if convert is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        try:
+            check_proxprop_option(name, v)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return v
+
+    return parse
 
 
 class OptionError(ValueError):
@@ -163,19 +183,19 @@ def build_parser(version):
     )
     p.add_argument(
         "--solver",
-        choices=SOLVERS,
+        type=proxprop_option("solver", str),
         default="cg",
-        help="how ProxProp solves the proximal step (default: cg)",
+        help=f"how ProxProp solves the proximal step: {', '.join(SOLVERS)} (default: cg)",
     )
     p.add_argument(
         "--cg-iters",
-        type=int_in(1, MAX_CG_ITERS),
+        type=proxprop_option("cg_iters", int),
         default=3,
         help=f"CG iterations per proximal step, at most {MAX_CG_ITERS} (default: 3)",
     )
     p.add_argument(
         "--tau-theta",
-        type=positive,
+        type=proxprop_option("tau_theta", float),
         default=None,
         help="proximal step size tau_theta (default: 0.05 for mlp, 1 for convnet)",
     )
