@@ -111,28 +111,50 @@ def range_space_cg(K, g, inv_tau_theta, iters, tol=None, variant="textbook", bas
     (:func:`use_eigenbasis`).
     """
     xp = get_xp(K, g)
-    if basis not in ("auto", "direct", "eigen"):
-        raise ValueError(f"unknown basis {basis!r}; expected 'auto', 'direct' or 'eigen'")
-    if basis == "eigen" or (basis == "auto" and use_eigenbasis(K.shape[0], g.shape[1], iters, xp)):
+    if basis not in ("auto", "direct", "eigen", "sstep"):
+        raise ValueError(f"unknown basis {basis!r}; expected 'auto', 'direct', 'eigen' or 'sstep'")
+    R, out = g.shape
+    if basis == "auto":
+        if use_sstep(R, out, iters, xp, tol, variant):
+            basis = "sstep"
+        elif use_eigenbasis(R, out, iters, xp):
+            basis = "eigen"
+    if basis in ("eigen", "sstep"):
         with scipy_single_thread():
-            lam, Q = eigh(xp, K)
-        root = xp.sqrt(xp.maximum(lam, 0))[:, None]  # K is PSD; clip rounding
-        w, info = _in_column_blocks(
-            lambda b: block_cg(
-                lambda x: (root * root + inv_tau_theta) * x,
-                b,
-                iters=iters,
-                tol=tol,
-                variant=variant,
-            ),
-            root * (Q.T @ g),
-            tol,
-        )
-        u_hat = xp.where(root > 0, w / xp.where(root > 0, root, 1), 0)
-        return Q @ u_hat, info
+            lam, Q64 = eigh(xp, K.astype(np.float64))  # float64: the spectrum drives CG
+        Q = Q64.astype(g.dtype)
+    if basis == "sstep":
+        if tol is not None or variant != "textbook" or iters > SSTEP_MAX:
+            raise ValueError(
+                f"the s-step CG runs textbook CG of at most {SSTEP_MAX} steps without cg_tol"
+            )
+        u, info, fallback = sstep_cg(lam, Q, g, inv_tau_theta, iters)
+        if fallback.size:  # these columns by the loop, in the eigenbasis
+            g_f = g[:, fallback].astype(np.float64)
+            u_f, info_f = _eigen_cg(lam, Q64, g_f, inv_tau_theta, iters, tol, variant)
+            u[:, fallback] = u_f
+            info.residual_norms[:, fallback] = info_f.residual_norms
+        return u, info
+    if basis == "eigen":
+        return _eigen_cg(lam, Q, g, inv_tau_theta, iters, tol, variant)
     return k_inner_cg(
         lambda x, out: xp.matmul(K, x, out=out), g, inv_tau_theta, iters, tol, variant
     )
+
+
+def _eigen_cg(lam, Q, g, inv_tau_theta, iters, tol, variant):
+    """The loop in the eigenbasis: plain block CG on diag(lam + 1/tau_theta) w = lam^(1/2) Q^T g."""
+    xp = get_xp(Q, g)
+    root = xp.sqrt(xp.maximum(xp.asarray(lam, dtype=g.dtype), 0))[:, None]
+    w, info = _in_column_blocks(
+        lambda b: block_cg(
+            lambda v: (root * root + inv_tau_theta) * v, b, iters=iters, tol=tol, variant=variant
+        ),
+        root * (Q.T @ g),
+        tol,
+    )
+    u_hat = xp.where(root > 0, w / xp.where(root > 0, root, 1), 0)
+    return Q @ u_hat, info
 
 
 def k_inner_cg(apply_K, g, inv_tau_theta, iters, tol=None, variant="textbook"):
@@ -165,6 +187,130 @@ def k_inner_cg(apply_K, g, inv_tau_theta, iters, tol=None, variant="textbook"):
     apply_K(B[:R], B[R:])
     X, info = block_cg(apply_M, B, iters=iters, tol=tol, variant=variant, inner=inner)
     return X[:R], info
+
+
+# ------------------------------------------------------- s-step CG in the eigenbasis
+SSTEP_MAX = 10  # the most CG steps taken as one s-step block
+SSTEP_COND = 1e8  # a column whose scaled s x s Gram matrix is worse conditioned runs the loop
+
+
+def use_sstep(R, out, iters, xp=np, tol=None, variant="textbook"):
+    """True when :func:`sstep_cg` should compute the textbook CG of ``iters`` steps.
+
+    It needs one R x R eigendecomposition (about 10 R^3 multiply-adds) and two products
+    with Q (2 R^2 out); the loop takes ``iters`` products with K plus some 30 passes over
+    R x out blocks per iteration (counted as 10 multiply-adds an element).  The s-step
+    block is also the accurate one (its small systems are float64; the loop's
+    recurrences lose up to 1e-2 in float32 on the paper's MLP, bench/RESULTS.md), so it
+    is taken up to twice the loop's count.  Only textbook CG without the early exit, on
+    the CPU (see :func:`use_eigenbasis`).
+    """
+    if xp is not np or tol is not None or variant != "textbook" or iters > SSTEP_MAX:
+        return False
+    return 10 * R**3 + 2 * R * R * out < 2 * iters * (R * R * out + 300 * R * out)
+
+
+def krylov_polynomials(x, mu, s):
+    """Phi (R, s): phi_0..phi_{s-1} at the points x, orthonormal for the weights mu >= 0.
+
+    sum_i mu_i phi_a(x_i) phi_b(x_i) = [a == b]; phi_a has degree a (Stieltjes'
+    procedure with full re-orthogonalisation, float64).  Where the weights have fewer
+    than s points, the remaining columns are zero.
+    """
+    R = x.shape[0]
+    Phi = np.zeros((R, s))
+    total = mu.sum()
+    if not total > 0:
+        return Phi
+    p = np.full(R, 1 / np.sqrt(total))
+    for a in range(s):
+        Phi[:, a] = p
+        if a + 1 == s:
+            break
+        q = (x / x.max()) * p  # x scaled to [0, 1]: the same span
+        for _ in range(2):  # Gram-Schmidt twice in the mu-inner product
+            q -= Phi[:, : a + 1] @ (Phi[:, : a + 1].T @ (mu * q))
+        norm = np.sqrt((mu * q * q).sum())
+        if not norm > 1e-14:  # the weights live on a + 1 points: the space is exhausted
+            break
+        p = q / norm
+    return Phi
+
+
+def sstep_cg(lam, Q, g, inv_tau_theta, iters):
+    """Textbook block CG of ``iters`` steps from u = 0 in the K-inner product, as one s-step
+    block in the eigenbasis K = Q diag(lam) Q^T; returns (u, CGInfo, fallback columns).
+
+    After s steps CG's u is the Galerkin solution over the Krylov space
+    span{g, K~ g, ..., K~^(s-1) g}, K~ = K + I/tau_theta: with u_hat = Q^T u =
+    psi(x) g_hat, x = lam + 1/tau_theta, psi = sum_a c_a phi_a of degree < s, it
+    minimises the M-energy 1/2 delta^T M delta - delta^T A^T g, delta = A^T u, so per
+    column j (weights lam_i g_hat_ij^2, float64)
+
+        G c = b,   G_ab = sum_i lam x phi_a phi_b g_hat^2,   b_a = sum_i lam phi_a g_hat^2,
+
+    and ||A^T r_k||^2 = n0 - 2 c^T h + c^T H c after k steps (leading k x k systems) with
+    n0 = sum lam g_hat^2, h_a = sum lam x phi_a g_hat^2, H_ab = sum lam x^2 phi_a phi_b g_hat^2.
+    All of these moments are one product of g_hat^2 (out x R) with an R x (2s^2 + 2s + 1)
+    table.  The basis phi_a is orthonormal for the columns' mean weights
+    (:func:`krylov_polynomials`), so G is well conditioned unless a column's weights
+    differ much from the mean; columns whose Jacobi-scaled G has a condition number
+    above :data:`SSTEP_COND` are returned in ``fallback`` (u and norms there unset) for
+    the loop to compute.  The record comes from those moments, so a residual norm far below
+    the first one is accurate to about 1e-16 ||r_0||^2 / ||r_k|| (the directions to
+    round-off).
+    """
+    s = int(iters)
+    lam = np.maximum(np.asarray(lam, dtype=np.float64), 0)  # K is PSD; clip rounding
+    x = lam + inv_tau_theta
+    g_hat = (Q.T @ g).astype(np.float64)
+    g2 = g_hat * g_hat
+    w = lam * x  # the M-energy's weights, per unit g_hat^2
+    total = g2.T @ w  # (out,)
+    live = total > 0
+    mu = g2 @ np.where(live, 1 / np.where(live, total, 1), 0) * w  # mean normalised weights
+    Phi = krylov_polynomials(x, mu, s)
+    pairs = (Phi[:, :, None] * Phi[:, None, :]).reshape(-1, s * s)
+    table = np.concatenate(
+        [
+            w[:, None] * pairs,  # G
+            lam[:, None] * Phi,  # b
+            (w * x)[:, None] * pairs,  # H
+            w[:, None] * Phi,  # h
+            lam[:, None],  # n0
+        ],
+        axis=1,
+    )
+    m = g2.T @ table
+    n_out = g.shape[1]
+    G = m[:, : s * s].reshape(n_out, s, s)
+    b = m[:, s * s : s * s + s]
+    H = m[:, s * s + s : 2 * s * s + s].reshape(n_out, s, s)
+    h = m[:, 2 * s * s + s : 2 * s * s + 2 * s]
+    n0 = m[:, -1]
+    G = (G + G.transpose(0, 2, 1)) / 2
+    d = np.sqrt(np.maximum(np.einsum("jaa->ja", G), 0))
+    d = np.where(d > 0, d, 1)
+    Gs = G / d[:, :, None] / d[:, None, :]
+    eig = np.linalg.eigvalsh(Gs)
+    cond = np.full(n_out, np.inf)
+    np.divide(eig[:, -1], eig[:, 0], out=cond, where=eig[:, 0] > 0)
+    fallback = live & ~(cond <= SSTEP_COND)
+    good = live & ~fallback
+    norms = np.zeros((s + 1, n_out))
+    norms[0] = np.sqrt(np.maximum(n0, 0))
+    c = np.zeros((n_out, s))
+    if good.any():
+        Gs, bs, ds = Gs[good], (b / d)[good], d[good]
+        for k in range(1, s + 1):
+            ck = np.linalg.solve(Gs[:, :k, :k], bs[:, :k, None])[..., 0] / ds[:, :k]
+            Hk, hk = H[good][:, :k, :k], h[good][:, :k]
+            res2 = n0[good] - 2 * (ck * hk).sum(1) + np.einsum("ja,jab,jb->j", ck, Hk, ck)
+            norms[k, good] = np.sqrt(np.maximum(res2, 0))
+        c[good] = ck
+    u_hat = g_hat * (Phi @ c.T)
+    u = Q @ u_hat.astype(g.dtype)
+    return u, CGInfo(s, norms), np.flatnonzero(fallback)
 
 
 def cg_block_width(xp, R, s, itemsize, tol=None):
@@ -212,13 +358,14 @@ def use_eigenbasis(R, out, iters, xp=np):
 # ------------------------------------------------------------------------- the solvers
 def woodbury_inverse(K_damped):
     """(K + I/tau_theta)^{-1} for the row Gram's small SPD matrix (R x R), from its
-    Cholesky factor (:func:`proxnp.backend.spd_inverse`).
+    Cholesky factor (:func:`proxnp.backend.spd_inverse`), computed in float64 (a float32
+    Cholesky of the paper's K loses ~2e-5) and returned in K's dtype.
 
     Applying it is then a product, which runs on every BLAS thread, where two triangular
     solves with a wide right-hand side would run on one.
     """
-    with scipy_single_thread():
-        return spd_inverse(get_xp(K_damped), K_damped)
+    with scipy_single_thread():  # in float64: R^3 / 3 is small beside the products with it
+        return spd_inverse(get_xp(K_damped), K_damped.astype("float64")).astype(K_damped.dtype)
 
 
 def woodbury_solve(K_damped, g):
