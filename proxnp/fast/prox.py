@@ -137,8 +137,9 @@ def range_space_cg(K, g, inv_tau_theta, iters, tol=None, variant="textbook", bas
         return u, info
     if basis == "eigen":
         return _eigen_cg(lam, Q, g, inv_tau_theta, iters, tol, variant)
+    K_g = K.astype(g.dtype, copy=False)
     return k_inner_cg(
-        lambda x, out: xp.matmul(K, x, out=out), g, inv_tau_theta, iters, tol, variant
+        lambda x, out: xp.matmul(K_g, x, out=out), g, inv_tau_theta, iters, tol, variant
     )
 
 
@@ -356,21 +357,31 @@ def use_eigenbasis(R, out, iters, xp=np):
 
 
 # ------------------------------------------------------------------------- the solvers
-def woodbury_inverse(K_damped):
+def row_gram_float64(P):
+    """K = A A^T (R x R) in float64 on the CPU, in P's dtype on a GPU.
+
+    On the paper's MLP a float32 K alone moves the exact direction by ~1e-5; from float32
+    P the float64 product costs about twice the float32 one (R^2 D / 2 multiply-adds).
+    """
+    return row_gram(P.astype(np.float64, copy=False) if get_xp(P) is np else P)
+
+
+def woodbury_inverse(K_damped, dtype=None):
     """(K + I/tau_theta)^{-1} for the row Gram's small SPD matrix (R x R), from its
     Cholesky factor (:func:`proxnp.backend.spd_inverse`), computed in float64 (a float32
-    Cholesky of the paper's K loses ~2e-5) and returned in K's dtype.
+    Cholesky of the paper's K loses ~2e-5) and returned in ``dtype`` (default K's).
 
     Applying it is then a product, which runs on every BLAS thread, where two triangular
     solves with a wide right-hand side would run on one.
     """
     with scipy_single_thread():  # in float64: R^3 / 3 is small beside the products with it
-        return spd_inverse(get_xp(K_damped), K_damped.astype("float64")).astype(K_damped.dtype)
+        inverse = spd_inverse(get_xp(K_damped), K_damped.astype("float64"))
+    return inverse.astype(dtype or K_damped.dtype)
 
 
 def woodbury_solve(K_damped, g):
     """(K + I/tau_theta)^{-1} g as one product with :func:`woodbury_inverse`."""
-    return woodbury_inverse(K_damped) @ g
+    return woodbury_inverse(K_damped, g.dtype) @ g
 
 
 def gradient_direction(P, g, inv_tau_theta, space):
@@ -383,10 +394,10 @@ def exact_direction(P, g, inv_tau_theta, space):
     xp = get_xp(P, g)
     R, D1, out = P.shape[0], P.shape[1] + 1, g.shape[1]
     if space == "row_gram":  # Woodbury / push-through
-        K_damped = row_gram(P)
+        K_damped = row_gram_float64(P)
         K_damped[xp.diag_indices(R)] += inv_tau_theta
         if D1 < out:  # A^T (K + I/tau_theta)^{-1} first: (D+1) R^2 < R^2 out
-            return apply_At(P, woodbury_inverse(K_damped)) @ g, None
+            return apply_At(P, woodbury_inverse(K_damped, P.dtype)) @ g, None
         return apply_At(P, woodbury_solve(K_damped, g)), None
     M = col_gram(P)
     M[xp.diag_indices(D1)] += inv_tau_theta
@@ -401,7 +412,8 @@ def cg_direction(P, g, inv_tau_theta, space, cg_iters, cg_backend, cg_variant, c
     if space == "row_gram" and (cg_backend == "scipy" or P.shape[0] >= D1):
         space = "col_gram"  # SciPy's cg works on Theta; with R >= D+1, K is singular and larger
     if space == "row_gram":
-        u, info = range_space_cg(row_gram(P), g, inv_tau_theta, cg_iters, cg_tol, cg_variant)
+        K = row_gram_float64(P)  # the eigenbasis is float64; the loop runs in g's dtype
+        u, info = range_space_cg(K, g, inv_tau_theta, cg_iters, cg_tol, cg_variant)
         return apply_At(P, u), info
     if space == "col_gram":
         M = col_gram(P)
