@@ -10,8 +10,12 @@ which the fast path hands a cheaper operator and inner product.
   <A^T x, A^T y> = x^T K y and M A^T = A^T (K + I/tau_theta), K = A A^T: the *same
   iterates* at R^2 * out per iteration, A^T applied once at the end
   (:func:`range_space_cg`).
-  For many iterations it runs in the eigenbasis of K, where every iteration is
-  elementwise (:func:`use_eigenbasis`), and there, on the CPU, the columns go in
+  Textbook CG of up to :data:`SSTEP_MAX` steps runs as one s-step block in the
+  eigenbasis of K (:func:`sstep_cg`, chosen by :func:`use_sstep`): a Krylov basis, its
+  small Gram matrices from one product, s x s systems in float64 -- as accurate as CG in
+  exact arithmetic, also for float32 data.  Otherwise (the authors' variant, an early
+  exit, a GPU) the loop runs, for many iterations in the eigenbasis, where every
+  iteration is elementwise (:func:`use_eigenbasis`) and, on the CPU, the columns go in
   cache-sized blocks (:func:`cg_block_width`).
 * **A cost model** (:func:`choose_space`) picks the cheapest of "row_gram", "col_gram"
   and "matfree" by multiply-add counts.
