@@ -257,7 +257,7 @@ def bench(kind, args):
                 "matmul floor",
             )
         )
-    if torch_name in t:
+    if torch_name in t and "backprop training step" in t:
         rows.append(
             (
                 f"BackProp training step / {torch_name.split(' training')[0]}",
