@@ -111,8 +111,10 @@ def range_space_cg(K, g, inv_tau_theta, iters, tol=None, variant="textbook", bas
     where <x, y>_K = (lam^(1/2) x)^T (lam^(1/2) y): with w = lam^(1/2) Q^T u it is plain
     block CG on diag(lam + 1/tau_theta) w = lam^(1/2) Q^T g, every iteration elementwise,
     after one eigendecomposition and two products with Q.  (Components with lam = 0 do
-    not reach delta = A^T u; u gets none.)  ``"auto"`` picks by cost
-    (:func:`use_eigenbasis`).
+    not reach delta = A^T u; u gets none.)  ``basis="sstep"`` computes textbook CG's
+    u as one s-step block there (:func:`sstep_cg`; columns it cannot take run the
+    eigenbasis loop in float64).  ``"auto"`` picks by cost (:func:`use_sstep`, then
+    :func:`use_eigenbasis`).
     """
     xp = get_xp(K, g)
     if basis not in ("auto", "direct", "eigen", "sstep"):
@@ -123,15 +125,18 @@ def range_space_cg(K, g, inv_tau_theta, iters, tol=None, variant="textbook", bas
             basis = "sstep"
         elif use_eigenbasis(R, out, iters, xp):
             basis = "eigen"
+    if basis == "sstep" and (
+        tol is not None or variant != "textbook" or iters > SSTEP_MAX or xp is not np
+    ):
+        raise ValueError(
+            f"the s-step CG runs textbook CG of at most {SSTEP_MAX} steps without cg_tol, "
+            "on NumPy arrays"
+        )
     if basis in ("eigen", "sstep"):
         with scipy_single_thread():
             lam, Q64 = eigh(xp, K.astype(np.float64))  # float64: the spectrum drives CG
         Q = Q64.astype(g.dtype)
     if basis == "sstep":
-        if tol is not None or variant != "textbook" or iters > SSTEP_MAX:
-            raise ValueError(
-                f"the s-step CG runs textbook CG of at most {SSTEP_MAX} steps without cg_tol"
-            )
         u, info, fallback = sstep_cg(lam, Q, g, inv_tau_theta, iters)
         if fallback.size:  # these columns by the loop, in the eigenbasis
             g_f = g[:, fallback].astype(np.float64)
