@@ -258,6 +258,22 @@ def test_sstep_columns_that_need_the_loop_fall_back_to_it(monkeypatch):
         assert rel_error(info.residual_norms, info_loop.residual_norms) < 1e-8
 
 
+def test_a_diverged_layer_gives_nan_directions_not_an_error():
+    """inf in the activations (a diverging run) must reach the fit's divergence check."""
+    rng = np.random.default_rng(13)
+    for where in ("P", "g", "overflow"):
+        P, g = rng.standard_normal((6, 20)), rng.standard_normal((6, 4))
+        if where == "P":
+            P[2, 3] = np.inf
+        elif where == "g":
+            g[1, 2] = np.nan
+        else:
+            P[2] = 1e154  # K overflows to inf in float64
+        for iters in (3, 10):
+            d, _ = fast_prox.prox_direction(P, g, 0.05, "cg", iters)
+            assert not np.all(np.isfinite(d)), (where, iters)
+
+
 def test_sstep_is_chosen_only_for_textbook_cg_without_early_exit_on_the_cpu():
     for out in (4000, 1000):  # the paper's MLP layers
         assert fast_prox.use_sstep(500, out, 3) and fast_prox.use_sstep(500, out, 10)

@@ -120,6 +120,8 @@ def range_space_cg(K, g, inv_tau_theta, iters, tol=None, variant="textbook", bas
     if basis not in ("auto", "direct", "eigen", "sstep"):
         raise ValueError(f"unknown basis {basis!r}; expected 'auto', 'direct', 'eigen' or 'sstep'")
     R, out = g.shape
+    if basis == "auto" and xp is np and not (np.isfinite(K).all() and np.isfinite(g).all()):
+        basis = "direct"  # a diverged run: NaN/inf flow through the loop to the fit's check
     if basis == "auto":
         if use_sstep(R, out, iters, xp, tol, variant):
             basis = "sstep"
