@@ -1,7 +1,7 @@
 """The paper's networks, step by step: proxnp BackProp/ProxProp vs floors and PyTorch.
 
     python bench/step.py [--steps 10] [--batch 500] [--skip-conv] [--device cpu|gpu] [--pieces]
-                         [--reference]
+                         [--reference] [--directions-only]
 
 Prints, per network, median times (timed round-robin, see time_each) of
 
@@ -18,8 +18,11 @@ times the solver's parts on the MLP's first layer.  ``--reference`` times the pl
 reference path (``proxnp.reference()``) instead of the fast kernels.  On
 ``--device gpu`` PyTorch runs with TF32 off, as CuPy does.
 
-Targets: MLP BackProp <= 1.0x PyTorch CPU; direction steps: ProxProp exact <= 1.2x and
-cg3 <= 1.4x BackProp on the MLP, cg3 <= 2x on the ConvNet.
+On the MLP, cg3 and cg10 are also timed with the CG loop instead of the fast path's s-step
+block ("(CG loop)", :func:`cg_loop_only`): the previous code, interleaved with the new.
+
+Targets: MLP BackProp <= 1.0x PyTorch CPU; direction steps: ProxProp exact <= 1.2x,
+cg3 <= 1.35x and cg10 <= 1.8x BackProp on the MLP, cg3 <= 2x on the ConvNet.
 """
 
 import argparse
@@ -35,12 +38,32 @@ from proxnp.fast.cpu import host_threads, reuse_host_memory
 from proxnp.training.models import PAPER_MLP, convnet, mlp
 
 
-def proxnp_step(model, opt, x, y, method, update=True, reference=False, **kw):
-    """One direction step (update=False) or training step of proxnp, as a callable."""
+@contextlib.contextmanager
+def cg_loop_only():
+    """The fast path with its s-step block off: every CG runs the loop, as the previous code
+    did (``proxnp.fast.prox.SSTEP_MAX`` set to 0 inside the block)."""
+    from proxnp.fast import prox as fast_prox
+
+    old, fast_prox.SSTEP_MAX = fast_prox.SSTEP_MAX, 0
+    try:
+        yield
+    finally:
+        fast_prox.SSTEP_MAX = old
+
+
+def proxnp_step(model, opt, x, y, method, update=True, reference=False, loop=False, **kw):
+    """One direction step (update=False) or training step of proxnp, as a callable.
+
+    ``loop=True`` runs CG by the loop (:func:`cg_loop_only`), so that old and new code are
+    timed side by side in one process.
+    """
     loss_fn = pn.SoftmaxCrossEntropy()
 
     def step():
-        with pn.reference() if reference else contextlib.nullcontext():
+        with (
+            pn.reference() if reference else contextlib.nullcontext(),
+            cg_loop_only() if loop else contextlib.nullcontext(),
+        ):
             if method == "backprop":
                 pn.backprop(model, loss_fn, x, y)
             else:
@@ -178,6 +201,7 @@ def bench(kind, args):
         make_opt = lambda m: pn.optim.SGD(m, lr=1e-3, momentum=0.95, nesterov=True)  # noqa: E731
         tau_theta = 0.05
         variants = [("exact", {}), ("cg", {"cg_iters": 3}), ("cg", {"cg_iters": 10})]
+        variants += [("loop", {"cg_iters": 3}), ("loop", {"cg_iters": 10})]
     else:
         x = rng.random((args.batch, 3, 32, 32), dtype=np.float32)
         build = lambda: convnet(rng=np.random.default_rng(1))  # noqa: E731
@@ -190,9 +214,11 @@ def bench(kind, args):
     methods = [("backprop", "backprop", {})]
     methods += [
         (
-            solver if solver == "exact" else f"cg{kw['cg_iters']}",
+            "exact"
+            if solver == "exact"
+            else f"cg{kw['cg_iters']}{' (CG loop)' if solver == 'loop' else ''}",
             "proxprop",
-            dict(solver=solver, tau_theta=tau_theta, **kw),
+            dict(solver="cg" if solver == "loop" else solver, tau_theta=tau_theta, **kw),
         )
         for solver, kw in variants
     ]
@@ -200,9 +226,10 @@ def bench(kind, args):
     for name, method, kw in methods:
         model = build().to(args.device)
         opt = make_opt(model)
-        for what, update in (("direction", False), ("training step", True)):
+        loop = name.endswith("(CG loop)")
+        for what, update in (("direction", False), ("training step", True))[: args.kinds]:
             fns[f"{name} {what}"] = (
-                proxnp_step(model, opt, xd, yd, method, update, args.reference, **kw),
+                proxnp_step(model, opt, xd, yd, method, update, args.reference, loop, **kw),
                 xp,
             )
     if kind == "mlp":
@@ -213,7 +240,7 @@ def bench(kind, args):
         fns[torch_name] = (ts, np)
     t = time_each(fns, args.steps)
     rows = []
-    for what in ("direction", "training step"):
+    for what in ("direction", "training step")[: args.kinds]:
         t_bp = t[f"backprop {what}"]
         for name, _, _ in methods:
             sec = t[f"{name} {what}"]
@@ -230,7 +257,7 @@ def bench(kind, args):
                 "matmul floor",
             )
         )
-    if torch_name in t:
+    if torch_name in t and "backprop training step" in t:
         rows.append(
             (
                 f"BackProp training step / {torch_name.split(' training')[0]}",
@@ -260,13 +287,20 @@ def bench_pieces(args):
     g = to_device(rng.standard_normal((args.batch, 4000), dtype=np.float32) / 500, args.device)
     xp = get_xp(P)
     K = prox.row_gram(P)
-    K_beta = K + 20 * xp.eye(K.shape[0], dtype=K.dtype)
+    K_damped = K + 20 * xp.eye(K.shape[0], dtype=K.dtype)
     fns = {
         "K = P P^T + 1 (Gram, syrk)": lambda: prox.row_gram(P),
         "K @ g (one CG product)": lambda: K @ g,
         "A^T u (the final product)": lambda: fast_prox.apply_At(P, g),
         "eigh(K)": lambda: eigh(xp, K),
-        "(K + beta I)^{-1} g, fast path": lambda: fast_prox.woodbury_solve(K_beta, g),
+        "K in float64 (fast path)": lambda: fast_prox.row_gram_float64(P),
+        "(K + I/tau_theta)^{-1} g, fast path": lambda: fast_prox.woodbury_solve(K_damped, g),
+        "range-space cg3, s-step block": lambda: fast_prox.range_space_cg(
+            K, g, 20.0, 3, basis="sstep"
+        ),
+        "range-space cg10, s-step block": lambda: fast_prox.range_space_cg(
+            K, g, 20.0, 10, basis="sstep"
+        ),
         "range-space cg3, direct basis": lambda: fast_prox.range_space_cg(
             K, g, 20.0, 3, basis="direct"
         ),
@@ -297,7 +331,11 @@ def main():
         action="store_true",
         help="time the plain reference path (proxnp.reference()) instead",
     )
+    p.add_argument(
+        "--directions-only", action="store_true", help="time direction steps, not training steps"
+    )
     args = p.parse_args()
+    args.kinds = 1 if args.directions_only else 2
     reuse_host_memory()  # as the command line does (see proxnp.fast.cpu)
     if args.pieces:
         bench_pieces(args)

@@ -4,7 +4,7 @@
 
 ``apply_M`` is any callable mapping a block (n, s) to M @ block, with M symmetric
 positive definite (SigPy-style: the solver never sees a matrix).  Column j of X is
-the j-th iterate of textbook CG (Hestenes & Stiefel 1952) on M x_j = b_j, with its
+the k-th iterate of textbook CG (Hestenes & Stiefel 1952) on M x_j = b_j, with its
 own step alpha_j and conjugation coefficient beta_j:
 
     r_0 = b - M x_0,  p_0 = r_0
@@ -18,6 +18,12 @@ early exit (stop once max_j ||r_j||^2 < tol^2 mean_j ||r_0j||^2), which needs on
 host sync per iteration.  A column whose residual is exactly 0 stays put (alpha = 0,
 no NaN).  ``X0`` is copied, never mutated.
 
+``inner(a, b)`` gives the column-wise inner products <a_j, b_j> (an (s,) array); the
+default is the Euclidean a_j^T b_j.  CG in another inner product -- any <a, b> = a^T H b
+with H symmetric positive definite and M self-adjoint in it -- is the same loop with
+another ``inner``: the fast path's range-space CG (:mod:`proxnp.fast.prox`) runs here
+that way.  The residual norms recorded are sqrt(<r_k, r_k>) in that inner product.
+
 ``variant="authors"`` reproduces the CG of the authors' PyTorch code: eps = 1e-6
 added to both denominators, and the first search direction is the residual
 tensor itself, so the in-place residual update also changes it and the second
@@ -28,6 +34,7 @@ textbook CG and Proposition 5's guarantee is not proven for it.
 arrays) or CuPy's (CuPy arrays) ``cg`` through a ``LinearOperator``.
 """
 
+import numbers
 from typing import NamedTuple
 
 from .backend import get_xp, sparse_linalg
@@ -46,18 +53,29 @@ def _safe_div(xp, num, den):
     return xp.where(ok, num / xp.where(ok, den, 1), 0)
 
 
-def block_cg(apply_M, B, X0=None, iters=3, tol=None, variant="textbook"):
+def check_cg_options(iters, tol=None, variant="textbook"):
+    """Raise ValueError naming the option unless ``iters``, ``tol``, ``variant`` are allowed."""
+    if isinstance(iters, bool) or not isinstance(iters, numbers.Integral) or iters < 1:
+        raise ValueError(f"cg_iters must be an integer >= 1, got {iters!r}")
+    if tol is not None and not (isinstance(tol, numbers.Real) and tol > 0):
+        raise ValueError(f"cg_tol must be a number > 0 or None, got {tol!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown cg_variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+
+
+def coldot(a, b):
+    """The column-wise Euclidean inner products a_j^T b_j   (s,)."""
+    return (a * b).sum(axis=0)
+
+
+def block_cg(apply_M, B, X0=None, iters=3, tol=None, variant="textbook", inner=coldot):
     """Run ``iters`` CG iterations on M X = B, column by column; return (X, CGInfo).
 
-    B, X0: (n, s) arrays (a 1-D B is treated as one column).  See the module
-    docstring for the recurrences.
+    B, X0: (n, s) arrays (a 1-D B is treated as one column).  ``inner``: the
+    column-wise inner product (default Euclidean).  See the module docstring for the
+    recurrences.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown CG variant {variant!r}; expected one of {VARIANTS}")
-    if int(iters) != iters or iters < 1:
-        raise ValueError(f"cg iterations must be an integer >= 1, got {iters!r}")
-    if tol is not None and not tol > 0:
-        raise ValueError(f"tol must be > 0 or None, got {tol!r}")
+    check_cg_options(iters, tol, variant)
     xp = get_xp(B, X0)
     one_column = B.ndim == 1
     B = B[:, None] if one_column else B
@@ -70,17 +88,17 @@ def block_cg(apply_M, B, X0=None, iters=3, tol=None, variant="textbook"):
         r = B - apply_M(X)
     eps = 1e-6 if variant == "authors" else 0.0
     p = r.copy()
-    rs_old = (r * r).sum(axis=0)
-    norms = [xp.sqrt(rs_old)]
+    rs_old = inner(r, r)
+    norms = [xp.sqrt(xp.maximum(rs_old, 0))]  # a rounded <r, r> may dip below 0
     tol_scale = rs_old.mean() if tol is not None else None
     k = 0
     for k in range(1, int(iters) + 1):
         Mp = apply_M(p)
-        alpha = _safe_div(xp, rs_old, (p * Mp).sum(axis=0) + eps)
+        alpha = _safe_div(xp, rs_old, inner(p, Mp) + eps)
         X += alpha * p
         r -= alpha * Mp
-        rs_new = (r * r).sum(axis=0)
-        norms.append(xp.sqrt(rs_new))
+        rs_new = inner(r, r)
+        norms.append(xp.sqrt(xp.maximum(rs_new, 0)))
         if k == iters:
             break
         if tol is not None and float(rs_new.max()) < tol**2 * float(tol_scale):

@@ -24,19 +24,24 @@ and the direction handed to the optimizer is d = -delta = M^{-1} A^T g = M^{-1} 
 (Proposition 2, tau = 1).  Solving for delta rather than Theta^{k+1} keeps float32
 accurate: Theta^{k+1} = Theta^k + small, and the direct form loses the small part.
 
-Two ways to solve it, with R rows and D+1 columns in A:
+Two ways to solve it exactly, with R rows and D+1 columns in A, named for the Gram
+matrix they form (``space``):
 
-* ``"row"`` (R < D+1, the paper's MLP: N = 500 < 3073): by the push-through identity
-  M^{-1} A^T = A^T (K + I/tau_theta)^{-1} with K = A A^T (R x R), a Cholesky of
-  K + I/tau_theta (Woodbury);
-* ``"gram"``: a Cholesky of M itself ((D+1) x (D+1)).
+* ``"row_gram"``, the Gram matrix of A's rows, K = A A^T (R x R; the better one when
+  R < D+1, as in the paper's MLP: N = 500 < 3073): by the push-through identity
+  M^{-1} A^T = A^T (K + I/tau_theta)^{-1}, a Cholesky of K + I/tau_theta (Woodbury);
+* ``"col_gram"``, the Gram matrix of A's columns, A^T A: a Cholesky of M itself
+  ((D+1) x (D+1)).
 
 CG (``solver="cg"``) runs block CG (:func:`proxnp.cg.block_cg`, textbook unless
-``cg_variant`` says otherwise) on (14) from delta = 0, with M formed (``"gram"``) or
-applied as A^T (A X) + X/tau_theta (``"matfree"``, and ``"row"``).  The bias column of
-ones is never materialised: A x = P x[:-1] + x[-1].
+``cg_variant`` says otherwise) on (14) from delta = 0, with M formed (``"col_gram"``)
+or applied as A^T (A X) + X/tau_theta (``"matfree"``, and here ``"row_gram"``; the
+fast path runs it on K).  The bias column of ones is never materialised:
+A x = P x[:-1] + x[-1].
 
-This is the reference path; :mod:`proxnp.fast.prox` computes the same directions faster.
+The solvers are one table, :data:`SOLVERS` (name -> solve function, its options and
+spaces); :mod:`proxnp.fast.prox` overrides it entry by entry and computes the same
+directions faster.  This is the reference path.
 """
 
 from typing import NamedTuple
@@ -45,8 +50,7 @@ from .backend import get_xp, spd_solve
 from .cg import block_cg, scipy_cg
 from .layers import is_parametrised
 
-SOLVERS = ("exact", "cg", "gradient")
-SPACES = ("auto", "row", "gram", "matfree")
+SPACES = ("auto", "row_gram", "col_gram", "matfree")
 CG_BACKENDS = ("proxnp", "scipy")
 
 
@@ -91,21 +95,101 @@ def col_gram(P):
 
 
 def choose_space(R, D1, out, solver, cg_iters):
-    """The space "auto" means: "row" when the R x R Gram matrix is the smaller, else "gram".
+    """The space "auto" means: "row_gram" when K = A A^T (R x R) is the smaller Gram matrix,
+    else "col_gram" (A^T A, (D+1) x (D+1)).
 
     (``out``, ``solver`` and ``cg_iters`` matter to the cost model of
     :func:`proxnp.fast.prox.choose_space`, which the fast path uses.)
     """
-    return "row" if R < D1 else "gram"
+    return "row_gram" if R < D1 else "col_gram"
 
 
-# ------------------------------------------------------------------------- the solver
-def check_solver_and_space(solver, space):
-    """ValueError naming the option unless ``solver`` and ``space`` are known names."""
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+# ------------------------------------------------------------------------- the solvers
+def gradient_direction(P, g, inv_tau_theta, space):
+    """The explicit step d = A^T g = grad_Theta J (no proximal step)."""
+    return apply_At(P, g), None
+
+
+def exact_direction(P, g, inv_tau_theta, space):
+    """d = M^{-1} A^T g by Cholesky: of K + I/tau_theta ("row_gram", push-through) or of M."""
+    xp = get_xp(P, g)
+    if space == "row_gram":  # Woodbury / push-through
+        K_damped = row_gram(P) + inv_tau_theta * xp.eye(P.shape[0], dtype=P.dtype)
+        return apply_At(P, spd_solve(xp, K_damped, g)), None
+    M = col_gram(P) + inv_tau_theta * xp.eye(P.shape[1] + 1, dtype=P.dtype)  # (14)
+    return spd_solve(xp, M, apply_At(P, g)), None
+
+
+def cg_direction(P, g, inv_tau_theta, space, cg_iters, cg_backend, cg_variant, cg_tol):
+    """``cg_iters`` iterations of block CG on (14) from delta = 0 (one column per output)."""
+    xp = get_xp(P, g)
+    if space == "col_gram":
+        M = col_gram(P) + inv_tau_theta * xp.eye(P.shape[1] + 1, dtype=P.dtype)
+
+        def apply_M(X):
+            return M @ X
+    else:  # "row_gram", "matfree"
+
+        def apply_M(X):
+            return apply_At(P, apply_A(P, X)) + inv_tau_theta * X
+
+    rhs = apply_At(P, g)  # = grad_Theta J
+    if cg_backend == "scipy":
+        return scipy_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol), None
+    return block_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol, variant=cg_variant)
+
+
+class Solver(NamedTuple):
+    """One entry of a solver table: how to solve, which options it takes, where it runs."""
+
+    solve: object  # solve(P, g, inv_tau_theta, space, **options) -> (d, CGInfo or None)
+    options: tuple  # the keyword options of prox_direction it takes, besides space
+    spaces: tuple  # the spaces it can run in ("auto" picks one of them)
+
+
+CG_OPTIONS = ("cg_iters", "cg_backend", "cg_variant", "cg_tol")
+SOLVERS = {
+    "exact": Solver(exact_direction, (), ("row_gram", "col_gram")),
+    "cg": Solver(cg_direction, CG_OPTIONS, ("row_gram", "col_gram", "matfree")),
+    "gradient": Solver(gradient_direction, (), ("row_gram", "col_gram", "matfree")),
+}
+
+
+def check_space(space):
+    """ValueError naming the allowed values unless ``space`` is one of :data:`SPACES`."""
     if space not in SPACES:
-        raise ValueError(f"unknown space {space!r}; expected one of {SPACES}")
+        raise ValueError(f"unknown space {space!r}; allowed: {', '.join(SPACES)}")
+
+
+def check_solver_and_space(solver, space, solvers=SOLVERS):
+    """ValueError naming the option unless ``solver`` is in the table and runs in ``space``."""
+    if solver not in solvers:
+        raise ValueError(f"unknown solver {solver!r}; allowed: {', '.join(solvers)}")
+    check_space(space)
+    if space != "auto" and space not in solvers[solver].spaces:
+        allowed = " or ".join(repr(s) for s in solvers[solver].spaces)
+        raise ValueError(f"the {solver} solver needs space {allowed}, not {space!r}")
+
+
+def check_cg_backend(cg_backend):
+    """ValueError naming the allowed values unless ``cg_backend`` is one of them."""
+    if cg_backend not in CG_BACKENDS:
+        raise ValueError(f"unknown cg_backend {cg_backend!r}; allowed: {', '.join(CG_BACKENDS)}")
+
+
+def solve_with(solvers, choose, P, g, tau_theta, solver, space, **options):
+    """Look ``solver`` up in the table ``solvers`` and run it; "auto" resolved by ``choose``.
+
+    The entry's solve gets inv_tau_theta = 1/tau_theta, the space and the options it
+    names.  :func:`prox_direction` calls this with :data:`SOLVERS` and
+    :func:`choose_space`; the fast path with its own table and cost model.
+    """
+    check_solver_and_space(solver, space, solvers)
+    entry = solvers[solver]
+    if space == "auto":
+        R, D1 = P.shape[0], P.shape[1] + 1
+        space = choose(R, D1, g.shape[1], solver, options.get("cg_iters", 1))
+    return entry.solve(P, g, 1.0 / tau_theta, space, **{k: options[k] for k in entry.options})
 
 
 def prox_direction(
@@ -121,41 +205,25 @@ def prox_direction(
 ):
     """The ProxProp direction d = Theta^k - Theta^{k+1} = M^{-1} A^T g (D+1, out).
 
-    P (R, D) and g (R, out) as in :class:`AffineProblem`.  ``solver``: "exact",
-    "cg" (``cg_iters`` iterations of block CG from delta = 0, one column per output
-    unit) or "gradient" (d = A^T g, the explicit step).  ``space``: see the module
-    docstring; "auto" takes :func:`choose_space`.  Returns (d, CGInfo or None).
+    P (R, D) and g (R, out) as in :class:`AffineProblem`.  ``solver``: a name in
+    :data:`SOLVERS` -- "exact", "cg" (``cg_iters`` iterations of block CG from
+    delta = 0, one column per output unit) or "gradient" (d = A^T g, the explicit
+    step).  ``space``: see the module docstring; "auto" takes :func:`choose_space`.
+    Returns (d, CGInfo or None).
     """
-    xp = get_xp(P, g)
-    inv_tau_theta = 1.0 / tau_theta
-    R, D1 = P.shape[0], P.shape[1] + 1
-    check_solver_and_space(solver, space)
-    if solver == "gradient":
-        return apply_At(P, g), None  # explicit step: grad J
-    if space == "auto":
-        space = choose_space(R, D1, g.shape[1], solver, cg_iters)
-    if solver == "exact":
-        if space == "row":  # Woodbury / push-through
-            K_damped = row_gram(P) + inv_tau_theta * xp.eye(R, dtype=P.dtype)
-            return apply_At(P, spd_solve(xp, K_damped, g)), None
-        if space == "gram":  # (14) by Cholesky
-            M = col_gram(P) + inv_tau_theta * xp.eye(D1, dtype=P.dtype)
-            return spd_solve(xp, M, apply_At(P, g)), None
-        raise ValueError("the exact solver needs space 'row' or 'gram', not 'matfree'")
-    if space == "gram":
-        M = col_gram(P) + inv_tau_theta * xp.eye(D1, dtype=P.dtype)
-
-        def apply_M(X):
-            return M @ X
-    else:  # "row", "matfree"
-
-        def apply_M(X):
-            return apply_At(P, apply_A(P, X)) + inv_tau_theta * X
-
-    rhs = apply_At(P, g)  # = grad_Theta J
-    if cg_backend == "scipy":
-        return scipy_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol), None
-    return block_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol, variant=cg_variant)
+    return solve_with(
+        SOLVERS,
+        choose_space,
+        P,
+        g,
+        tau_theta,
+        solver,
+        space,
+        cg_iters=cg_iters,
+        cg_backend=cg_backend,
+        cg_variant=cg_variant,
+        cg_tol=cg_tol,
+    )
 
 
 def prox_objective(P, z_half, Theta, Theta_k, tau_theta):

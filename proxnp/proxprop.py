@@ -27,12 +27,14 @@ import numpy as np
 
 from . import prox
 from .backend import Array
-from .cg import VARIANTS
+from .cg import check_cg_options
 from .fast import prox as fast_prox
 from .fast import use_fast
 from .losses import Loss
 from .model import Sequential
-from .prox import CG_BACKENDS, SOLVERS, affine_problem
+from .prox import affine_problem, check_cg_backend, check_solver_and_space, check_space
+
+MAX_CG_ITERS = 1000  # a few CG steps is the point of ProxProp; more than this never helps
 
 
 def backprop(model: Sequential, loss_fn: Loss, x: Array, y: Array) -> Array:
@@ -43,18 +45,58 @@ def backprop(model: Sequential, loss_fn: Loss, x: Array, y: Array) -> Array:
     return loss
 
 
-def check_proxprop_options(tau_theta, solver, cg_iters, cg_backend="proxnp", cg_variant="textbook"):
-    """Raise ValueError naming the allowed values for any bad option."""
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; allowed: {', '.join(SOLVERS)}")
-    if not isinstance(cg_iters, numbers.Integral) or cg_iters < 1:
-        raise ValueError(f"cg_iters must be an integer >= 1, got {cg_iters!r}")
-    if not isinstance(tau_theta, numbers.Real) or not tau_theta > 0 or tau_theta == float("inf"):
-        raise ValueError(f"tau_theta must be a finite number > 0, got {tau_theta!r}")
-    if cg_backend not in CG_BACKENDS:
-        raise ValueError(f"unknown cg_backend {cg_backend!r}; allowed: {', '.join(CG_BACKENDS)}")
-    if cg_variant not in VARIANTS:
-        raise ValueError(f"unknown cg_variant {cg_variant!r}; allowed: {', '.join(VARIANTS)}")
+def check_proxprop_option(name, value):
+    """Raise ValueError naming the option and what is allowed, unless ``value`` is allowed.
+
+    The one check of every proxprop option (the command line and the fit loop call it):
+    names are looked up in the solver table and the CG's own checks.
+    """
+    if name == "tau_theta":
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not 0 < value < float("inf")
+        ):
+            raise ValueError(f"tau_theta must be a finite number > 0, got {value!r}")
+    elif name == "solver":
+        check_solver_and_space(value, "auto")
+    elif name == "space":
+        check_space(value)
+    elif name == "cg_iters":
+        check_cg_options(value)
+        if value > MAX_CG_ITERS:
+            raise ValueError(f"cg_iters must be an integer in [1, {MAX_CG_ITERS}], got {value!r}")
+    elif name == "cg_backend":
+        check_cg_backend(value)
+    elif name == "cg_variant":
+        check_cg_options(1, variant=value)
+    elif name == "cg_tol":
+        check_cg_options(1, tol=value)
+    else:
+        raise ValueError(f"unknown proxprop option {name!r}")
+
+
+def check_proxprop_options(
+    tau_theta,
+    solver,
+    cg_iters,
+    cg_backend="proxnp",
+    cg_variant="textbook",
+    cg_tol=None,
+    space="auto",
+):
+    """Raise ValueError naming the allowed values for any bad option (or combination)."""
+    for name, value in (
+        ("tau_theta", tau_theta),
+        ("solver", solver),
+        ("cg_iters", cg_iters),
+        ("cg_backend", cg_backend),
+        ("cg_variant", cg_variant),
+        ("cg_tol", cg_tol),
+        ("space", space),
+    ):
+        check_proxprop_option(name, value)
+    check_solver_and_space(solver, space)  # e.g. the exact solver never runs matrix-free
 
 
 def check_tau_theta(tau_theta, dtype):
@@ -64,12 +106,7 @@ def check_tau_theta(tau_theta, dtype):
     3e-39 makes 1/tau_theta overflow to inf (and the step NaN), which is a bad setting,
     not a diverged run.
     """
-    if (
-        not isinstance(tau_theta, numbers.Real)
-        or isinstance(tau_theta, bool)
-        or not 0 < tau_theta < float("inf")
-    ):
-        raise ValueError(f"tau_theta must be a finite number > 0, got {tau_theta!r}")
+    check_proxprop_option("tau_theta", tau_theta)
     dtype = np.dtype(dtype)
     if dtype.kind == "f" and not 1.0 / float(tau_theta) <= float(np.finfo(dtype).max):
         raise ValueError(
@@ -99,7 +136,7 @@ def proxprop(
     The last parametrised layer: the plain gradient.  ``model.cg_info`` maps each
     prox layer's index to its CG record (or None).
     """
-    check_proxprop_options(tau_theta, solver, cg_iters, cg_backend, cg_variant)
+    check_proxprop_options(tau_theta, solver, cg_iters, cg_backend, cg_variant, cg_tol, space)
     check_tau_theta(tau_theta, x.dtype)
     out = model.forward(x)
     loss = loss_fn.forward(out, y)

@@ -225,7 +225,7 @@ def test_reproduce_on_fake_cifar(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["train", "--solver", "newton"], "invalid choice: 'newton'"),
+        (["train", "--solver", "newton"], "unknown solver 'newton'; allowed: exact, cg, gradient"),
         (["train", "--tau-theta", "-1"], "must be a finite number > 0"),
         (["train", "--dataset", "cifar10"], "pass --data-dir"),
         (["reproduce", "mlp", "--data-dir", "{missing}"], "no such directory"),

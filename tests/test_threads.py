@@ -188,7 +188,7 @@ def test_small_gram_space_cg_runs_on_one_blas_thread(monkeypatch, small_limit, e
     rng = np.random.default_rng(6)
     P, g = rng.standard_normal((40, 5)), rng.standard_normal((40, 3))
     before = numpy_blas_threads()
-    fast_prox.prox_direction(P, g, 0.5, "cg", 3, space="gram")
+    fast_prox.prox_direction(P, g, 0.5, "cg", 3, space="col_gram")
     assert numpy_blas_threads() == before
     assert seen == [[1] * len(before) if expect_one else before]
 

@@ -156,7 +156,7 @@ def test_a_slow_run_at_a_tiny_learning_rate_is_not_called_diverging(spirals):
         (dict(momentum=1.0), r"momentum must be a finite number in \[0, 1\), got 1.0"),
         (dict(momentum=-0.5), r"momentum must be a finite number in \[0, 1\)"),
         (dict(lr=float("nan")), "learning rate must be a finite number > 0"),
-        (dict(cg_iters=10**9), "cg_iters must be at most 1000"),
+        (dict(cg_iters=10**9), "cg_iters must be an integer in \\[1, 1000\\]"),
         (dict(seed=-1), "seed must be a non-negative integer, got -1"),
         (dict(epochs=-5), "epochs must be a non-negative integer, got -5"),
         (dict(epochs=2.5), "epochs must be a non-negative integer, got 2.5"),

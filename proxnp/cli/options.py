@@ -21,9 +21,10 @@ import math
 import re
 
 from ..prox import SOLVERS
+from ..proxprop import MAX_CG_ITERS, check_proxprop_option
 from ..training.data import DATASETS
 from ..training.errors import ProxnpError
-from ..training.fit import MAX_CG_ITERS, METHODS, OPTIMIZERS
+from ..training.fit import METHODS, OPTIMIZERS
 from .experiments import EXPERIMENTS, tau_label
 
 MAX_EPOCHS = 100_000
@@ -85,6 +86,30 @@ def float_in(low, high, low_open=True, high_open=False):
 
 
 positive = float_in(0, math.inf, high_open=True)
+
+
+def proxprop_option(name, convert):
+    """argparse type: ``convert(s)`` checked by :func:`proxnp.proxprop.check_proxprop_option`,
+    the one check of every proxprop option, with its wording."""
+
+    def parse(s):
+        what = "an integer" if convert is int else "a number"
+        ascii_number = INTEGER if convert is int else NUMBER
+        if convert is not str and not (
+            ascii_number.fullmatch(s) or s.lower().lstrip("+-") in NON_FINITE
+        ):
+            raise _expected(what, s)  # ASCII digits only, as every numeric option
+        try:
+            v = convert(s)
+        except ValueError:
+            raise _expected(what, s) from None
+        try:
+            check_proxprop_option(name, v)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return v
+
+    return parse
 
 
 class OptionError(ProxnpError):
@@ -178,20 +203,21 @@ def build_parser(version):
     )
     p.add_argument(
         "--solver",
-        choices=SOLVERS,
+        type=proxprop_option("solver", str),
         default=None,
-        help="how ProxProp solves the proximal step; proxprop only (default: cg)",
+        help=f"how ProxProp solves the proximal step: {', '.join(SOLVERS)}; proxprop only "
+        "(default: cg)",
     )
     p.add_argument(
         "--cg-iters",
-        type=int_in(1, MAX_CG_ITERS),
+        type=proxprop_option("cg_iters", int),
         default=None,
         help=f"CG iterations per proximal step (--solver cg only), at most {MAX_CG_ITERS} "
         "(default: 3)",
     )
     p.add_argument(
         "--tau-theta",
-        type=positive,
+        type=proxprop_option("tau_theta", float),
         default=None,
         help="proximal step size tau_theta (default: 0.05 for mlp, 1 for convnet)",
     )

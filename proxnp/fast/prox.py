@@ -1,21 +1,28 @@
 """Fast proximal steps: the directions of :mod:`proxnp.prox`, computed faster.
 
-Same signatures and directions (up to rounding) as the reference; what differs is how.
-(One visible difference: the range-space CG never computes the last residual, so its
-``CGInfo.residual_norms`` has ``iterations`` rows where :func:`proxnp.cg.block_cg` has one more.)
+Same signatures, directions (up to rounding) and CG records as the reference; what
+differs is how.  The solver table :data:`SOLVERS` is :data:`proxnp.prox.SOLVERS` with
+each entry's solve function replaced; the CG loop is :func:`proxnp.cg.block_cg`, to
+which the fast path hands a cheaper operator and inner product.
 
-* **Range-space CG** (``space="row"``, R < D+1): every CG iterate from delta = 0 lies in
-  range(A^T), delta = A^T u, so CG runs on u with the inner products
-  <A^T x, A^T y> = x^T K y and M A^T = A^T (K + beta I), K = A A^T: the *same iterates*
-  at R^2 * out per iteration, A^T applied once at the end (:func:`range_space_cg`).
-  For many iterations it runs in the eigenbasis of K, where every iteration is
-  elementwise (:func:`use_eigenbasis`), and there, on the CPU, the columns go in
+* **Range-space CG** (``space="row_gram"``, R < D+1): every CG iterate from delta = 0
+  lies in range(A^T), delta = A^T u, so CG runs on u with the inner products
+  <A^T x, A^T y> = x^T K y and M A^T = A^T (K + I/tau_theta), K = A A^T: the *same
+  iterates* at R^2 * out per iteration, A^T applied once at the end
+  (:func:`range_space_cg`).
+  Textbook CG of up to :data:`SSTEP_MAX` steps runs as one s-step block in the
+  eigenbasis of K (:func:`sstep_cg`, chosen by :func:`use_sstep`): a Krylov basis, its
+  small Gram matrices from one product, s x s systems in float64 -- as accurate as CG in
+  exact arithmetic, also for float32 data.  Otherwise (the authors' variant, an early
+  exit, a GPU) the loop runs, for many iterations in the eigenbasis, where every
+  iteration is elementwise (:func:`use_eigenbasis`) and, on the CPU, the columns go in
   cache-sized blocks (:func:`cg_block_width`).
-* **A cost model** (:func:`choose_space`) picks the cheapest of "row", "gram" and
-  "matfree" by multiply-add counts.
+* **A cost model** (:func:`choose_space`) picks the cheapest of "row_gram", "col_gram"
+  and "matfree" by multiply-add counts.
 * **Sums over rows on host threads**: a conv layer has R in the 100 000s and few
-  columns, so A^T Y, A^T A and A^T A X are summed over blocks of rows shared among
-  host threads (:func:`proxnp.fast.cpu.parallel_sum`), in a fixed order.
+  columns, so A^T Y, A^T A and A^T A X -- the reference's :func:`proxnp.prox.apply_At`
+  and :func:`proxnp.prox.col_gram` on each block -- are summed over blocks of rows
+  shared among host threads (:func:`proxnp.fast.cpu.parallel_sum`), in a fixed order.
 * **Thread rules**: a conv layer's small Gram-space CG products run on one BLAS thread,
   so that no OpenBLAS worker is left spinning on a core the next layer's host threads need.
 """
@@ -24,9 +31,10 @@ import contextlib
 
 import numpy as np
 
+from .. import prox
 from ..backend import eigh, get_xp, spd_inverse, spd_solve
 from ..cg import CGInfo, block_cg, scipy_cg
-from ..prox import apply_A, check_solver_and_space, row_gram
+from ..prox import apply_A, row_gram
 from .cpu import numpy_blas_one_thread, parallel_sum, scipy_single_thread
 
 SMALL_PRODUCT = 1 << 24  # multiply-adds below which a product runs on one BLAS thread
@@ -40,11 +48,8 @@ def apply_At(P, Y):
     xp = get_xp(P, Y)
     R, D = P.shape
     if R > D + 1:
-        PtY, colsum = parallel_sum(
-            xp, R, lambda r0, r1: (P[r0:r1].T @ Y[r0:r1], Y[r0:r1].sum(axis=0))
-        )
-        return xp.concatenate([PtY, colsum[None, :]], axis=0)
-    out = xp.empty((D + 1, Y.shape[1]), dtype=xp.result_type(P, Y))
+        return parallel_sum(xp, R, lambda r0, r1: (prox.apply_At(P[r0:r1], Y[r0:r1]),))[0]
+    out = xp.empty((D + 1, Y.shape[1]), dtype=xp.result_type(P, Y))  # no concatenation
     xp.matmul(P.T, Y, out=out[:-1])
     Y.sum(axis=0, out=out[-1])
     return out
@@ -62,32 +67,19 @@ def apply_AtA(P, X, block_rows=None):
         block_rows = R if xp is not np else max(1, BLOCK_BYTES // (D * P.itemsize))
 
     def block(r0, r1):
-        Y_r = apply_A(P[r0:r1], X)  # A_r X, still in cache
-        return P[r0:r1].T @ Y_r, Y_r.sum(axis=0)
+        return (prox.apply_At(P[r0:r1], apply_A(P[r0:r1], X)),)  # A_r X, still in cache
 
-    PtY, colsum = parallel_sum(xp, R, block, max(1, block_rows))
-    return xp.concatenate([PtY, colsum[None, :]], axis=0)
+    return parallel_sum(xp, R, block, max(1, block_rows))[0]
 
 
 def col_gram(P):
     """A^T A = [[P^T P, P^T 1], [1^T P, R]]   (D+1, D+1), summed over row blocks."""
-    xp = get_xp(P)
-    R = P.shape[0]
-    PtP, colsum = parallel_sum(
-        xp,
-        R,
-        lambda r0, r1: (
-            P[r0:r1].T @ P[r0:r1],  # BLAS syrk
-            P[r0:r1].sum(axis=0),
-        ),
-    )
-    top = xp.concatenate([PtP, colsum[:, None]], axis=1)
-    bottom = xp.concatenate([colsum, xp.asarray([R], dtype=P.dtype)])[None, :]
-    return xp.concatenate([top, bottom], axis=0)
+    return parallel_sum(get_xp(P), P.shape[0], lambda r0, r1: (prox.col_gram(P[r0:r1]),))[0]
 
 
 def choose_space(R, D1, out, solver, cg_iters):
-    """The cheapest way to apply M, by multiply-add counts.
+    """The cheapest way to apply M, by multiply-add counts (overrides
+    :func:`proxnp.prox.choose_space`).
 
     A Gram matrix X X^T costs half a general product (BLAS syrk).  The matrix-free
     products have only ``out`` columns, which BLAS runs well below its peak, so their
@@ -95,8 +87,8 @@ def choose_space(R, D1, out, solver, cg_iters):
     """
     per_solve = out if solver == "exact" else cg_iters * out
     cost = {
-        "row": R * R * D1 / 2 + R * R * per_solve,
-        "gram": R * D1 * D1 / 2 + D1 * D1 * per_solve,
+        "row_gram": R * R * D1 / 2 + R * R * per_solve,
+        "col_gram": R * D1 * D1 / 2 + D1 * D1 * per_solve,
     }
     if solver == "cg":
         cost["matfree"] = 3 * cg_iters * 2 * R * D1 * out
@@ -104,45 +96,239 @@ def choose_space(R, D1, out, solver, cg_iters):
 
 
 # -------------------------------------------------------------------- range-space CG
-def range_space_cg(K, g, beta, iters, tol=None, variant="textbook", basis="auto"):
+def range_space_cg(K, g, inv_tau_theta, iters, tol=None, variant="textbook", basis="auto"):
     """Block CG on M delta = A^T g from delta = 0, run in u with delta = A^T u.
 
-    Iterates, steps and coefficients equal those of :func:`proxnp.cg.block_cg` on
-    M = A^T A + beta I; only the arithmetic differs:  with q = (K + beta I) p, the
-    parameter-space inner products are <A^T r, A^T r> = r^T K r and
-    <A^T p, M A^T p> = (K p)^T q, and K p follows p by the same recursion, so each
-    iteration costs one product with K (R^2 * out).  The vector updates run in place
-    on preallocated blocks.  Returns (u, CGInfo); delta = A^T u.
-    The last residual is never needed, so it is not computed: ``residual_norms`` has
-    ``iterations`` rows (||A^T r_k||, k < iterations) where block_cg's has one more.
+    Iterates, steps, coefficients and residual norms equal those of
+    :func:`proxnp.cg.block_cg` on M = A^T A + I/tau_theta; only the arithmetic differs.
+    CG on u runs with the operator K + I/tau_theta in the K-inner product
+    <x, y>_K = x^T K y = <A^T x, A^T y>, since M A^T = A^T (K + I/tau_theta); it is
+    :func:`proxnp.cg.block_cg` itself, on blocks that carry each vector x together with
+    K x (:func:`k_inner_cg`), so each iteration costs one product with K (R^2 * out).
+    Returns (u, CGInfo); delta = A^T u.
 
-    ``basis="eigen"`` runs the same iteration in the eigenbasis of K = Q diag(lam) Q^T
-    (CG is invariant under an orthogonal change of basis): one eigendecomposition
-    and two products with Q, after which every iteration is elementwise.  ``"auto"``
-    picks by cost (:func:`use_eigenbasis`).
+    ``basis="eigen"`` runs the same iteration in the eigenbasis of K = Q diag(lam) Q^T,
+    where <x, y>_K = (lam^(1/2) x)^T (lam^(1/2) y): with w = lam^(1/2) Q^T u it is plain
+    block CG on diag(lam + 1/tau_theta) w = lam^(1/2) Q^T g, every iteration elementwise,
+    after one eigendecomposition and two products with Q.  (Components with lam = 0 do
+    not reach delta = A^T u; u gets none.)  ``basis="sstep"`` computes textbook CG's
+    u as one s-step block there (:func:`sstep_cg`; columns it cannot take run the
+    eigenbasis loop in float64).  ``"auto"`` picks by cost (:func:`use_sstep`, then
+    :func:`use_eigenbasis`).
     """
     xp = get_xp(K, g)
-    if basis not in ("auto", "direct", "eigen"):
-        raise ValueError(f"unknown basis {basis!r}; expected 'auto', 'direct' or 'eigen'")
-    if basis == "eigen" or (basis == "auto" and use_eigenbasis(K.shape[0], g.shape[1], iters, xp)):
-        with scipy_single_thread():
-            lam, Q = eigh(xp, K)
-        lam = xp.maximum(lam, 0)[:, None]  # K is PSD; clip rounding
-        u_hat, info = _in_column_blocks(
-            lambda g_blk: _range_space_cg(
-                lambda r, out: xp.multiply(lam, r, out=out), g_blk, beta, iters, tol, variant
-            ),
-            Q.T @ g,
-            tol,
+    if basis not in ("auto", "direct", "eigen", "sstep"):
+        raise ValueError(f"unknown basis {basis!r}; expected 'auto', 'direct', 'eigen' or 'sstep'")
+    R, out = g.shape
+    if basis == "auto" and xp is np and not (np.isfinite(K).all() and np.isfinite(g).all()):
+        basis = "direct"  # a diverged run: NaN/inf flow through the loop to the fit's check
+    if basis == "auto":
+        if use_sstep(R, out, iters, xp, tol, variant):
+            basis = "sstep"
+        elif use_eigenbasis(R, out, iters, xp):
+            basis = "eigen"
+    if basis == "sstep" and (
+        tol is not None or variant != "textbook" or iters > SSTEP_MAX or xp is not np
+    ):
+        raise ValueError(
+            f"the s-step CG runs textbook CG of at most {SSTEP_MAX} steps without cg_tol, "
+            "on NumPy arrays"
         )
-        return Q @ u_hat, info
-    return _range_space_cg(lambda r, out: xp.matmul(K, r, out=out), g, beta, iters, tol, variant)
+    if basis in ("eigen", "sstep"):
+        with scipy_single_thread():
+            lam, Q64 = eigh(xp, K.astype(np.float64))  # float64: the spectrum drives CG
+        Q = Q64.astype(g.dtype)
+    if basis == "sstep":
+        u, info, fallback = sstep_cg(lam, Q, g, inv_tau_theta, iters)
+        if fallback.size:  # these columns by the loop, in the eigenbasis
+            g_f = g[:, fallback].astype(np.float64)
+            u_f, info_f = _eigen_cg(lam, Q64, g_f, inv_tau_theta, iters, tol, variant)
+            u[:, fallback] = u_f
+            info.residual_norms[:, fallback] = info_f.residual_norms
+        return u, info
+    if basis == "eigen":
+        return _eigen_cg(lam, Q, g, inv_tau_theta, iters, tol, variant)
+    K_g = K.astype(g.dtype, copy=False)
+    return k_inner_cg(
+        lambda x, out: xp.matmul(K_g, x, out=out), g, inv_tau_theta, iters, tol, variant
+    )
+
+
+def _eigen_cg(lam, Q, g, inv_tau_theta, iters, tol, variant):
+    """The loop in the eigenbasis: plain block CG on diag(lam + 1/tau_theta) w = lam^(1/2) Q^T g."""
+    xp = get_xp(Q, g)
+    root = xp.sqrt(xp.maximum(xp.asarray(lam, dtype=g.dtype), 0))[:, None]
+    w, info = _in_column_blocks(
+        lambda b: block_cg(
+            lambda v: (root * root + inv_tau_theta) * v, b, iters=iters, tol=tol, variant=variant
+        ),
+        root * (Q.T @ g),
+        tol,
+    )
+    u_hat = xp.where(root > 0, w / xp.where(root > 0, root, 1), 0)
+    return Q @ u_hat, info
+
+
+def k_inner_cg(apply_K, g, inv_tau_theta, iters, tol=None, variant="textbook"):
+    """:func:`proxnp.cg.block_cg` on (K + I/tau_theta) u = g in the K-inner product.
+
+    apply_K(x, out) writes K x into ``out``.  Every vector of the loop is an (2R, s)
+    block [x; K x]: the recurrences are linear, so the lower half stays K times the
+    upper one, and
+
+        operator:  [x; K x]  ->  [y; K y],   y = K x + x/tau_theta   (one product),
+        <a, b>_K = a_top^T b_bottom, column by column.
+
+    Returns (u, CGInfo) with u the upper half of the solution block.
+    """
+    xp = get_xp(g)
+    R = g.shape[0]
+
+    def apply_M(v):
+        Mv = xp.empty_like(v)
+        xp.multiply(v[:R], inv_tau_theta, out=Mv[:R])
+        Mv[:R] += v[R:]  # y = K x + x/tau_theta
+        apply_K(Mv[:R], Mv[R:])  # K y
+        return Mv
+
+    def inner(a, b):  # x^T K y per column
+        return xp.einsum("ij,ij->j", a[:R], b[R:])
+
+    B = xp.empty((2 * R, g.shape[1]), dtype=g.dtype)
+    B[:R] = g
+    apply_K(B[:R], B[R:])
+    X, info = block_cg(apply_M, B, iters=iters, tol=tol, variant=variant, inner=inner)
+    return X[:R], info
+
+
+# ------------------------------------------------------- s-step CG in the eigenbasis
+SSTEP_MAX = 10  # the most CG steps taken as one s-step block
+SSTEP_COND = 1e8  # a column whose scaled s x s Gram matrix is worse conditioned runs the loop
+
+
+def use_sstep(R, out, iters, xp=np, tol=None, variant="textbook"):
+    """True when :func:`sstep_cg` should compute the textbook CG of ``iters`` steps.
+
+    It needs one R x R eigendecomposition (about 10 R^3 multiply-adds) and two products
+    with Q (2 R^2 out); the loop takes ``iters`` products with K plus some 30 passes over
+    R x out blocks per iteration (counted as 10 multiply-adds an element).  The s-step
+    block is also the accurate one (its small systems are float64; the loop's
+    recurrences lose up to 1e-2 in float32 on the paper's MLP, bench/RESULTS.md), so it
+    is taken up to twice the loop's count.  Only textbook CG without the early exit, on
+    the CPU (see :func:`use_eigenbasis`).
+    """
+    if xp is not np or tol is not None or variant != "textbook" or iters > SSTEP_MAX:
+        return False
+    return 10 * R**3 + 2 * R * R * out < 2 * iters * (R * R * out + 300 * R * out)
+
+
+def krylov_polynomials(x, mu, s):
+    """Phi (R, s): phi_0..phi_{s-1} at the points x, orthonormal for the weights mu >= 0.
+
+    sum_i mu_i phi_a(x_i) phi_b(x_i) = [a == b]; phi_a has degree a (Stieltjes'
+    procedure with full re-orthogonalisation, float64).  Where the weights have fewer
+    than s points, the remaining columns are zero.
+    """
+    R = x.shape[0]
+    Phi = np.zeros((R, s))
+    total = mu.sum()
+    if not total > 0:
+        return Phi
+    p = np.full(R, 1 / np.sqrt(total))
+    for a in range(s):
+        Phi[:, a] = p
+        if a + 1 == s:
+            break
+        q = (x / x.max()) * p  # x scaled to [0, 1]: the same span
+        for _ in range(2):  # Gram-Schmidt twice in the mu-inner product
+            q -= Phi[:, : a + 1] @ (Phi[:, : a + 1].T @ (mu * q))
+        norm = np.sqrt((mu * q * q).sum())
+        if not norm > 1e-14:  # the weights live on a + 1 points: the space is exhausted
+            break
+        p = q / norm
+    return Phi
+
+
+def sstep_cg(lam, Q, g, inv_tau_theta, iters):
+    """Textbook block CG of ``iters`` steps from u = 0 in the K-inner product, as one s-step
+    block in the eigenbasis K = Q diag(lam) Q^T; returns (u, CGInfo, fallback columns).
+
+    After s steps CG's u is the Galerkin solution over the Krylov space
+    span{g, K~ g, ..., K~^(s-1) g}, K~ = K + I/tau_theta: with u_hat = Q^T u =
+    psi(x) g_hat, x = lam + 1/tau_theta, psi = sum_a c_a phi_a of degree < s, it
+    minimises the M-energy 1/2 delta^T M delta - delta^T A^T g, delta = A^T u, so per
+    column j (weights lam_i g_hat_ij^2, float64)
+
+        G c = b,   G_ab = sum_i lam x phi_a phi_b g_hat^2,   b_a = sum_i lam phi_a g_hat^2,
+
+    and ||A^T r_k||^2 = n0 - 2 c^T h + c^T H c after k steps (leading k x k systems) with
+    n0 = sum lam g_hat^2, h_a = sum lam x phi_a g_hat^2, H_ab = sum lam x^2 phi_a phi_b g_hat^2.
+    All of these moments are one product of g_hat^2 (out x R) with an R x (2s^2 + 2s + 1)
+    table.  The basis phi_a is orthonormal for the columns' mean weights
+    (:func:`krylov_polynomials`), so G is well conditioned unless a column's weights
+    differ much from the mean; columns whose Jacobi-scaled G has a condition number
+    above :data:`SSTEP_COND` are returned in ``fallback`` (u and norms there unset) for
+    the loop to compute.  The record comes from those moments, so a residual norm far below
+    the first one is accurate to about 1e-16 ||r_0||^2 / ||r_k|| (the directions to
+    round-off).
+    """
+    s = int(iters)
+    lam = np.maximum(np.asarray(lam, dtype=np.float64), 0)  # K is PSD; clip rounding
+    x = lam + inv_tau_theta
+    g_hat = (Q.T @ g).astype(np.float64)
+    g2 = g_hat * g_hat
+    w = lam * x  # the M-energy's weights, per unit g_hat^2
+    total = g2.T @ w  # (out,)
+    live = total > 0
+    mu = g2 @ np.where(live, 1 / np.where(live, total, 1), 0) * w  # mean normalised weights
+    Phi = krylov_polynomials(x, mu, s)
+    pairs = (Phi[:, :, None] * Phi[:, None, :]).reshape(-1, s * s)
+    table = np.concatenate(
+        [
+            w[:, None] * pairs,  # G
+            lam[:, None] * Phi,  # b
+            (w * x)[:, None] * pairs,  # H
+            w[:, None] * Phi,  # h
+            lam[:, None],  # n0
+        ],
+        axis=1,
+    )
+    m = g2.T @ table
+    n_out = g.shape[1]
+    G = m[:, : s * s].reshape(n_out, s, s)
+    b = m[:, s * s : s * s + s]
+    H = m[:, s * s + s : 2 * s * s + s].reshape(n_out, s, s)
+    h = m[:, 2 * s * s + s : 2 * s * s + 2 * s]
+    n0 = m[:, -1]
+    G = (G + G.transpose(0, 2, 1)) / 2
+    d = np.sqrt(np.maximum(np.einsum("jaa->ja", G), 0))
+    d = np.where(d > 0, d, 1)
+    Gs = G / d[:, :, None] / d[:, None, :]
+    eig = np.linalg.eigvalsh(Gs)
+    cond = np.full(n_out, np.inf)
+    np.divide(eig[:, -1], eig[:, 0], out=cond, where=eig[:, 0] > 0)
+    fallback = live & ~(cond <= SSTEP_COND)
+    good = live & ~fallback
+    norms = np.zeros((s + 1, n_out))
+    norms[0] = np.sqrt(np.maximum(n0, 0))
+    c = np.zeros((n_out, s))
+    if good.any():
+        Gs, bs, ds = Gs[good], (b / d)[good], d[good]
+        for k in range(1, s + 1):
+            ck = np.linalg.solve(Gs[:, :k, :k], bs[:, :k, None])[..., 0] / ds[:, :k]
+            Hk, hk = H[good][:, :k, :k], h[good][:, :k]
+            res2 = n0[good] - 2 * (ck * hk).sum(1) + np.einsum("ja,jab,jb->j", ck, Hk, ck)
+            norms[k, good] = np.sqrt(np.maximum(res2, 0))
+        c[good] = ck
+    u_hat = g_hat * (Phi @ c.T)
+    u = Q @ u_hat.astype(g.dtype)
+    return u, CGInfo(s, norms), np.flatnonzero(fallback)
 
 
 def cg_block_width(xp, R, s, itemsize, tol=None):
     """How many right-hand sides the eigenbasis CG takes at a time.
 
-    The columns are independent, so on the CPU they go in blocks whose eight work arrays
+    The columns are independent, so on the CPU they go in blocks whose work arrays
     (R x width) fit in the cache, where the elementwise iterations run faster.  (In the
     direct basis each iteration is one product with K, which runs best on all columns.)
     The early exit ``tol`` compares all columns at once, so with it, and on a GPU, there
@@ -181,67 +367,90 @@ def use_eigenbasis(R, out, iters, xp=np):
     return 10 * R**3 + 2 * R * R * out < iters * R * R * out
 
 
-def _range_space_cg(apply_K, g, beta, iters, tol, variant):
-    """The iteration of :func:`range_space_cg` for any apply_K(r, out) = K r."""
-    xp = get_xp(g)
-    eps = 1e-6 if variant == "authors" else 0.0
+# ------------------------------------------------------------------------- the solvers
+def row_gram_float64(P):
+    """K = A A^T (R x R) in float64 on the CPU, in P's dtype on a GPU.
 
-    def coldot(a, b):  # column-wise a_j^T b_j
-        return xp.einsum("ij,ij->j", a, b)
-
-    u = xp.zeros_like(g)
-    r, p, q, tmp = g.copy(), g.copy(), xp.empty_like(g), xp.empty_like(g)
-    Kr = apply_K(r, xp.empty_like(g))
-    Kp = Kr.copy()
-    rs_old = coldot(r, Kr)
-    norms = [xp.sqrt(rs_old)]
-    tol_scale = rs_old.mean() if tol is not None else None
-    k = 0
-    for k in range(1, int(iters) + 1):
-        xp.multiply(p, beta, out=q)
-        q += Kp  # q = (K + beta I) p
-        den = coldot(Kp, q) + eps  # <p, M p>
-        ok = den > 0
-        alpha = xp.where(ok, rs_old / xp.where(ok, den, 1), 0)
-        u += xp.multiply(p, alpha, out=tmp)  # u += alpha p
-        if k == iters:  # the last residual is not needed
-            break
-        r -= xp.multiply(q, alpha, out=tmp)  # r -= alpha q
-        apply_K(r, Kr)
-        rs_new = coldot(r, Kr)  # <r, r>
-        norms.append(xp.sqrt(xp.maximum(rs_new, 0)))
-        if tol is not None and float(rs_new.max()) < tol**2 * float(tol_scale):
-            break
-        ok = rs_old + eps > 0
-        b = xp.where(ok, rs_new / xp.where(ok, rs_old + eps, 1), 0)
-        if variant == "authors" and k == 1:  # p_0 aliased r_0
-            b = b + 1
-            xp.multiply(r, b, out=p)
-            xp.multiply(Kr, b, out=Kp)
-        else:
-            p *= b  # p = r + b p
-            p += r
-            Kp *= b
-            Kp += Kr
-        rs_old = rs_new
-    return u, CGInfo(k, xp.stack(norms))
+    On the paper's MLP a float32 K alone moves the exact direction by ~1e-5; from float32
+    P the float64 product costs about twice the float32 one (R^2 D / 2 multiply-adds).
+    """
+    return row_gram(P.astype(np.float64, copy=False) if get_xp(P) is np else P)
 
 
-# ------------------------------------------------------------------------- the solver
-def woodbury_inverse(K_beta):
-    """(K + beta I)^{-1} for the row space's small SPD matrix (R x R), from its Cholesky
-    factor (:func:`proxnp.backend.spd_inverse`).
+def woodbury_inverse(K_damped, dtype=None):
+    """(K + I/tau_theta)^{-1} for the row Gram's small SPD matrix (R x R), from its
+    Cholesky factor (:func:`proxnp.backend.spd_inverse`), computed in float64 (a float32
+    Cholesky of the paper's K loses ~2e-5) and returned in ``dtype`` (default K's).
 
     Applying it is then a product, which runs on every BLAS thread, where two triangular
     solves with a wide right-hand side would run on one.
     """
+    with scipy_single_thread():  # in float64: R^3 / 3 is small beside the products with it
+        inverse = spd_inverse(get_xp(K_damped), K_damped.astype("float64"))
+    return inverse.astype(dtype or K_damped.dtype)
+
+
+def woodbury_solve(K_damped, g):
+    """(K + I/tau_theta)^{-1} g as one product with :func:`woodbury_inverse`."""
+    return woodbury_inverse(K_damped, g.dtype) @ g
+
+
+def gradient_direction(P, g, inv_tau_theta, space):
+    """The explicit step A^T g, over row blocks (:func:`apply_At`)."""
+    return apply_At(P, g), None
+
+
+def exact_direction(P, g, inv_tau_theta, space):
+    """:func:`proxnp.prox.exact_direction`: Woodbury by one product, or M's Cholesky."""
+    xp = get_xp(P, g)
+    R, D1, out = P.shape[0], P.shape[1] + 1, g.shape[1]
+    if space == "row_gram":  # Woodbury / push-through
+        K_damped = row_gram_float64(P)
+        K_damped[xp.diag_indices(R)] += inv_tau_theta
+        if D1 < out:  # A^T (K + I/tau_theta)^{-1} first: (D+1) R^2 < R^2 out
+            return apply_At(P, woodbury_inverse(K_damped, P.dtype)) @ g, None
+        return apply_At(P, woodbury_solve(K_damped, g)), None
+    M = col_gram(P)
+    M[xp.diag_indices(D1)] += inv_tau_theta
     with scipy_single_thread():
-        return spd_inverse(get_xp(K_beta), K_beta)
+        return spd_solve(xp, M, apply_At(P, g)), None
 
 
-def woodbury_solve(K_beta, g):
-    """(K + beta I)^{-1} g as one product with :func:`woodbury_inverse`."""
-    return woodbury_inverse(K_beta) @ g
+def cg_direction(P, g, inv_tau_theta, space, cg_iters, cg_backend, cg_variant, cg_tol):
+    """:func:`proxnp.prox.cg_direction`; in the row Gram by :func:`range_space_cg`."""
+    xp = get_xp(P, g)
+    D1, out = P.shape[1] + 1, g.shape[1]
+    if space == "row_gram" and (cg_backend == "scipy" or P.shape[0] >= D1):
+        space = "col_gram"  # SciPy's cg works on Theta; with R >= D+1, K is singular and larger
+    if space == "row_gram":
+        K = row_gram_float64(P)  # the eigenbasis is float64; the loop runs in g's dtype
+        u, info = range_space_cg(K, g, inv_tau_theta, cg_iters, cg_tol, cg_variant)
+        return apply_At(P, u), info
+    if space == "col_gram":
+        M = col_gram(P)
+        M[xp.diag_indices(D1)] += inv_tau_theta
+
+        def apply_M(X):
+            return M @ X
+    else:  # "matfree"
+
+        def apply_M(X):
+            return apply_AtA(P, X) + inv_tau_theta * X
+
+    rhs = apply_At(P, g)  # = grad_Theta J
+    small = xp is np and space == "col_gram" and D1 * D1 * out < SMALL_PRODUCT
+    with numpy_blas_one_thread() if small else contextlib.nullcontext():
+        if cg_backend == "scipy":
+            return scipy_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol), None
+        return block_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol, variant=cg_variant)
+
+
+SOLVERS = {
+    **prox.SOLVERS,
+    "exact": prox.SOLVERS["exact"]._replace(solve=exact_direction),
+    "cg": prox.SOLVERS["cg"]._replace(solve=cg_direction),
+    "gradient": prox.SOLVERS["gradient"]._replace(solve=gradient_direction),
+}
 
 
 def prox_direction(
@@ -257,47 +466,20 @@ def prox_direction(
 ):
     """The direction of :func:`proxnp.prox.prox_direction`, computed the fast way.
 
-    ``space="auto"`` takes the cost model :func:`choose_space`; ``"row"`` with CG runs
-    the range-space CG.  Returns (d, CGInfo or None).
+    The same lookup (:func:`proxnp.prox.solve_with`) in this module's :data:`SOLVERS`;
+    ``space="auto"`` takes the cost model :func:`choose_space`; ``"row_gram"`` with CG
+    runs the range-space CG.  Returns (d, CGInfo or None).
     """
-    xp = get_xp(P, g)
-    beta = 1.0 / tau_theta
-    R, D1, out = P.shape[0], P.shape[1] + 1, g.shape[1]
-    check_solver_and_space(solver, space)
-    if solver == "gradient":
-        return apply_At(P, g), None  # explicit step: grad J
-    if space == "auto":
-        space = choose_space(R, D1, out, solver, cg_iters)
-    if cg_backend == "scipy" and space == "row":
-        space = "gram"  # SciPy's cg works on Theta
-    if space == "row":
-        K_beta = row_gram(P)
-        if solver == "exact":  # Woodbury / push-through
-            K_beta[xp.diag_indices(R)] += beta
-            if D1 < out:  # A^T (K + beta I)^{-1} first:
-                return apply_At(P, woodbury_inverse(K_beta)) @ g, None  # (D+1) R^2 < R^2 out
-            return apply_At(P, woodbury_solve(K_beta, g)), None
-        u, info = range_space_cg(K_beta, g, beta, cg_iters, cg_tol, cg_variant)
-        return apply_At(P, u), info
-    if space == "gram":
-        M = col_gram(P)
-        M[xp.diag_indices(D1)] += beta
-        if solver == "exact":
-            with scipy_single_thread():
-                return spd_solve(xp, M, apply_At(P, g)), None
-
-        def apply_M(X):
-            return M @ X
-    else:  # "matfree"
-        if solver == "exact":
-            raise ValueError("the exact solver needs space 'row' or 'gram', not 'matfree'")
-
-        def apply_M(X):
-            return apply_AtA(P, X) + beta * X
-
-    rhs = apply_At(P, g)  # = grad_Theta J
-    small = xp is np and space == "gram" and D1 * D1 * out < SMALL_PRODUCT
-    with numpy_blas_one_thread() if small else contextlib.nullcontext():
-        if cg_backend == "scipy":
-            return scipy_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol), None
-        return block_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol, variant=cg_variant)
+    return prox.solve_with(
+        SOLVERS,
+        choose_space,
+        P,
+        g,
+        tau_theta,
+        solver,
+        space,
+        cg_iters=cg_iters,
+        cg_backend=cg_backend,
+        cg_variant=cg_variant,
+        cg_tol=cg_tol,
+    )
