@@ -15,21 +15,20 @@ Same signatures and directions (up to rounding) as the reference; what differs i
   "matfree" by multiply-add counts.
 * **Sums over rows on host threads**: a conv layer has R in the 100 000s and few
   columns, so A^T Y, A^T A and A^T A X are summed over blocks of rows shared among
-  host threads (:func:`proxnp.cpu.parallel_sum`), in a fixed order.
-* **Thread rules**: a conv layer's small Gram-space CG products run on one BLAS thread,
-  so that no OpenBLAS worker is left spinning on a core the next layer's host threads need.
+  host threads (:func:`proxnp.fast.cpu.parallel_sum`), in a fixed order.
+* **Threads that pay**: the solve's products run on the BLAS threads that
+  :func:`proxnp.fast.cpu.threads_for` grants a product of their size -- a conv layer's
+  small Gram-space CG products on one, so that no OpenBLAS worker is left spinning on a
+  core the next layer's host threads need.
 """
-
-import contextlib
 
 import numpy as np
 
 from ..backend import eigh, get_xp, spd_inverse, spd_solve
 from ..cg import CGInfo, block_cg, scipy_cg
 from ..prox import apply_A, check_solver_and_space, row_gram
-from .cpu import numpy_blas_one_thread, parallel_sum, scipy_single_thread
+from .cpu import blas_threads, parallel_sum, scipy_single_thread
 
-SMALL_PRODUCT = 1 << 24  # multiply-adds below which a product runs on one BLAS thread
 BLOCK_BYTES = 1 << 22  # rows of P per block of apply_AtA: about 4 MiB
 CG_BLOCK_BYTES = 1 << 23  # the range-space CG's eight work arrays per column block
 
@@ -41,7 +40,10 @@ def apply_At(P, Y):
     R, D = P.shape
     if R > D + 1:
         PtY, colsum = parallel_sum(
-            xp, R, lambda r0, r1: (P[r0:r1].T @ Y[r0:r1], Y[r0:r1].sum(axis=0))
+            xp,
+            R,
+            lambda r0, r1: (P[r0:r1].T @ Y[r0:r1], Y[r0:r1].sum(axis=0)),
+            macs=P.size * Y.shape[1],
         )
         return xp.concatenate([PtY, colsum[None, :]], axis=0)
     out = xp.empty((D + 1, Y.shape[1]), dtype=xp.result_type(P, Y))
@@ -65,7 +67,7 @@ def apply_AtA(P, X, block_rows=None):
         Y_r = apply_A(P[r0:r1], X)  # A_r X, still in cache
         return P[r0:r1].T @ Y_r, Y_r.sum(axis=0)
 
-    PtY, colsum = parallel_sum(xp, R, block, max(1, block_rows))
+    PtY, colsum = parallel_sum(xp, R, block, max(1, block_rows), macs=2 * P.size * X.shape[1])
     return xp.concatenate([PtY, colsum[None, :]], axis=0)
 
 
@@ -80,6 +82,7 @@ def col_gram(P):
             P[r0:r1].T @ P[r0:r1],  # BLAS syrk
             P[r0:r1].sum(axis=0),
         ),
+        macs=P.size * P.shape[1] // 2,
     )
     top = xp.concatenate([PtP, colsum[:, None]], axis=1)
     bottom = xp.concatenate([colsum, xp.asarray([R], dtype=P.dtype)])[None, :]
@@ -261,6 +264,15 @@ def prox_direction(
     the range-space CG.  Returns (d, CGInfo or None).
     """
     xp = get_xp(P, g)
+    R, D1, out = P.shape[0], P.shape[1] + 1, g.shape[1]
+    with blas_threads(xp, R * D1 * out):  # the size of the weight gradient's product
+        return _prox_direction(
+            P, g, tau_theta, solver, cg_iters, space, cg_backend, cg_variant, cg_tol
+        )
+
+
+def _prox_direction(P, g, tau_theta, solver, cg_iters, space, cg_backend, cg_variant, cg_tol):
+    xp = get_xp(P, g)
     beta = 1.0 / tau_theta
     R, D1, out = P.shape[0], P.shape[1] + 1, g.shape[1]
     check_solver_and_space(solver, space)
@@ -296,8 +308,8 @@ def prox_direction(
             return apply_AtA(P, X) + beta * X
 
     rhs = apply_At(P, g)  # = grad_Theta J
-    small = xp is np and space == "gram" and D1 * D1 * out < SMALL_PRODUCT
-    with numpy_blas_one_thread() if small else contextlib.nullcontext():
+    product = D1 * D1 * out if space == "gram" else 2 * R * D1 * out  # one apply_M
+    with blas_threads(xp, product):
         if cg_backend == "scipy":
             return scipy_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol), None
         return block_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol, variant=cg_variant)
