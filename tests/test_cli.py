@@ -173,6 +173,7 @@ def test_train_divergence_exits_nonzero(tmp_path, capsys):
     assert (tmp_path / "d" / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_reproduce_on_fake_cifar(tmp_path, capsys):
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", n_per_batch=20)
     for exp in ("mlp", "convnet"):
