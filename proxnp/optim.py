@@ -17,7 +17,7 @@ import functools
 import numpy as np
 
 from .backend import device_of, get_xp, to_device, to_numpy
-from .fast.cpu import scipy_single_thread
+from .fast.cpu import blas_session, scipy_single_thread
 
 
 def axpy(a, x, y, tmp=None):
@@ -124,6 +124,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
+    @blas_session()  # one BLAS thread count per step (proxnp.fast.cpu)
     def step(self):
         mu, lr = self.momentum, self.lr
         for key, p, g in self._pairs():
@@ -155,6 +156,7 @@ class Adam(Optimizer):
             raise ValueError(f"Adam needs betas in [0, 1) and eps > 0, got {betas}, {eps}")
         self.betas, self.eps = betas, eps
 
+    @blas_session()  # one BLAS thread count per step (proxnp.fast.cpu)
     def step(self):
         b1, b2 = self.betas
         self.t += 1

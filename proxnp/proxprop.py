@@ -25,9 +25,11 @@ from . import prox
 from .cg import VARIANTS
 from .fast import prox as fast_prox
 from .fast import use_fast
+from .fast.cpu import blas_session
 from .prox import CG_BACKENDS, SOLVERS, affine_problem
 
 
+@blas_session()  # CPU threads: changed once per step, not per product (proxnp.fast.cpu)
 def backprop(model, loss_fn, x, y):
     """Forward, loss, backward: every layer's grads = dJ/dtheta.  Returns the loss."""
     out = model.forward(x)
@@ -50,6 +52,7 @@ def check_proxprop_options(tau_theta, solver, cg_iters, cg_backend="proxnp", cg_
         raise ValueError(f"unknown cg_variant {cg_variant!r}; allowed: {', '.join(VARIANTS)}")
 
 
+@blas_session()
 def proxprop(
     model,
     loss_fn,

@@ -235,6 +235,7 @@ def machine(monkeypatch):
         monkeypatch.setattr(cpu, "_affinity", lambda: cores)
         monkeypatch.setattr(cpu, "cpu_quota", lambda: quota)
         monkeypatch.setattr(cpu, "busy_elsewhere", lambda now=None: busy)
+        monkeypatch.setattr(cpu, "_cores", {"usable": None, "cpus": None, "at": -np.inf})
 
     return make
 
@@ -393,6 +394,7 @@ def test_others_are_the_running_tasks_less_this_process(tmp_path, monkeypatch):
 
 def test_busy_elsewhere_is_a_sampled_running_average(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu, "_others", {"mean": None, "at": -np.inf})
+    monkeypatch.setattr(cpu, "_cores", {"usable": None, "cpus": None, "at": -np.inf})
     monkeypatch.setattr(cpu, "_affinity", lambda: 2)
     monkeypatch.setattr(cpu.os, "cpu_count", lambda: 4)  # half the machine's CPUs are ours
     fake_proc(tmp_path, monkeypatch, running=9, states="RS")
@@ -490,3 +492,40 @@ def test_a_forked_child_counts_the_machine_afresh(monkeypatch):
 
 def child_others():
     return cpu._others["mean"]
+
+
+@needs_visible_blas
+def test_a_session_leaves_counts_between_operations_and_restores_them_after(machine):
+    blas = max(numpy_blas_threads())
+    if blas < 2:
+        pytest.skip("NumPy's BLAS has one thread here")
+    machine(cores=blas)
+    with cpu.blas_session():
+        with cpu.blas_threads(np, 1000):  # a small product: one thread
+            assert max(numpy_blas_threads()) == 1
+        assert max(numpy_blas_threads()) == 1  # left for the next operation
+        with cpu.blas_threads(np, BIG):
+            assert max(numpy_blas_threads()) == blas
+            with cpu.numpy_blas_one_thread():  # nested: a host-thread section inside
+                assert max(numpy_blas_threads()) == 1
+            assert max(numpy_blas_threads()) == blas  # restored for the rest of the solve
+        with cpu.blas_threads(np, 1000):
+            pass
+    assert max(numpy_blas_threads()) == blas  # the count from before the session
+    with cpu.blas_threads(np, 1000):
+        pass
+    assert max(numpy_blas_threads()) == blas  # outside a session: restored at once
+
+
+@needs_visible_blas
+def test_backprop_and_optimizer_steps_restore_the_blas_count(machine):
+    import proxnp as pn
+
+    machine(cores=2, busy=2.0)
+    before = numpy_blas_threads()
+    model = pn.Sequential(pn.Linear(64, 256), pn.ReLU(), pn.Linear(256, 10))
+    x, y = np.ones((100, 64), np.float32), np.zeros(100, np.int64)
+    pn.backprop(model, pn.SoftmaxCrossEntropy(), x, y)
+    pn.optim.SGD(model, lr=0.1, momentum=0.9, nesterov=True).step()
+    pn.proxprop(model, pn.SoftmaxCrossEntropy(), x, y, tau_theta=0.05)
+    assert numpy_blas_threads() == before

@@ -59,6 +59,7 @@ MAX_HOST_THREADS = 8
 MIN_MACS_PER_THREAD = 1 << 22  # multiply-adds (or element visits) a thread must get
 SAMPLE_SECONDS = 0.1  # the machine's running tasks are counted at most this often
 SMOOTHING_SECONDS = 2.0  # time constant of their running average
+CORES_SECONDS = 5.0  # the affinity and the cgroup quota are read again after this long
 
 LOADAVG = "/proc/loadavg"
 OWN_TASKS = "/proc/self/task"
@@ -68,6 +69,8 @@ USER_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
 _forced = None  # set by threads(n); None: the policy decides
 _others = {"mean": None, "at": -math.inf}  # running average of other processes' tasks
+_cores = {"usable": None, "cpus": None, "at": -math.inf}  # usable_cores(), _affinity()
+_session = {"depth": 0, "counts": 0}  # blas_session() and _blas_count() blocks open
 _pool = None
 _in_part = threading.local()  # set inside a part: nested sections run serially
 _pool_lock = threading.Lock()
@@ -125,11 +128,23 @@ def usable_cores():
     """The cores proxnp may use: the user's OPENBLAS/OMP_NUM_THREADS, else the CPUs this
     process may run on (``os.sched_getaffinity``) capped by the cgroup's CPU quota."""
     user = user_threads()
-    if user is not None:
-        return user
+    return _system_cores() if user is None else user
+
+
+def _system_cores():
     quota = cpu_quota()
     cores = _affinity()
     return cores if quota is None else max(1, min(cores, int(quota)))
+
+
+def _cores_now(now=None):
+    """(:func:`usable_cores`, CPUs of the affinity), read again every :data:`CORES_SECONDS`
+    (the user's variables at every call: they are cheap to read)."""
+    now = time.monotonic() if now is None else now
+    if now - _cores["at"] >= CORES_SECONDS:
+        _cores.update(usable=_system_cores(), cpus=_affinity(), at=now)
+    user = user_threads()
+    return (_cores["usable"] if user is None else user), _cores["cpus"]
 
 
 def _count_others():
@@ -172,7 +187,7 @@ def busy_elsewhere(now=None):
                 count = max(0.0, os.getloadavg()[0] - 1)
             except (AttributeError, OSError):
                 count = 0.0
-        count *= _affinity() / (os.cpu_count() or 1)
+        count *= _cores_now(now)[1] / (os.cpu_count() or 1)
         if state["mean"] is None:
             state["mean"] = float(count)
         else:
@@ -192,11 +207,11 @@ def threads_for(macs=None):
     """
     if _forced is not None:
         return _forced
-    usable = usable_cores()
+    usable, cpus = _cores_now()
     cores = usable if macs is None else min(usable, int(macs // MIN_MACS_PER_THREAD))
     if cores <= 1:
         return 1
-    free = max(_affinity(), usable) - busy_elsewhere()  # others' count is of our CPU set
+    free = max(cpus, usable) - busy_elsewhere()  # others' count is of our CPU set
     return max(1, min(cores, int(free + 0.5)))
 
 
@@ -226,17 +241,43 @@ def _blas_libs(of_numpy):
 
 @contextlib.contextmanager
 def _blas_count(libs, n):
-    """Run ``libs`` on ``n`` threads inside the block; each library's count restored after."""
+    """Run ``libs`` on ``n`` threads inside the block; each library's count restored after,
+    except for an outermost block inside :func:`blas_session`: there the count is left for
+    the next operation, which sets its own."""
     old = [lib.num_threads for lib in libs]
     for lib, k in zip(libs, old):
         if k != n:
             lib.set_num_threads(n)
+    _session["counts"] += 1
     try:
         yield
     finally:
-        for lib, k in zip(libs, old):
-            if k != n:
-                lib.set_num_threads(k)
+        _session["counts"] -= 1
+        if not (_session["depth"] and _session["counts"] == 0):
+            for lib, k in zip(libs, old):
+                if k != n:
+                    lib.set_num_threads(k)
+
+
+@contextlib.contextmanager
+def blas_session():
+    """A block of proxnp's work (a training step, an epoch): its operations leave the BLAS
+    thread counts as they set them, and the counts from before the block come back after it.
+
+    Changing a count costs tens of microseconds, as much as a small product; between two
+    operations of a step it need not be undone.  Blocks nest (the outermost restores).
+    """
+    libs = _blas_libs(of_numpy=True) + _blas_libs(of_numpy=False)
+    old = [lib.num_threads for lib in libs]
+    _session["depth"] += 1
+    try:
+        yield
+    finally:
+        _session["depth"] -= 1
+        if not _session["depth"]:
+            for lib, k in zip(libs, old):
+                if lib.num_threads != k:
+                    lib.set_num_threads(k)
 
 
 def blas_threads(xp, macs):
@@ -298,6 +339,7 @@ def _forget_threads_in_child():
     global _pool
     _pool = None
     _others.update(mean=None, at=-math.inf)
+    _cores.update(at=-math.inf)
 
 
 if hasattr(os, "register_at_fork"):
