@@ -264,6 +264,7 @@ def test_small_tau_theta_limit_is_scaled_gradient():
         assert err < tol, (tau_theta, err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver,iters", [("exact", 1), ("cg", 3), ("cg", 10)])
 def test_float32_matches_float64_on_paper_mlp_shapes(solver, iters):
     rng = np.random.default_rng(0)

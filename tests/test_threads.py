@@ -206,6 +206,7 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 def test_reuse_host_memory_removes_page_faults_of_a_reallocation():
     import platform
     import subprocess
@@ -310,6 +311,7 @@ print(cpu.usable_cores(), cpu.host_threads(), cpu.threads_for(None), seen[0])
         ({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "3"}, ["1", "1", "1", "1"]),
     ],
 )
+@pytest.mark.slow
 def test_thread_variables_set_before_python_starts_are_respected(env, want):
     import os
     import subprocess
@@ -422,7 +424,13 @@ def test_the_policy_decides_the_parts_of_a_host_thread_section(machine):
 
 @needs_visible_blas
 @pytest.mark.parametrize(
-    "busy,in_features,want", [(0.0, 3072, "all"), (2.0, 3072, 1), (0.0, 64, 1)]
+    "busy,in_features,want",
+    [
+        pytest.param(0.0, 3072, "all", marks=pytest.mark.slow),
+        pytest.param(2.0, 3072, 1, marks=pytest.mark.slow),
+        (0.0, 64, 1),
+        (2.0, 64, 1),
+    ],
 )
 def test_a_linear_layers_products_get_the_threads_that_pay(
     machine, monkeypatch, busy, in_features, want
