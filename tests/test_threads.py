@@ -493,13 +493,14 @@ def test_a_forked_child_counts_the_machine_afresh(monkeypatch):
     import multiprocessing
 
     monkeypatch.setattr(cpu, "_others", {"mean": 99.0, "at": 1e12})  # parent: a stale count
+    monkeypatch.setattr(cpu, "_cores", {"usable": 99, "cpus": 99, "at": 1e12})  # and cores
     with multiprocessing.get_context("fork").Pool(1) as pool:
-        assert pool.apply_async(child_others).get(timeout=20) is None
-    assert cpu._others["mean"] == 99.0
+        assert pool.apply_async(child_state).get(timeout=20) == (None, -np.inf)
+    assert cpu._others["mean"] == 99.0 and cpu._cores["usable"] == 99
 
 
-def child_others():
-    return cpu._others["mean"]
+def child_state():
+    return cpu._others["mean"], cpu._cores["at"]
 
 
 @needs_visible_blas
