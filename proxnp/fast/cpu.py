@@ -56,7 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 MAX_HOST_THREADS = 8
-MIN_MACS_PER_THREAD = 1 << 22  # multiply-adds (or element visits) a thread must get
+MIN_MACS_PER_THREAD = 1 << 21  # multiply-adds (or element visits) a thread must get
 SAMPLE_SECONDS = 0.1  # the machine's running tasks are counted at most this often
 SMOOTHING_SECONDS = 2.0  # time constant of their running average
 CORES_SECONDS = 5.0  # the affinity and the cgroup quota are read again after this long
