@@ -179,16 +179,20 @@ def entries(args):
 
 def time_interleaved(table, rounds):
     """Median seconds of every (entry, configuration): round after round, each takes one
-    untimed and one timed run, one after the other, so the machine's spells hit all alike."""
+    untimed and one timed run, one after the other, so the machine's spells hit all alike.
+    The two configurations swap places every round (neither always runs first), and
+    PyTorch is followed by a pause: its OpenMP threads keep spinning after a run."""
     times = {(name, c): [] for name, (_, configs) in table.items() for c, _ in configs}
-    for _ in range(rounds):
+    for r in range(rounds):
         for name, (run, configs) in table.items():
-            for config, context in configs:
+            for config, context in configs[:: 1 if r % 2 == 0 else -1]:
                 with context():
                     run()
                     t0 = time.perf_counter()
                     run()
                     times[name, config].append(time.perf_counter() - t0)
+            if name.startswith("PyTorch"):
+                time.sleep(0.3)
     return {key: statistics.median(v) for key, v in times.items()}
 
 
@@ -212,7 +216,7 @@ def load_line():
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--busy", default="0,1,2,4", help="busy-process counts, comma-separated")
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; quick 3)")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 8; quick 4)")
     p.add_argument("--quick", action="store_true", help="fewer rounds, a smaller ConvNet batch")
     p.add_argument("--skip-torch", action="store_true")
     args = p.parse_args()
@@ -222,7 +226,7 @@ def main():
         p.error(f"--busy: expected whole numbers separated by commas, got {args.busy!r}")
     if any(n < 0 or n > 64 for n in counts):
         p.error("--busy: counts from 0 to 64")
-    rounds = args.rounds or (3 if args.quick else 7)
+    rounds = args.rounds or (4 if args.quick else 8)
     if rounds < 1:
         p.error("--rounds must be at least 1")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops the loops too
