@@ -1,6 +1,6 @@
 """proxnp on a shared machine: the default threads against one thread, beside N busy programs.
 
-    python bench/shared.py [--busy 0,1,2,4] [--rounds 7] [--quick] [--skip-torch]
+    python bench/shared.py [--busy 0,1,2,4] [--rounds 8] [--quick] [--skip-torch]
 
 For each N in ``--busy`` it starts N busy processes of its own (pure-Python loops, each
 bounded in time and stopped by its process id at the end, also on Ctrl-C), then times,
