@@ -524,6 +524,9 @@ def test_a_session_leaves_counts_between_operations_and_restores_them_after(mach
     with cpu.blas_threads(np, 1000):
         pass
     assert max(numpy_blas_threads()) == blas  # outside a session: restored at once
+    with cpu.blas_session():  # a new session knows nothing of the last one's counts
+        with cpu.blas_threads(np, 1000):
+            assert max(numpy_blas_threads()) == 1
 
 
 @needs_visible_blas

@@ -70,7 +70,7 @@ USER_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 _forced = None  # set by threads(n); None: the policy decides
 _others = {"mean": None, "at": -math.inf}  # running average of other processes' tasks
 _cores = {"usable": None, "cpus": None, "at": -math.inf}  # usable_cores(), _affinity()
-_session = {"depth": 0, "counts": 0}  # blas_session() and _blas_count() blocks open
+_session = {"depth": 0, "counts": 0, "known": {}}  # open blocks; counts set in the session
 _pool = None
 _in_part = threading.local()  # set inside a part: nested sections run serially
 _pool_lock = threading.Lock()
@@ -218,7 +218,7 @@ def threads_for(macs=None):
 def host_threads():
     """The most host threads :func:`in_parallel` uses: the forced number, else
     :func:`usable_cores` (at most :data:`MAX_HOST_THREADS`); the load may give fewer."""
-    n = _forced if _forced is not None else usable_cores()
+    n = _forced if _forced is not None else _cores_now()[0]
     return max(1, min(n, MAX_HOST_THREADS))
 
 
@@ -244,6 +244,11 @@ def _blas_count(libs, n):
     """Run ``libs`` on ``n`` threads inside the block; each library's count restored after,
     except for an outermost block inside :func:`blas_session`: there the count is left for
     the next operation, which sets its own."""
+    lazy = _session["depth"] and _session["counts"] == 0
+    known = _session["known"]
+    if lazy and all(known.get(id(lib)) == n for lib in libs):
+        yield  # set so by an earlier operation of this session: nothing to do
+        return
     old = [lib.num_threads for lib in libs]
     for lib, k in zip(libs, old):
         if k != n:
@@ -253,7 +258,9 @@ def _blas_count(libs, n):
         yield
     finally:
         _session["counts"] -= 1
-        if not (_session["depth"] and _session["counts"] == 0):
+        if lazy:
+            known.update((id(lib), n) for lib in libs)
+        else:
             for lib, k in zip(libs, old):
                 if k != n:
                     lib.set_num_threads(k)
@@ -269,12 +276,15 @@ def blas_session():
     """
     libs = _blas_libs(of_numpy=True) + _blas_libs(of_numpy=False)
     old = [lib.num_threads for lib in libs]
+    if not _session["depth"]:
+        _session["known"] = {}
     _session["depth"] += 1
     try:
         yield
     finally:
         _session["depth"] -= 1
         if not _session["depth"]:
+            _session["known"] = {}
             for lib, k in zip(libs, old):
                 if lib.num_threads != k:
                     lib.set_num_threads(k)
