@@ -10,7 +10,9 @@ and ``lessons`` (the notebooks' sizes).  Everything else lives apart, under name
 is not the reading path:
 
 * :mod:`proxnp.fast` -- the same numbers, fast: threaded convolution and pooling, the
-  range-space CG, CPU threads.  Inside ``with proxnp.reference():`` the plain code runs instead.
+  range-space CG, CPU threads.  Inside ``with proxnp.reference():`` the plain code runs instead;
+  inside ``with proxnp.threads(n):`` every operation runs on ``n`` threads (by default each
+  gets as many as pay for themselves on the machine as it is).
 * :mod:`proxnp.training` -- model builders, data, the fit loop, plots, checkpoints and files.
 * :mod:`proxnp.cli` -- the command line, its options, run folders and the paper's experiments.
 * :mod:`proxnp.assignments` -- tooling for the nbgrader course.
@@ -19,6 +21,7 @@ is not the reading path:
 from . import functional, gradcheck, optim
 from .backend import get_xp, gpu_available, to_device, to_numpy
 from .fast import reference
+from .fast.cpu import threads
 from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
@@ -48,6 +51,7 @@ __all__ = [
     "proxprop",
     "reference",
     "save_model",
+    "threads",
     "to_device",
     "to_numpy",
 ]

@@ -18,7 +18,7 @@ and the error rows g::
     layer.params_from_theta(Theta)   # {'W': ..., 'b': ...}
     layer.input_grad(dz)             # dJ/da_prev with the current theta   (eq. 10)
 
-Convolution and max pooling run the fast kernels of :mod:`proxnp.fast.layers`, or,
+The layers run the fast kernels of :mod:`proxnp.fast.layers`, or,
 inside ``with proxnp.reference():``, the plain code of :mod:`proxnp.functional`.
 Default initialisation is U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b (the
 PyTorch default the paper used), drawn with a NumPy Generator on the host and then
@@ -39,7 +39,8 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _ops():
-    """The module whose conv and pooling kernels run: fast unless inside proxnp.reference()."""
+    """The module whose affine, conv and pooling kernels run: fast unless inside
+    proxnp.reference()."""
     return fast_layers if use_fast() else F
 
 
@@ -123,11 +124,11 @@ class Linear(Layer):
 
     def forward(self, a_prev: Array) -> Array:
         self._check_input(a_prev, (None, self.in_features), 2)
-        z, self.cache = F.affine_forward(a_prev, self.params["W"], self.params["b"])
+        z, self.cache = _ops().affine_forward(a_prev, self.params["W"], self.params["b"])
         return z
 
     def backward(self, dz: Array) -> Array | None:
-        da_prev, self.grads["W"], self.grads["b"] = F.affine_backward(
+        da_prev, self.grads["W"], self.grads["b"] = _ops().affine_backward(
             dz, self.cache, need_da=self.need_input_grad
         )
         return da_prev
@@ -151,7 +152,7 @@ class Linear(Layer):
 
     def input_grad(self, dz: Array) -> Array:
         """da_prev = dz @ W^T (eq. 10)."""
-        return F.affine_input_grad(dz, self.cache)
+        return _ops().affine_input_grad(dz, self.cache)
 
     def __repr__(self):
         return f"Linear({self.in_features}\u2192{self.out_features})"

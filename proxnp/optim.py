@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Array, device_of, get_xp, to_device, to_numpy
-from .fast.cpu import scipy_single_thread
+from .fast.cpu import blas_session, scipy_single_thread
 from .model import Sequential
 
 
@@ -158,6 +158,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
+    @blas_session()  # one BLAS thread count per step (proxnp.fast.cpu)
     def step(self) -> None:
         mu, lr = self.momentum, self.lr
         for key, p, g in self._pairs():
@@ -198,6 +199,7 @@ class Adam(Optimizer):
         check_real("eps", eps, 0, math.inf, low_open=True)
         self.betas, self.eps = betas, eps
 
+    @blas_session()  # one BLAS thread count per step (proxnp.fast.cpu)
     def step(self) -> None:
         b1, b2 = self.betas
         self.t += 1

@@ -30,6 +30,7 @@ from .backend import Array
 from .cg import check_cg_options
 from .fast import prox as fast_prox
 from .fast import use_fast
+from .fast.cpu import blas_session
 from .losses import Loss
 from .model import Sequential
 from .prox import affine_problem, check_cg_backend, check_solver_and_space, check_space
@@ -37,6 +38,7 @@ from .prox import affine_problem, check_cg_backend, check_solver_and_space, chec
 MAX_CG_ITERS = 1000  # a few CG steps is the point of ProxProp; more than this never helps
 
 
+@blas_session()  # CPU threads: changed once per step, not per product (proxnp.fast.cpu)
 def backprop(model: Sequential, loss_fn: Loss, x: Array, y: Array) -> Array:
     """Forward, loss, backward: every layer's grads = dJ/dtheta.  Returns the loss."""
     out = model.forward(x)
@@ -115,6 +117,7 @@ def check_tau_theta(tau_theta, dtype):
         )
 
 
+@blas_session()
 def proxprop(
     model: Sequential,
     loss_fn: Loss,

@@ -223,6 +223,7 @@ def test_a_member_declaring_a_huge_array_is_refused_from_its_header(ckpt, spiral
         resume(ckpt, spirals)
 
 
+@pytest.mark.slow
 def test_cli_resume_of_a_bad_checkpoint_is_one_line(tmp_path, capsys):
     out = tmp_path / "r"
     argv = [

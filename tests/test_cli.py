@@ -12,6 +12,7 @@ from proxnp.cli import main
 from test_data import write_cifar
 
 
+@pytest.mark.slow
 def test_compare_reduced_shows_proxprop_below_backprop(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--epochs", "6", "--out-dir", str(out)]) == 0
@@ -37,6 +38,7 @@ def test_compare_reduced_shows_proxprop_below_backprop(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_train_resume_continues(tmp_path):
     out = tmp_path / "t"
     base = [
@@ -79,6 +81,7 @@ def test_train_resume_continues(tmp_path):
     assert a == b
 
 
+@pytest.mark.slow
 def test_train_convnet_on_digits(tmp_path):
     assert (
         main(
@@ -108,6 +111,7 @@ def test_train_convnet_on_digits(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_threads_option_caps_the_host_threads_during_training(tmp_path, monkeypatch):
     from proxnp.cli import commands as cli
     from proxnp.fast import cpu
@@ -147,6 +151,7 @@ def test_threads_option_caps_the_host_threads_during_training(tmp_path, monkeypa
     assert cpu.host_threads() == default
 
 
+@pytest.mark.slow
 def test_train_divergence_exits_nonzero(tmp_path, capsys):
     assert (
         main(
@@ -174,6 +179,7 @@ def test_train_divergence_exits_nonzero(tmp_path, capsys):
     assert (tmp_path / "d" / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_reproduce_on_fake_cifar(tmp_path, capsys):
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", n_per_batch=20)
     for exp in ("mlp", "convnet"):
@@ -245,6 +251,7 @@ def test_bad_arguments_give_one_line(argv, message, capsys, tmp_path):
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_module_entry_point_and_info():
     r = subprocess.run([sys.executable, "-m", "proxnp", "info"], capture_output=True, text=True)
     assert r.returncode == 0 and "numpy" in r.stdout and "GPU:" in r.stdout
@@ -346,6 +353,7 @@ def test_defaults_follow_the_paper(argv, used):
     assert {k: getattr(args, k) for k in used} == used
 
 
+@pytest.mark.slow
 def test_config_json_records_what_was_used(tmp_path):
     out = tmp_path / "o"
     assert main(["train", "--epochs", "1", "--subset", "200", "--out-dir", str(out)]) == 0
@@ -358,6 +366,7 @@ def test_config_json_records_what_was_used(tmp_path):
     assert json.loads((cmp / "config.json").read_text())["sizes"] == [2, 400, 100, 400, 3]
 
 
+@pytest.mark.slow
 def test_readme_convnet_adam_example_trains_with_its_defaults(tmp_path):
     """train --model convnet --optimizer adam without --lr: Adam at 1e-3, tau_theta = 1."""
     out = tmp_path / "c"
@@ -396,6 +405,7 @@ def test_readme_convnet_adam_example_trains_with_its_defaults(tmp_path):
         ),
     ],
 )
+@pytest.mark.slow
 def test_finite_blow_ups_are_reported_as_diverging(argv, message, tmp_path, capsys):
     out = tmp_path / "d"
     assert (

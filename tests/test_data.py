@@ -180,6 +180,7 @@ def test_unknown_dataset():
         load_dataset("imagenet")
 
 
+@pytest.mark.slow
 def test_mnist1d_when_installed(tmp_path):
     pytest.importorskip("mnist1d")
     d = load_dataset("mnist1d", data_dir=tmp_path)

@@ -104,18 +104,21 @@ def site(tmp_path_factory):
     return out / "html"
 
 
+@pytest.mark.slow
 def test_docs_build_executes_every_lesson(site):
     assert (site / "index.html").exists()
     for nb in NOTEBOOKS:
         assert (site / "_notebooks" / f"{nb.stem}.html").exists(), nb.name
 
 
+@pytest.mark.slow
 def test_theory_page_has_its_math(site):
     page = (site / "theory.html").read_text(encoding="utf-8")
     assert "Proposition 1" in page
     assert page.count('class="math') >= 10
 
 
+@pytest.mark.slow
 def test_no_script_or_stylesheet_comes_from_the_network(site):
     pages = sorted(site.rglob("*.html"))
     assert len(pages) >= 10
@@ -128,6 +131,7 @@ def test_no_script_or_stylesheet_comes_from_the_network(site):
     assert remote == {}
 
 
+@pytest.mark.slow
 def test_mathjax_is_served_from_the_site(site):
     page = _parse(site / "theory.html")
     mathjax = [s for s in page.scripts if "mathjax" in s.lower()]
@@ -139,6 +143,7 @@ def test_mathjax_is_served_from_the_site(site):
     assert fonts, "MathJax's fonts are not in the site"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_lesson_page_shows_its_figures_and_no_error(site, path):
     html_path = site / "_notebooks" / f"{path.stem}.html"
@@ -149,6 +154,7 @@ def test_lesson_page_shows_its_figures_and_no_error(site, path):
         assert src.startswith("data:image/") or (html_path.parent / src).is_file(), src
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_lesson_page_offers_its_notebook(site, path):
     html_path = site / "_notebooks" / f"{path.stem}.html"
@@ -157,12 +163,14 @@ def test_lesson_page_offers_its_notebook(site, path):
     assert all((html_path.parent / link).is_file() for link in links), links
 
 
+@pytest.mark.slow
 def test_lessons_page_lists_every_lesson(site):
     page = (site / "notebooks.html").read_text(encoding="utf-8")
     for nb in NOTEBOOKS:
         assert f"_notebooks/{nb.stem}.html" in page, nb.name
 
 
+@pytest.mark.slow
 def test_api_page_follows_the_package_plan(site):
     # Every module once, the paper's modules first in the package docstring's reading order,
     # then the subpackages that are not the reading path.
@@ -183,6 +191,7 @@ def test_api_page_follows_the_package_plan(site):
     assert "proxnp.prox.prox_direction" in page and "proxnp.backprop" in page
 
 
+@pytest.mark.slow
 def test_docstring_examples_are_code_blocks(site):
     # An indented example under a plain paragraph would be a block quote, its lines run together.
     page = _parse(site / "api.html")
@@ -195,6 +204,7 @@ def test_docstring_examples_are_code_blocks(site):
     )
 
 
+@pytest.mark.slow
 def test_wide_tables_wrap_inside_the_page(site):
     page = (site / "differences.html").read_text(encoding="utf-8")
     assert re.search(r'class="[^"]*pst-scrollable-table-container', page)

@@ -154,6 +154,7 @@ def crafted(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_crafted_files_end_in_one_line_under_a_memory_limit(crafted, tmp_path):
     env = dict(
         os.environ,

@@ -61,6 +61,7 @@ def test_negative_control_breaks_the_equivalence(kind, tau):
     assert max_rel(upd, upd_ref) > 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["tanh", "convnet"])
 def test_energy_grads_match_finite_differences(kind, rng):
     model, x, y = case(kind)

@@ -55,6 +55,7 @@ def test_unknown_layout_is_named():
         plots.history_figure(HISTORIES, layout="paper")
 
 
+@pytest.mark.slow
 def test_plot_histories_writes_a_png(tmp_path):
     path = plots.plot_histories(HISTORIES, tmp_path / "figure.png", layout="mlp")
     assert path.read_bytes()[:4] == b"\x89PNG"

@@ -387,6 +387,7 @@ def test_directions_are_descent_directions(kind, seed):
             assert flat(d) @ flat(grad[i]) > 0, (seed, solver, iters, i)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver,iters", [("exact", 1), ("cg", 3), ("cg", 10)])
 def test_float32_matches_float64_on_paper_mlp_shapes(solver, iters):
     rng = np.random.default_rng(0)

@@ -50,6 +50,7 @@ def finish(procs, timeout=120):
     return out
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_on_one_folder_exactly_one_wins(tmp_path):
     out = tmp_path / "run"
     methods = ("backprop", "proxprop")
@@ -71,6 +72,7 @@ def test_two_runs_started_together_on_one_folder_exactly_one_wins(tmp_path):
     assert {r.split(",")[0] for r in (out / "metrics.csv").read_text().splitlines()[1:]} == {winner}
 
 
+@pytest.mark.slow
 def test_runs_without_out_dir_started_together_get_their_own_folders(tmp_path):
     results = finish(start_together([TRAIN + ["--epochs", "1"]] * 2, tmp_path))
     assert [r[0] for r in results] == [0, 0], results
@@ -95,6 +97,7 @@ def _wait_for(path, proc, seconds=120):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_resume_refused_while_a_run_holds_the_folder_then_resumes_after_kill9(tmp_path):
     out = tmp_path / "run"
     argv = TRAIN + ["--out-dir", str(out)]
@@ -127,6 +130,7 @@ def test_resume_refused_while_a_run_holds_the_folder_then_resumes_after_kill9(tm
     assert not list(out.glob(f"{TEMP_PREFIX}*"))
 
 
+@pytest.mark.slow
 def test_a_start_that_finished_no_epoch_leaves_a_reusable_folder(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
@@ -189,6 +193,7 @@ def test_output_files_respect_the_umask(tmp_path, mask):
     assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
+@pytest.mark.slow
 def test_run_outputs_respect_the_umask(tmp_path):
     old = os.umask(0o022)
     try:

@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import __version__
 from ..backend import gpu_status, to_device
-from ..fast.cpu import limit_threads, reuse_host_memory
+from ..fast.cpu import reuse_host_memory, threads
 from ..proxprop import check_tau_theta
 from ..training.data import load_dataset
 from ..training.errors import ProxnpError
@@ -166,7 +166,7 @@ def run_all(runs, config, data, args, out_dir, layout, title, lr_flag="the learn
     for spec in runs:
         stage(f"training {spec['name']}")
         model = new_model(config, data, args, dtype)
-        with limit_threads(args.threads):
+        with threads(args.threads):
             hist = fit(
                 model,
                 data,
@@ -211,7 +211,7 @@ def warm_up(runs, config, data, args, dtype):
     model = new_model(config, data, args, dtype)
     n = min(args.batch_size, len(data.x_train))
     x, y = _to(model, data.x_train[:n].astype(dtype)), _to(model, data.y_train[:n])
-    with limit_threads(args.threads):
+    with threads(args.threads):
         for spec in runs:
             if spec["method"] == "backprop":
                 backprop(model, SoftmaxCrossEntropy(), x, y)

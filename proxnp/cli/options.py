@@ -172,7 +172,8 @@ def common(p, epochs, batch):
         "--threads",
         type=int_in(1, MAX_THREADS),
         default=None,
-        help="threads for BLAS and for proxnp's own copy loops (default: one per core)",
+        help="exactly N threads for BLAS and proxnp's own copy loops (default: per operation, "
+        "as many as pay on the machine as it is)",
     )
 
 

@@ -2,7 +2,8 @@
 
 * :mod:`proxnp.fast.layers` -- convolution and pooling over host threads.
 * :mod:`proxnp.fast.prox` -- the proximal step in the cheaper space (range-space CG, eigenbasis).
-* :mod:`proxnp.fast.cpu` -- host threads and BLAS thread limits.
+* :mod:`proxnp.fast.cpu` -- how many threads each operation gets (the thread policy), host
+  threads and BLAS thread counts.
 
 Which code runs: the fast kernels (the default) or the plain reference path.
 

@@ -1,5 +1,9 @@
-"""Fast kernels for the convolution and max pooling: the same results as
+"""Fast kernels for the affine map, the convolution and max pooling: the same results as
 :mod:`proxnp.functional`, with the same signatures and caches.
+
+The affine map is the reference code, its products on as many BLAS threads as pay for
+themselves (:func:`proxnp.fast.cpu.threads_for`: one for a digits-sized layer, every free
+core for the paper's 3072-4000 layer).
 
 The reference im2col, col2im and pooling are memory-bound strided copies with short
 inner rows, which NumPy runs on one core.  Here the batch is split over host threads
@@ -12,9 +16,29 @@ Outputs are returned as channels-first views, which the next layer reads without
 On a GPU every part is the whole batch: one call per kernel.
 """
 
+from .. import functional as F
 from ..backend import get_xp
 from ..functional import Conv2dCache, MaxPoolCache, conv_channel_rows, conv_out_size, pool_window
-from .cpu import in_parallel, parallel_sum
+from .cpu import blas_threads, in_parallel, parallel_sum
+
+
+def affine_forward(a_prev, W, b):
+    """:func:`proxnp.functional.affine_forward` (z = a_prev @ W + b), on the BLAS threads
+    that pay for a product of N * in * out multiply-adds."""
+    with blas_threads(get_xp(a_prev, W), a_prev.shape[0] * W.size):
+        return F.affine_forward(a_prev, W, b)
+
+
+def affine_backward(dz, cache, need_da=True):
+    """:func:`proxnp.functional.affine_backward` (da_prev, dW, db), threads as above."""
+    with blas_threads(get_xp(dz, cache.W), dz.shape[0] * cache.W.size):
+        return F.affine_backward(dz, cache, need_da)
+
+
+def affine_input_grad(dz, cache):
+    """:func:`proxnp.functional.affine_input_grad` (da_prev = dz @ W^T), threads as above."""
+    with blas_threads(get_xp(dz, cache.W), dz.shape[0] * cache.W.size):
+        return F.affine_input_grad(dz, cache)
 
 
 def _channels_first(x, padding):
@@ -97,7 +121,7 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
         xp.matmul(W_mat, patches_T[:, r], out=z[:, r])
         z[:, r] += b[:, None]
 
-    in_parallel(xp, N, images)
+    in_parallel(xp, N, images, macs=W_mat.size * patches_T.shape[1])
     z = z.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3)
     return z, Conv2dCache(patches_T, W, x.shape, stride, padding)
 
@@ -120,7 +144,7 @@ def conv2d_backward(dz, cache, need_dx=True):
         r = slice(n0 * Ho * Wo, n1 * Ho * Wo)
         return (dz_mat[:, r] @ cache.patches_T[:, r].T,)  # these images' share of dW
 
-    (dW,) = parallel_sum(xp, N, images)
+    (dW,) = parallel_sum(xp, N, images, macs=(1 + need_dx) * cache.W.size * dz_mat.shape[1])
     dW = dW.reshape(cache.W.shape)
     db = dz_mat.sum(axis=1)
     dx = _unpad(dx_t, cache.x_shape, cache.padding) if need_dx else None
@@ -132,7 +156,12 @@ def conv2d_input_grad(dz, cache):
     xp = get_xp(dz, cache.W)
     dz_mat = conv_channel_rows(dz)
     dx_t = _padded_zeros(xp, cache.x_shape, cache.padding, xp.result_type(cache.W, dz))
-    in_parallel(xp, dz.shape[0], lambda n0, n1: _input_grad_images(dz_mat, cache, dx_t, n0, n1))
+    in_parallel(
+        xp,
+        dz.shape[0],
+        lambda n0, n1: _input_grad_images(dz_mat, cache, dx_t, n0, n1),
+        macs=cache.W.size * dz_mat.shape[1],
+    )
     return _unpad(dx_t, cache.x_shape, cache.padding)
 
 
@@ -181,7 +210,7 @@ def max_pool2d_forward(x, kernel=2, stride=None):
             xp.maximum(argmax_part, better.astype(idx_dtype) * idx_dtype(idx), out=argmax_part)
             xp.maximum(out_part, v, out=out_part)
 
-    in_parallel(xp, N, pool_images)
+    in_parallel(xp, N, pool_images, macs=x.size * kernel * kernel)  # window visits
     nchw = (1, 0, 2, 3)
     return out.transpose(nchw), MaxPoolCache(argmax.transpose(nchw), x.shape, kernel, stride)
 
@@ -206,5 +235,5 @@ def max_pool2d_backward(dout, cache):
             else:
                 dx_part[window] += dout_part * (argmax_part == idx)
 
-    in_parallel(xp, N, route_images)
+    in_parallel(xp, N, route_images, macs=dout.size * k * k)
     return dx.transpose(1, 0, 2, 3)

@@ -23,11 +23,11 @@ which the fast path hands a cheaper operator and inner product.
   columns, so A^T Y, A^T A and A^T A X -- the reference's :func:`proxnp.prox.apply_At`
   and :func:`proxnp.prox.col_gram` on each block -- are summed over blocks of rows
   shared among host threads (:func:`proxnp.fast.cpu.parallel_sum`), in a fixed order.
-* **Thread rules**: a conv layer's small Gram-space CG products run on one BLAS thread,
-  so that no OpenBLAS worker is left spinning on a core the next layer's host threads need.
+* **Threads that pay**: the solve's products run on the BLAS threads that
+  :func:`proxnp.fast.cpu.threads_for` grants a product of their size -- a conv layer's
+  small Gram-space CG products on one, so that no OpenBLAS worker is left spinning on a
+  core the next layer's host threads need.
 """
-
-import contextlib
 
 import numpy as np
 
@@ -35,9 +35,8 @@ from .. import prox
 from ..backend import eigh, get_xp, spd_inverse, spd_solve
 from ..cg import CGInfo, block_cg, scipy_cg
 from ..prox import apply_A, row_gram
-from .cpu import numpy_blas_one_thread, parallel_sum, scipy_single_thread
+from .cpu import blas_threads, parallel_sum, scipy_single_thread
 
-SMALL_PRODUCT = 1 << 24  # multiply-adds below which a product runs on one BLAS thread
 BLOCK_BYTES = 1 << 22  # rows of P per block of apply_AtA: about 4 MiB
 CG_BLOCK_BYTES = 1 << 23  # the range-space CG's eight work arrays per column block
 
@@ -48,7 +47,9 @@ def apply_At(P, Y):
     xp = get_xp(P, Y)
     R, D = P.shape
     if R > D + 1:
-        return parallel_sum(xp, R, lambda r0, r1: (prox.apply_At(P[r0:r1], Y[r0:r1]),))[0]
+        return parallel_sum(
+            xp, R, lambda r0, r1: (prox.apply_At(P[r0:r1], Y[r0:r1]),), macs=P.size * Y.shape[1]
+        )[0]
     out = xp.empty((D + 1, Y.shape[1]), dtype=xp.result_type(P, Y))  # no concatenation
     xp.matmul(P.T, Y, out=out[:-1])
     Y.sum(axis=0, out=out[-1])
@@ -69,12 +70,17 @@ def apply_AtA(P, X, block_rows=None):
     def block(r0, r1):
         return (prox.apply_At(P[r0:r1], apply_A(P[r0:r1], X)),)  # A_r X, still in cache
 
-    return parallel_sum(xp, R, block, max(1, block_rows))[0]
+    return parallel_sum(xp, R, block, max(1, block_rows), macs=2 * P.size * X.shape[1])[0]
 
 
 def col_gram(P):
     """A^T A = [[P^T P, P^T 1], [1^T P, R]]   (D+1, D+1), summed over row blocks."""
-    return parallel_sum(get_xp(P), P.shape[0], lambda r0, r1: (prox.col_gram(P[r0:r1]),))[0]
+    return parallel_sum(
+        get_xp(P),
+        P.shape[0],
+        lambda r0, r1: (prox.col_gram(P[r0:r1]),),
+        macs=P.size * P.shape[1] // 2,  # BLAS syrk
+    )[0]
 
 
 def choose_space(R, D1, out, solver, cg_iters):
@@ -438,8 +444,8 @@ def cg_direction(P, g, inv_tau_theta, space, cg_iters, cg_backend, cg_variant, c
             return apply_AtA(P, X) + inv_tau_theta * X
 
     rhs = apply_At(P, g)  # = grad_Theta J
-    small = xp is np and space == "col_gram" and D1 * D1 * out < SMALL_PRODUCT
-    with numpy_blas_one_thread() if small else contextlib.nullcontext():
+    product = D1 * D1 * out if space == "col_gram" else 2 * P.shape[0] * D1 * out  # one apply_M
+    with blas_threads(xp, product):
         if cg_backend == "scipy":
             return scipy_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol), None
         return block_cg(apply_M, rhs, iters=cg_iters, tol=cg_tol, variant=cg_variant)
@@ -470,16 +476,19 @@ def prox_direction(
     ``space="auto"`` takes the cost model :func:`choose_space`; ``"row_gram"`` with CG
     runs the range-space CG.  Returns (d, CGInfo or None).
     """
-    return prox.solve_with(
-        SOLVERS,
-        choose_space,
-        P,
-        g,
-        tau_theta,
-        solver,
-        space,
-        cg_iters=cg_iters,
-        cg_backend=cg_backend,
-        cg_variant=cg_variant,
-        cg_tol=cg_tol,
-    )
+    xp = get_xp(P, g)
+    R, D1, out = P.shape[0], P.shape[1] + 1, g.shape[1]
+    with blas_threads(xp, R * D1 * out):  # the size of the weight gradient's product
+        return prox.solve_with(
+            SOLVERS,
+            choose_space,
+            P,
+            g,
+            tau_theta,
+            solver,
+            space,
+            cg_iters=cg_iters,
+            cg_backend=cg_backend,
+            cg_variant=cg_variant,
+            cg_tol=cg_tol,
+        )

@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import optim
 from ..backend import get_xp, synchronize, to_device, to_numpy
+from ..fast.cpu import blas_session
 from ..losses import SoftmaxCrossEntropy
 from ..proxprop import backprop, check_proxprop_options, check_tau_theta, proxprop
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -118,6 +119,7 @@ def _params_finite(model):
     )
 
 
+@blas_session()  # BLAS thread counts set per operation, restored once at the end
 def fit(
     model,
     data,
