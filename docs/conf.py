@@ -26,7 +26,7 @@ extensions = [
     "sphinx-mathjax-offline",  # MathJax 3 from the installed package into _static/: no CDN
 ]
 myst_enable_extensions = ["dollarmath", "amsmath"]
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated"]
 suppress_warnings = ["myst.header"]
 
 # Every lesson is executed when the docs are built, so each page shows its numbers and figures;
@@ -65,6 +65,33 @@ for name, nb in _lessons.items():
     target = _dest / name
     if not target.exists() or target.read_bytes() != nb.read_bytes():
         shutil.copy2(nb, target)
+
+
+def _draw_penalty_chain(path):
+    """The theory page's figure: lesson 1's tanh network drawn as the penalty chain of eq. (3).
+
+    Drawn at every build (never committed) by the same function lesson 1 calls.
+    """
+    import numpy as np
+
+    import proxnp as pn
+    from proxnp.training.plots import penalty_chain_figure, save_figure
+
+    r = np.random.default_rng(0)
+    model = pn.Sequential(
+        pn.Linear(7, 6, rng=r),
+        pn.Tanh(),
+        pn.Linear(6, 5, rng=r),
+        pn.Tanh(),
+        pn.Linear(5, 4, rng=r),
+        pn.Tanh(),
+        pn.Linear(4, 3, rng=r),
+    )
+    path.parent.mkdir(exist_ok=True)
+    save_figure(penalty_chain_figure(model), path)
+
+
+_draw_penalty_chain(pathlib.Path(__file__).parent / "_generated" / "penalty_chain.png")
 
 
 def _literal_examples(app, what, name, obj, options, lines):
