@@ -10,6 +10,8 @@ Continuous integration and the documentation build set the environment variable
 """
 
 import os
+import pathlib
+import re
 
 FAST_VARIABLE = "PROXNP_NOTEBOOK_FAST"
 
@@ -50,3 +52,44 @@ def compare_to_flops(what, measured, counted):
             "time again on an idle machine"
         )
     return line
+
+
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "bench" / "RESULTS.md"
+
+
+def bench_ratios(path=RESULTS):
+    """The step-time ratios of the newest entry of ``bench/RESULTS.md``, read at run time.
+
+    A lesson that quotes the benchmarks reads them here instead of copying numbers that drift.
+    Returns ``(heading, ratios)``: the entry's ``##`` heading (date and machine) and a dict
+    ``{(network, step): (ratios, versus)}`` with ``network`` ``"MLP"`` or ``"ConvNet"`` (the
+    ``###`` table it comes from), ``step`` the table's first column (``"ProxProp exact
+    direction"``), one ratio per run and what they are ratios to (``"BackProp direction"``).
+    ``None`` when the file is not there (proxnp installed without its repository).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return None
+    entries = re.split(r"^## ", path.read_text(encoding="utf-8"), flags=re.M)[1:]
+    if not entries:
+        raise ValueError(f"{path}: no dated entry ('## date — machine')")
+    newest = entries[0]
+    heading = newest.splitlines()[0].strip()
+    ratios = {}
+    for table in re.split(r"^### ", newest, flags=re.M)[1:]:
+        network = table.split()[0]
+        if network not in ("MLP", "ConvNet"):
+            continue
+        header = None
+        for line in table.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not line.startswith("|") or set("".join(cells)) <= set("-: "):
+                continue
+            if header is None:
+                header = [c.split(",")[0] for c in cells]
+                continue
+            if "ratio" in header and cells[header.index("ratio")].strip("* "):
+                runs = cells[header.index("ratio")].replace("*", "").split("/")
+                versus = cells[header.index("vs")] if "vs" in header else ""
+                ratios[network, cells[0]] = ([float(r) for r in runs], versus)
+    return heading, ratios

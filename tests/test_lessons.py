@@ -1,5 +1,7 @@
 """proxnp.lessons: the notebooks' sizes follow PROXNP_NOTEBOOK_FAST and nothing else."""
 
+import re
+
 from proxnp import lessons
 
 
@@ -39,3 +41,62 @@ def test_a_timing_that_contradicts_the_flop_count_is_a_measurement_problem():
     line = lessons.compare_to_flops("exact / BackProp", 0.68, 1.11)
     assert line.startswith("measurement problem: exact / BackProp: 1.11 x in FLOPs")
     assert lessons.compare_to_flops("Gram / Woodbury", 1.2, 0.5).startswith("measurement problem")
+
+
+ENTRY = """# Benchmark results
+
+## 2026-12-01 — 4-core test machine
+
+### MLP 3072-4000-1000-4000-10 (two runs)
+
+| step | median [s], run 1 / run 2 | ratio, run 1 / run 2 | vs | target |
+|---|---|---|---|---|
+| BackProp direction | 0.2 / 0.2 | 1.07 / 1.10 | matmul floor | |
+| ProxProp exact direction | 0.2 / 0.2 | **1.30 / 1.31** | BackProp direction | ≤ 1.2 |
+
+### ConvNet as in the authors' code
+
+| step | median [s] | ratio | vs | target |
+|---|---|---|---|---|
+| BackProp direction | 0.377 | | | |
+| ProxProp cg3 direction | 0.622 | **1.65** | BackProp direction | ≤ 2 |
+
+### The solver's pieces
+
+| piece | time [ms] |
+|---|---|
+| K @ g | 6.9 |
+
+## 2026-11-01 — an older entry
+
+### MLP
+
+| step | median [s] | ratio | vs |
+|---|---|---|---|
+| ProxProp exact direction | 0.3 | 9.99 | BackProp direction |
+"""
+
+
+def test_bench_ratios_reads_the_newest_entry(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text(ENTRY, encoding="utf-8")
+    heading, ratios = lessons.bench_ratios(path)
+    assert heading == "2026-12-01 — 4-core test machine"
+    assert ratios == {
+        ("MLP", "BackProp direction"): ([1.07, 1.10], "matmul floor"),
+        ("MLP", "ProxProp exact direction"): ([1.30, 1.31], "BackProp direction"),
+        ("ConvNet", "ProxProp cg3 direction"): ([1.65], "BackProp direction"),
+    }
+
+
+def test_bench_ratios_of_the_repository_hold_what_lesson_8_quotes():
+    heading, ratios = lessons.bench_ratios()
+    assert re.match(r"\d{4}-\d\d-\d\d", heading), heading
+    for key in [("MLP", "ProxProp exact direction"), ("MLP", "ProxProp cg3 direction")]:
+        runs, versus = ratios[key]
+        assert versus == "BackProp direction" and all(r > 1 for r in runs), (key, runs)
+    assert any(net == "ConvNet" and "ProxProp" in step for net, step in ratios)
+
+
+def test_bench_ratios_without_the_file(tmp_path):
+    assert lessons.bench_ratios(tmp_path / "missing.md") is None
