@@ -42,11 +42,16 @@ html_theme = "sphinx_book_theme"
 html_title = "proxnp"
 html_static_path = ["_static"]
 html_css_files = ["proxnp.css"]
+# One search field: the header's (a field on a wide screen, an icon on a phone); the theme's
+# default sidebar would add a second one.
+html_sidebars = {"**": ["navbar-logo.html", "icon-links.html", "sbt-sidebar-nav.html"]}
 html_theme_options = {
     "use_download_button": True,  # each lesson page offers its .ipynb
     "use_fullscreen_button": False,
     "show_toc_level": 2,
     "home_page_in_toc": True,
+    # A lesson page gives its whole width to code and figures (its sections are in the left menu's order).
+    "secondary_sidebar_items": {"**": ["page-toc"], "_notebooks/*": []},
 }
 
 autodoc_member_order = "bysource"
