@@ -31,12 +31,13 @@ def size(full, fast=None):
     return full
 
 
-def compare_to_flops(what, measured, counted):
+def compare_to_flops(what, measured, counted, margin=0.1):
     """One line setting a measured cost ratio beside its FLOP-count ratio.
 
     ``measured`` is a ratio of median times t_a / t_b, ``counted`` the ratio f_a / f_b of the
     same two computations' FLOP counts.  They agree when both lie on the same side of 1 (a
-    computation counted dearer is measured slower).  A contradiction — for example a ProxProp
+    computation counted dearer is measured slower); a count within ``margin`` of 1 (the two
+    cost about the same) agrees with any measurement.  A contradiction — for example a ProxProp
     step measured cheaper than a BackProp step although it does more work — says something
     about the measurement (a machine busy with other work, threads, caches), not about the
     method: the line then begins with ``measurement problem`` and the lesson prints it instead
@@ -46,7 +47,7 @@ def compare_to_flops(what, measured, counted):
     'ProxProp / BackProp: 1.11 x in FLOPs, measured 1.30 x'
     """
     line = f"{what}: {counted:.2f} x in FLOPs, measured {measured:.2f} x"
-    if (measured > 1) != (counted > 1):
+    if abs(counted - 1) > margin and (measured > 1) != (counted > 1):
         line = (
             f"measurement problem: {line} -- the FLOP count says the opposite; "
             "time again on an idle machine"
