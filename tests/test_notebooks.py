@@ -107,3 +107,22 @@ def test_lesson_cites_only_equations_in_the_table(path):
     assert not unknown, (
         f"{path.name} cites equations missing from docs/theory.md's table: {sorted(unknown)}"
     )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_lesson_opens_with_objectives_prerequisites_and_times_and_closes_with_exercises(path):
+    nb, _ = _source(path)
+    opening = "".join(nb["cells"][0]["source"])
+    assert "**Learning objectives.**" in opening and "**Prerequisites:**" in opening, path.name
+    time_line = re.search(r"^\*\*Time:\*\*(.*)$", opening, re.M)
+    assert time_line, f"{path.name}: no time line"
+    line = time_line.group(1)
+    assert re.search(r"\d+(\.\d+)? h to study", line), line
+    # the run times: full and fast, measured, with the machine and the date
+    assert re.search(r"full[^.;]*?\d+(\.\d+)? (s|min)", line) and re.search(
+        r"fast[^.;]*?\d+(\.\d+)? (s|min)", line
+    ), line
+    assert re.search(r"measured .*\d{4}-\d\d-\d\d", line) and "core" in line, line
+    assert "## Exercises" in "".join(nb["cells"][-1]["source"]), (
+        f"{path.name}: does not close with its exercises"
+    )
