@@ -31,6 +31,20 @@ def size(full, fast=None):
     return full
 
 
+def describe_setting():
+    """One line a lesson prints first: which setting runs, so a page of outputs says so itself.
+
+    The documentation build runs the lessons in the fast setting while their text quotes the
+    full lesson's numbers; this line tells a reader of the page which one the outputs are.
+    """
+    if is_fast():
+        return (
+            f"Fast setting ({FAST_VARIABLE}=1): smaller runs than the full lesson, the same checks. "
+            "Where the text quotes a number of the full lesson, the outputs below differ from it."
+        )
+    return f"Full lesson (set {FAST_VARIABLE}=1 for the short runs of the automated checks)."
+
+
 def compare_to_flops(what, measured, counted, margin=0.1):
     """One line setting a measured cost ratio beside its FLOP-count ratio.
 

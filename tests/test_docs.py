@@ -265,6 +265,8 @@ def test_lesson_figures_take_the_column_width(site, path):
     ), f"{path.name}: a right-hand sidebar narrows the figures"
     rules = _css_rules((site / "_static" / "proxnp.css").read_text(encoding="utf-8"))
     assert re.search(r"max-width:\s*100%", rules.get(".bd-article div.cell_output img", ""))
+    # the page's outputs say themselves that they come from the fast setting
+    assert "Fast setting (PROXNP_NOTEBOOK_FAST=1)" in text, path.name
 
 
 def test_every_page_has_one_search_field(site):

@@ -106,3 +106,10 @@ def test_bench_ratios_of_the_repository_hold_what_lesson_8_quotes():
 
 def test_bench_ratios_without_the_file(tmp_path):
     assert lessons.bench_ratios(tmp_path / "missing.md") is None
+
+
+def test_describe_setting_says_which_setting_runs(monkeypatch):
+    monkeypatch.setenv("PROXNP_NOTEBOOK_FAST", "1")
+    assert lessons.describe_setting().startswith("Fast setting (PROXNP_NOTEBOOK_FAST=1)")
+    monkeypatch.setenv("PROXNP_NOTEBOOK_FAST", "0")
+    assert lessons.describe_setting().startswith("Full lesson")
