@@ -51,7 +51,7 @@ html_theme_options = {
     "show_toc_level": 2,
     "home_page_in_toc": True,
     # A lesson page gives its whole width to code and figures (its sections are in the left menu's order).
-    "secondary_sidebar_items": {"**": ["page-toc"], "_notebooks/*": []},
+    "secondary_sidebar_items": {"[!_]*": ["page-toc.html"], "_notebooks/*": []},
 }
 
 autodoc_member_order = "bysource"
