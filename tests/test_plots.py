@@ -136,3 +136,10 @@ def test_penalty_chain_figure_draws_every_block_variable_and_coupling():
     # one row per hidden block: the second row starts where the first ended
     ys = sorted({round(p.center[1], 6) for p in ax.patches if isinstance(p, Circle)})
     assert len(ys) == 2
+
+
+def test_runs_that_coincide_stay_apart_by_line_style():
+    same = _history([0.1, 0.9, 0.95], [2.3, 0.5, 0.3])
+    fig = plots.history_figure({"exact": same, "cg10": same}, layout="epochs")
+    styles = [line.get_linestyle() for line in fig.axes[0].get_lines()[:2]]
+    assert styles[0] != styles[1], styles

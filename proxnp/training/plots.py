@@ -41,6 +41,10 @@ LAYOUTS = {
 }  # no timings
 
 
+# one style per run, so that a curve drawn over an identical one (cg10 over exact) still shows
+LINE_STYLES = ("-", "--", "-.", ":")
+
+
 def save_figure(fig, path):
     """Write ``fig`` as PNG to ``path`` atomically; returns ``path``."""
     buf = io.BytesIO()
@@ -113,13 +117,14 @@ def history_figure(histories, layout="mlp", title=None, time_limit=None, zoom=Tr
     for ax, key in zip(np.atleast_1d(axes), panels):
         xkey, ykey, xlabel, ylabel, log = PANELS[key]
         scale = 100.0 if ykey == "val_acc" else 1.0
-        for name, hist in histories.items():
+        for k, (name, hist) in enumerate(histories.items()):
             rows = hist["epochs"]
             ax.plot(
                 [r[xkey] for r in rows],
                 [scale * r[ykey] for r in rows],
                 label=name,
                 marker="." if len(rows) < 30 else None,
+                linestyle=LINE_STYLES[k % len(LINE_STYLES)],  # curves that coincide stay visible
             )
         if log:
             ax.set_yscale("log")
