@@ -26,7 +26,7 @@ extensions = [
     "sphinx-mathjax-offline",  # MathJax 3 from the installed package into _static/: no CDN
 ]
 myst_enable_extensions = ["dollarmath", "amsmath"]
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated"]
 suppress_warnings = ["myst.header"]
 
 # Every lesson is executed when the docs are built, so each page shows its numbers and figures;
@@ -42,11 +42,16 @@ html_theme = "sphinx_book_theme"
 html_title = "proxnp"
 html_static_path = ["_static"]
 html_css_files = ["proxnp.css"]
+# One search field: the header's (a field on a wide screen, an icon on a phone); the theme's
+# default sidebar would add a second one.
+html_sidebars = {"**": ["navbar-logo.html", "icon-links.html", "sbt-sidebar-nav.html"]}
 html_theme_options = {
     "use_download_button": True,  # each lesson page offers its .ipynb
     "use_fullscreen_button": False,
     "show_toc_level": 2,
     "home_page_in_toc": True,
+    # A lesson page gives its whole width to code and figures (its sections are in the left menu's order).
+    "secondary_sidebar_items": {"[!_]*": ["page-toc.html"], "_notebooks/*": []},
 }
 
 autodoc_member_order = "bysource"
@@ -67,6 +72,33 @@ for name, nb in _lessons.items():
     target = _dest / name
     if not target.exists() or target.read_bytes() != nb.read_bytes():
         shutil.copy2(nb, target)
+
+
+def _draw_penalty_chain(path):
+    """The theory page's figure: lesson 1's tanh network drawn as the penalty chain of eq. (3).
+
+    Drawn at every build (never committed) by the same function lesson 1 calls.
+    """
+    import numpy as np
+
+    import proxnp as pn
+    from proxnp.training.plots import penalty_chain_figure, save_figure
+
+    r = np.random.default_rng(0)
+    model = pn.Sequential(
+        pn.Linear(7, 6, rng=r),
+        pn.Tanh(),
+        pn.Linear(6, 5, rng=r),
+        pn.Tanh(),
+        pn.Linear(5, 4, rng=r),
+        pn.Tanh(),
+        pn.Linear(4, 3, rng=r),
+    )
+    path.parent.mkdir(exist_ok=True)
+    save_figure(penalty_chain_figure(model), path)
+
+
+_draw_penalty_chain(pathlib.Path(__file__).parent / "_generated" / "penalty_chain.png")
 
 
 def _literal_examples(app, what, name, obj, options, lines):

@@ -212,3 +212,76 @@ def test_wide_tables_wrap_inside_the_page(site):
     assert "proxnp.css" in page
     assert re.search(r"table td[^{]*\{[^}]*white-space:\s*normal", css)
     assert re.search(r"pst-scrollable-table-container\s*\{[^}]*overflow-x:\s*auto", css)
+
+
+class _Layout(html.parser.HTMLParser):
+    """Search fields (and whether each sits in the left sidebar) and the images of cell outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.search_fields, self.output_images = [], []
+        self._open = []  # classes of the open elements
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        classes = (attrs.get("class") or "").split()
+        inside = {c for cs in self._open for c in cs}
+        if "search-button-field" in classes:
+            self.search_fields.append("bd-sidebar-primary" in inside)
+        if tag == "img" and "cell_output" in inside:
+            self.output_images.append(attrs)
+        if tag not in ("img", "br", "hr", "input", "meta", "link", "source"):
+            self._open.append(classes)
+
+    def handle_endtag(self, tag):
+        if tag not in ("img", "br", "hr", "input", "meta", "link", "source") and self._open:
+            self._open.pop()
+
+
+def _css_rules(css):
+    """{selector: declarations} of a stylesheet (comments dropped; a selector list split)."""
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    rules = {}
+    for selectors, body in re.findall(r"([^{}]+)\{([^}]*)\}", css):
+        for selector in selectors.split(","):
+            rules.setdefault(" ".join(selector.split()), "")
+            rules[" ".join(selector.split())] += body
+    return rules
+
+
+def test_code_and_outputs_wrap_and_display_maths_scrolls(site):
+    # A pre block that neither wraps nor scrolls visibly cuts a lesson's equation tags off.
+    rules = _css_rules((site / "_static" / "proxnp.css").read_text(encoding="utf-8"))
+    for selector in (".bd-article div.cell_input pre", ".bd-article div.cell_output pre"):
+        assert re.search(r"white-space:\s*pre-wrap", rules.get(selector, "")), selector
+    assert re.search(r"overflow-x:\s*auto", rules.get(".bd-article div.math", ""))
+    assert re.search(r"height:\s*\d", rules.get(".bd-article div.math::-webkit-scrollbar", ""))
+    page = (site / "_notebooks" / "03_proxprop_on_an_mlp.html").read_text(encoding="utf-8")
+    assert "proxnp.css" in page and 'class="cell_input' in page
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_lesson_figures_take_the_column_width(site, path):
+    # No figure pinned to a small fixed width; the page has no right-hand sidebar taking its width.
+    text = (site / "_notebooks" / f"{path.stem}.html").read_text(encoding="utf-8")
+    layout = _Layout()
+    layout.feed(text)
+    assert layout.output_images, path.name
+    for attrs in layout.output_images:
+        assert "width" not in attrs and "width" not in (attrs.get("style") or ""), attrs
+    assert 'class="bd-sidebar-secondary' not in text, (
+        f"{path.name}: a right-hand sidebar narrows it"
+    )
+    rules = _css_rules((site / "_static" / "proxnp.css").read_text(encoding="utf-8"))
+    assert re.search(r"max-width:\s*100%", rules.get(".bd-article div.cell_output img", ""))
+    # the page's outputs say themselves that they come from the fast setting
+    assert "Fast setting (PROXNP_NOTEBOOK_FAST=1)" in text, path.name
+
+
+def test_every_page_has_one_search_field(site):
+    for name in ("index.html", "theory.html", "_notebooks/03_proxprop_on_an_mlp.html"):
+        layout = _Layout()
+        layout.feed((site / name).read_text(encoding="utf-8"))
+        # the header's field (a desktop and a phone variant of one field), none in the sidebar
+        assert layout.search_fields and not any(layout.search_fields), (name, layout.search_fields)
+        assert len(layout.search_fields) <= 2, (name, layout.search_fields)

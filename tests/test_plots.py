@@ -74,3 +74,73 @@ def test_points_below_the_zoom_are_marked_on_the_lower_edge():
     assert marks[0].get_markersize() > marks[1].get_markersize()  # nested, both visible
     unzoomed = plots.history_figure(HISTORIES, layout="epochs", zoom=False)
     assert len(unzoomed.axes[1].get_lines()) == 2  # no zoom: nothing to mark
+
+
+def _chain_models():
+    import numpy as np
+
+    import proxnp as pn
+
+    r = np.random.default_rng(0)
+    mlp = pn.Sequential(
+        pn.Linear(7, 6, rng=r), pn.Tanh(), pn.Linear(6, 5, rng=r), pn.Tanh(), pn.Linear(5, 3, rng=r)
+    )
+    conv = pn.Sequential(
+        pn.Conv2d(2, 3, 3, padding=1, rng=r),
+        pn.ReLU(),
+        pn.MaxPool2d(2),
+        pn.Flatten(),
+        pn.Linear(12, 5, rng=r),
+    )
+    return mlp, conv
+
+
+def test_penalty_chain_follows_the_models_layer_list():
+    mlp, conv = _chain_models()
+    items = plots.penalty_chain_items(mlp)
+    assert [k for k, _, _ in items] == ["var"] + ["phi", "var", "sigma", "var"] * 2 + [
+        "phi",
+        "loss",
+    ]
+    assert [s for k, s, _ in items if k == "var"] == [
+        "$a_0$",
+        "$z_{1}$",
+        "$a_{1}$",
+        "$z_{2}$",
+        "$a_{2}$",
+    ]
+    assert [n for k, _, n in items if k == "phi"] == ["Linear(7→6)", "Linear(6→5)", "Linear(5→3)"]
+    assert [n for k, _, n in items if k == "sigma"] == ["Tanh()", "Tanh()"]
+    # sigma need not be elementwise: ReLU -> MaxPool2d -> Flatten is one block
+    items = plots.penalty_chain_items(conv)
+    assert [k for k, _, _ in items] == ["var", "phi", "var", "sigma", "var", "phi", "loss"]
+    sigma = [n for k, _, n in items if k == "sigma"][0]
+    assert sigma.split(" →\n") == ["ReLU()", "MaxPool2d(2, stride=2)", "Flatten()"]
+
+
+def test_penalty_chain_figure_draws_every_block_variable_and_coupling():
+    from matplotlib.patches import Circle, FancyBboxPatch
+
+    mlp, _ = _chain_models()
+    fig = plots.penalty_chain_figure(mlp, blocks_per_row=1)
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert sum(isinstance(p, Circle) for p in ax.patches) == 1 + 4 + 1  # a_0, z_l, a_l; a_1 again
+    assert sum(isinstance(p, FancyBboxPatch) for p in ax.patches) == 3 + 2 + 1  # phi, sigma, L_y
+    assert [t for t in texts if t.startswith(r"$\theta")] == [
+        r"$\theta_{1}$",
+        r"$\theta_{2}$",
+        r"$\theta_{3}$",
+    ]
+    assert sum(r"\rho" in t for t in texts) == 2 and sum(r"\gamma" in t for t in texts) == 2
+    assert "Linear(7→6)" in texts and texts.count("Tanh()") == 2
+    # one row per hidden block: the second row starts where the first ended
+    ys = sorted({round(p.center[1], 6) for p in ax.patches if isinstance(p, Circle)})
+    assert len(ys) == 2
+
+
+def test_runs_that_coincide_stay_apart_by_line_style():
+    same = _history([0.1, 0.9, 0.95], [2.3, 0.5, 0.3])
+    fig = plots.history_figure({"exact": same, "cg10": same}, layout="epochs")
+    styles = [line.get_linestyle() for line in fig.axes[0].get_lines()[:2]]
+    assert styles[0] != styles[1], styles

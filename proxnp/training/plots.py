@@ -8,6 +8,7 @@ cross-entropy J in nats, times are wall-clock seconds of the training steps.
 """
 
 import io
+import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -38,6 +39,10 @@ LAYOUTS = {
     "convnet": ("loss_epoch", "loss_time", "val_epoch", "val_time"),  # Fig. 3
     "epochs": ("loss_epoch", "val_epoch"),
 }  # no timings
+
+
+# one style per run, so that a curve drawn over an identical one (cg10 over exact) still shows
+LINE_STYLES = ("-", "--", "-.", ":")
 
 
 def save_figure(fig, path):
@@ -112,13 +117,14 @@ def history_figure(histories, layout="mlp", title=None, time_limit=None, zoom=Tr
     for ax, key in zip(np.atleast_1d(axes), panels):
         xkey, ykey, xlabel, ylabel, log = PANELS[key]
         scale = 100.0 if ykey == "val_acc" else 1.0
-        for name, hist in histories.items():
+        for k, (name, hist) in enumerate(histories.items()):
             rows = hist["epochs"]
             ax.plot(
                 [r[xkey] for r in rows],
                 [scale * r[ykey] for r in rows],
                 label=name,
                 marker="." if len(rows) < 30 else None,
+                linestyle=LINE_STYLES[k % len(LINE_STYLES)],  # curves that coincide stay visible
             )
         if log:
             ax.set_yscale("log")
@@ -139,3 +145,136 @@ def history_figure(histories, layout="mlp", title=None, time_limit=None, zoom=Tr
 def plot_histories(histories, path, layout="mlp", title=None, time_limit=None):
     """:func:`history_figure` saved as PNG to ``path``; returns ``path``."""
     return save_figure(history_figure(histories, layout, title, time_limit), path)
+
+
+def _spring(ax, x0, x1, y, color, turns=4):
+    """A zigzag from (x0, y) to (x1, y): a quadratic coupling drawn as a spring."""
+    xs = np.linspace(x0, x1, 2 * turns + 3)
+    ys = np.full_like(xs, y)
+    ys[2:-2] += 0.1 * np.where(np.arange(len(xs) - 4) % 2 == 0, 1.0, -1.0)
+    ax.plot(xs, ys, color=color, lw=1.3)
+
+
+def penalty_chain_items(model):
+    """The chain of :func:`penalty_chain_figure`: a list of (kind, symbol, layers).
+
+    ``kind`` is ``"var"`` (a variable of E), ``"phi"``, ``"sigma"`` or ``"loss"``; ``symbol`` is
+    mathtext; ``layers`` names the model's layers in a box (None for a variable).
+    """
+    from ..penalty import blocks
+
+    b = blocks(model)
+    prefix = " → ".join(map(repr, b.prefix))
+    items = [("var", "$a_0$", f"X → {prefix}" if prefix else "= X")]
+    for l, (phi, sigma) in enumerate(zip(b.phis, b.sigmas), start=1):
+        items += [
+            ("phi", rf"$\phi_{{{l}}}$", textwrap.fill(repr(phi), 18)),
+            ("var", f"$z_{{{l}}}$", None),
+            ("sigma", rf"$\sigma_{{{l}}}$", " →\n".join(map(repr, sigma)) or "identity"),
+            ("var", f"$a_{{{l}}}$", None),
+        ]
+    items += [
+        ("phi", rf"$\phi_{{{len(b.phis)}}}$", textwrap.fill(repr(b.phis[-1]), 18)),
+        ("loss", r"$\mathcal{L}_y$", " → ".join(map(repr, b.head)) or None),
+    ]
+    return items
+
+
+def penalty_chain_figure(model, blocks_per_row=2, width=7.5):
+    """The penalty formulation of ``model`` (eq. 3) as a chain of blocks; returns the Figure.
+
+    Drawn from the model's own layer list (:func:`penalty_chain_items`, from
+    :func:`proxnp.penalty.blocks`): a box for every linear transfer function phi_l with its
+    parameters theta_l above it, a box for every nonlinearity sigma_l, a circle for every
+    variable a_0 = X, z_l, a_l of the energy, and a spring for each quadratic coupling --
+    rho/2 ||phi(theta_l, a_{l-1}) - z_l||^2 between a phi box and z_l, gamma/2 ||sigma(z_l) -
+    a_l||^2 between a sigma box and a_l -- ending in the loss L_y of the last phi.  Every box
+    names its layers.  ``blocks_per_row`` hidden blocks (phi, z, sigma, a) per row; a row
+    continues from the variable the previous one ended with.  ``width`` in inches: the
+    default fits a page column.
+    """
+    items = penalty_chain_items(model)
+    body, tail = items[1:-2], items[-2:]
+    blocks4 = [body[i : i + 4] for i in range(0, len(body), 4)]
+    rows, start = [], items[0]
+    for r in range(0, max(len(blocks4), 1), blocks_per_row):
+        row = [start] + [it for blk in blocks4[r : r + blocks_per_row] for it in blk]
+        start = row[-1]
+        rows.append(row)
+    rows[-1] += tail
+    step, box_w, box_h, radius, row_h = 1.25, 0.9, 0.7, 0.3, 2.3
+    spans = []
+    for row in rows:
+        xs = [0.0]
+        for prev, item in zip(row[:-1], row[1:]):
+            coupled = item[0] == "var" and prev[0] in ("phi", "sigma")
+            xs.append(xs[-1] + step * (1.3 if coupled else 1.0))
+        spans.append(xs)
+    x_max = max(xs[-1] for xs in spans)
+    height = 0.9 + row_h * len(rows)
+    fig = Figure(figsize=(width, width * height / (x_max + 1.6) + 0.5), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xlim(-0.8, x_max + 0.8)
+    ax.set_ylim(-row_h * (len(rows) - 1) - 1.3, 1.3)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    colors = {"phi": "#d8e6f3", "sigma": "#f6e3c8", "loss": "#e3d3ee"}
+    n_phi = 0
+    for r, (row, xs) in enumerate(zip(rows, spans)):
+        y = -row_h * r
+        for k, ((kind, symbol, layers), x) in enumerate(zip(row, xs)):
+            if kind == "var":
+                ax.add_patch(_circle(x, y, radius))
+                ax.text(x, y, symbol, ha="center", va="center", fontsize=11)
+                if layers:
+                    ax.text(x, y - 0.42, layers, ha="center", va="top", fontsize=8)
+            else:
+                ax.add_patch(_box(x, y, box_w, box_h, colors[kind]))
+                ax.text(x, y, symbol, ha="center", va="center", fontsize=12)
+                if layers:
+                    ax.text(x, y - 0.45, layers, ha="center", va="top", fontsize=7)
+            if kind == "phi":
+                n_phi += 1
+                ax.text(x, y + 0.95, rf"$\theta_{{{n_phi}}}$", ha="center", fontsize=11)
+                ax.annotate(
+                    "", (x, y + box_h / 2), (x, y + 0.9), arrowprops=dict(arrowstyle="->", lw=1)
+                )
+            if k == 0:
+                continue
+            x0 = xs[k - 1] + (radius if row[k - 1][0] == "var" else box_w / 2)
+            x1 = x - (radius if kind == "var" else box_w / 2)
+            if kind == "var":  # a free variable, coupled to its block's output by a penalty
+                weight, color = (r"\rho", "C0") if row[k - 1][0] == "phi" else (r"\gamma", "C1")
+                _spring(ax, x0, x1, y, color)
+                ax.text(
+                    (x0 + x1) / 2,
+                    y + 0.2,
+                    rf"$\frac{{{weight}}}{{2}}\|\cdot\|^2$",
+                    ha="center",
+                    va="bottom",
+                    fontsize=10,
+                    color=color,
+                )
+            else:  # the variable is the block's input
+                ax.annotate("", (x1, y), (x0, y), arrowprops=dict(arrowstyle="->", lw=1))
+    fig.suptitle(
+        r"$E(\theta, a, z) = \mathcal{L}_y(\phi(\theta_{L-1}, a_{L-2}))"
+        r" + \sum_{l=1}^{L-2} \frac{\gamma}{2}\|\sigma(z_l) - a_l\|^2"
+        r" + \frac{\rho}{2}\|\phi(\theta_l, a_{l-1}) - z_l\|^2$",
+        fontsize=10,
+    )
+    return fig
+
+
+def _box(x, y, w, h, color):
+    from matplotlib.patches import FancyBboxPatch
+
+    return FancyBboxPatch(
+        (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02", fc=color, ec="0.2", lw=1
+    )
+
+
+def _circle(x, y, r):
+    from matplotlib.patches import Circle
+
+    return Circle((x, y), r, fc="white", ec="0.2", lw=1)
