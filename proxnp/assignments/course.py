@@ -148,7 +148,11 @@ def try_assignments(specs, submission=None, keep=None, sources=SOURCES):
 
 
 def feedback_zip(course, assignment, out):
-    """Pack course/feedback/<student>/<assignment>/*.html as <student>__<file>.html into the zip ``out``."""
+    """Pack ``course/feedback/<student>/<assignment>/*.html`` into the zip ``out``.
+
+    Each file is stored as ``<student>__<file>.html``, the name a learning platform's bulk
+    upload matches to the student.
+    """
     import zipfile
 
     files = sorted((pathlib.Path(course) / "feedback").glob(f"*/{assignment}/*.html"))
