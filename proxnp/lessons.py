@@ -73,7 +73,8 @@ RESULTS = pathlib.Path(__file__).resolve().parents[1] / "bench" / "RESULTS.md"
 
 
 def bench_ratios(path=RESULTS):
-    """The step-time ratios of the newest entry of ``bench/RESULTS.md``, read at run time.
+    """The step-time ratios of the newest entry of ``bench/RESULTS.md`` that has step tables
+    (``### MLP ...`` / ``### ConvNet ...`` with a ``ratio`` column), read at run time.
 
     A lesson that quotes the benchmarks reads them here instead of copying numbers that drift.
     Returns ``(heading, ratios)``: the entry's ``##`` heading (date and machine) and a dict
@@ -88,10 +89,17 @@ def bench_ratios(path=RESULTS):
     entries = re.split(r"^## ", path.read_text(encoding="utf-8"), flags=re.M)[1:]
     if not entries:
         raise ValueError(f"{path}: no dated entry ('## date — machine')")
-    newest = entries[0]
-    heading = newest.splitlines()[0].strip()
+    for entry in entries:
+        heading, ratios = entry.splitlines()[0].strip(), _step_ratios(entry)
+        if ratios:
+            return heading, ratios
+    raise ValueError(f"{path}: no entry with step tables ('### MLP' or '### ConvNet')")
+
+
+def _step_ratios(entry):
+    """{(network, step): (ratios, versus)} of one entry's step tables."""
     ratios = {}
-    for table in re.split(r"^### ", newest, flags=re.M)[1:]:
+    for table in re.split(r"^### ", entry, flags=re.M)[1:]:
         network = table.split()[0]
         if network not in ("MLP", "ConvNet"):
             continue
@@ -107,4 +115,4 @@ def bench_ratios(path=RESULTS):
                 runs = cells[header.index("ratio")].replace("*", "").split("/")
                 versus = cells[header.index("vs")] if "vs" in header else ""
                 ratios[network, cells[0]] = ([float(r) for r in runs], versus)
-    return heading, ratios
+    return ratios

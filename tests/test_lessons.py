@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from proxnp import lessons
 
 
@@ -93,6 +95,22 @@ def test_bench_ratios_reads_the_newest_entry(tmp_path):
         ("MLP", "ProxProp exact direction"): ([1.30, 1.31], "BackProp direction"),
         ("ConvNet", "ProxProp cg3 direction"): ([1.65], "BackProp direction"),
     }
+
+
+def test_bench_ratios_skip_entries_without_step_tables(tmp_path):
+    # A newer entry of another kind (a thread study, an accuracy table) does not hide the steps.
+    thread_study = (
+        "## 2026-12-02 — a thread study\n\n| entry | ratio |\n|---|---|\n| epoch | 0.96 |\n\n"
+    )
+    title, rest = ENTRY.split("\n\n", 1)
+    path = tmp_path / "RESULTS.md"
+    path.write_text(f"{title}\n\n{thread_study}{rest}", encoding="utf-8")
+    heading, ratios = lessons.bench_ratios(path)
+    assert heading == "2026-12-01 — 4-core test machine"
+    assert ratios[("MLP", "ProxProp exact direction")] == ([1.30, 1.31], "BackProp direction")
+    (tmp_path / "none.md").write_text(f"{title}\n\n{thread_study}", encoding="utf-8")
+    with pytest.raises(ValueError, match="no entry with step tables"):
+        lessons.bench_ratios(tmp_path / "none.md")
 
 
 def test_bench_ratios_of_the_repository_hold_what_lesson_8_quotes():

@@ -50,12 +50,15 @@ On a GPU none of this applies: a kernel is already parallel, so every function h
 runs a CuPy computation as one call.
 """
 
+from __future__ import annotations
+
 import contextlib
 import functools
 import math
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -320,7 +323,7 @@ def numpy_blas_one_thread():
 
 
 @contextlib.contextmanager
-def threads(n):
+def threads(n: int | None) -> Iterator[None]:
     """Context manager: exactly ``n`` threads for proxnp's BLAS calls and host threads.
 
     Inside it the thread policy (:func:`threads_for`) is off: every operation proxnp
