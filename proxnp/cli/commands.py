@@ -37,9 +37,10 @@ from .. import __version__
 from ..backend import gpu_status, to_device
 from ..fast.cpu import reuse_host_memory, threads
 from ..proxprop import check_tau_theta
+from ..training.checkpoint import RECORD_KEYS
 from ..training.data import load_dataset
 from ..training.errors import ProxnpError
-from ..training.files import atomic_write_bytes, read_regular
+from ..training.files import atomic_write_bytes, caused_by, read_regular
 from ..training.fit import check_data, evaluate, fit, training_verdict
 from ..training.memory import address_space_available, check_memory, format_bytes
 from ..training.models import build_model, memory_estimate, mlp_sizes
@@ -100,16 +101,7 @@ def _jsonable(x):
 
 
 def write_metrics(path, histories):
-    keys = [
-        "epoch",
-        "train_loss",
-        "train_acc",
-        "val_loss",
-        "val_acc",
-        "batch_loss",
-        "epoch_time",
-        "time",
-    ]
+    keys = list(RECORD_KEYS)  # one row per run and epoch, the checkpoint's record
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["run"] + keys)
@@ -541,7 +533,7 @@ def main(argv=None):
         )
         return 130
     except Exception as exc:
-        memory = _caused_by(exc, MemoryError)
+        memory = caused_by(exc, MemoryError)
         if memory is not None:
             detail = f" ({memory})" if str(memory) else ""
             say(f"proxnp: error: out of memory while {STAGE[0]}{detail}")
@@ -561,17 +553,6 @@ def main(argv=None):
             "your input; please report it with the traceback above"
         )
         return EXIT_BUG
-
-
-def _caused_by(exc, kind):
-    """``exc`` or the first exception of type ``kind`` it was raised from or during."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def say(message):

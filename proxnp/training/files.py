@@ -159,20 +159,21 @@ def atomic_savez(path, arrays):
     try:
         np.savez(buf, **arrays)
     except Exception as exc:
-        if _caused_by_memory(exc):
+        if caused_by(exc, MemoryError) is not None:
             raise MemoryError(f"writing {path}") from None
         raise
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _caused_by_memory(exc):
+def caused_by(exc, kind):
+    """``exc`` or the first exception of type ``kind`` it was raised from or during, else None."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, MemoryError):
-            return True
+        if isinstance(exc, kind):
+            return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
 def load_npz(path, expect=None):
