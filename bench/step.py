@@ -19,7 +19,8 @@ reference path (``proxnp.reference()``) instead of the fast kernels.  On
 ``--device gpu`` PyTorch runs with TF32 off, as CuPy does.
 
 On the MLP, cg3 and cg10 are also timed with the CG loop instead of the fast path's s-step
-block ("(CG loop)", :func:`cg_loop_only`): the previous code, interleaved with the new.
+block ("(CG loop)", :func:`cg_loop_only`), interleaved with it, so the two forms are compared
+in one process.
 
 Targets: MLP BackProp <= 1.0x PyTorch CPU; direction steps: ProxProp exact <= 1.2x,
 cg3 <= 1.35x and cg10 <= 1.8x BackProp on the MLP, cg3 <= 2x on the ConvNet.
@@ -40,8 +41,8 @@ from proxnp.training.models import PAPER_MLP, convnet, mlp
 
 @contextlib.contextmanager
 def cg_loop_only():
-    """The fast path with its s-step block off: every CG runs the loop, as the previous code
-    did (``proxnp.fast.prox.SSTEP_MAX`` set to 0 inside the block)."""
+    """The fast path with its s-step block off: every CG runs the loop
+    (``proxnp.fast.prox.SSTEP_MAX`` set to 0 inside the block)."""
     from proxnp.fast import prox as fast_prox
 
     old, fast_prox.SSTEP_MAX = fast_prox.SSTEP_MAX, 0

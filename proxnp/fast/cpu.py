@@ -351,7 +351,7 @@ def threads(n: int | None) -> Iterator[None]:
             _forced = old
 
 
-limit_threads = threads  # the earlier name
+limit_threads = threads  # the same context manager, under the name the lessons use
 
 
 # ------------------------------------------------------------------------ host threads
