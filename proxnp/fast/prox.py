@@ -142,8 +142,8 @@ def range_space_cg(K, g, inv_tau_theta, iters, tol=None, variant="textbook", bas
         )
     if basis in ("eigen", "sstep"):
         with scipy_single_thread():
-            lam, Q64 = eigh(xp, K.astype(np.float64))  # float64: the spectrum drives CG
-        Q = Q64.astype(g.dtype)
+            lam, Q64 = eigh(xp, K.astype(np.float64, copy=False))  # float64: the spectrum drives CG
+        Q = Q64.astype(g.dtype, copy=False)
     if basis == "sstep":
         u, info, fallback = sstep_cg(lam, Q, g, inv_tau_theta, iters)
         if fallback.size:  # these columns by the loop, in the eigenbasis
@@ -392,8 +392,8 @@ def woodbury_inverse(K_damped, dtype=None):
     solves with a wide right-hand side would run on one.
     """
     with scipy_single_thread():  # in float64: R^3 / 3 is small beside the products with it
-        inverse = spd_inverse(get_xp(K_damped), K_damped.astype("float64"))
-    return inverse.astype(dtype or K_damped.dtype)
+        inverse = spd_inverse(get_xp(K_damped), K_damped.astype("float64", copy=False))
+    return inverse.astype(dtype or K_damped.dtype, copy=False)
 
 
 def woodbury_solve(K_damped, g):
