@@ -86,8 +86,13 @@ def check_proxprop_options(
     cg_variant="textbook",
     cg_tol=None,
     space="auto",
+    dtype=None,
 ):
-    """Raise ValueError naming the allowed values for any bad option (or combination)."""
+    """Raise ValueError naming the allowed values for any bad option (or combination).
+
+    With ``dtype`` (the model's), tau_theta must also be large enough for it
+    (:func:`check_tau_theta`).
+    """
     for name, value in (
         ("tau_theta", tau_theta),
         ("solver", solver),
@@ -99,6 +104,8 @@ def check_proxprop_options(
     ):
         check_proxprop_option(name, value)
     check_solver_and_space(solver, space)  # e.g. the exact solver never runs matrix-free
+    if dtype is not None:
+        _check_inverse_fits(tau_theta, dtype)
 
 
 def check_tau_theta(tau_theta, dtype):
@@ -109,6 +116,11 @@ def check_tau_theta(tau_theta, dtype):
     not a diverged run.
     """
     check_proxprop_option("tau_theta", tau_theta)
+    _check_inverse_fits(tau_theta, dtype)
+
+
+def _check_inverse_fits(tau_theta, dtype):
+    """1/tau_theta (tau_theta already checked > 0 and finite) must be finite in ``dtype``."""
     dtype = np.dtype(dtype)
     if dtype.kind == "f" and not 1.0 / float(tau_theta) <= float(np.finfo(dtype).max):
         raise ValueError(
@@ -139,8 +151,9 @@ def proxprop(
     The last parametrised layer: the plain gradient.  ``model.cg_info`` maps each
     prox layer's index to its CG record (or None).
     """
-    check_proxprop_options(tau_theta, solver, cg_iters, cg_backend, cg_variant, cg_tol, space)
-    check_tau_theta(tau_theta, x.dtype)
+    check_proxprop_options(
+        tau_theta, solver, cg_iters, cg_backend, cg_variant, cg_tol, space, dtype=x.dtype
+    )
     out = model.forward(x)
     loss = loss_fn.forward(out, y)
     dy = loss_fn.backward()  # dJ/d(output), tau = 1

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import proxnp as pn
 from proxnp.training.data import load_dataset
 from proxnp.training.fit import fit, training_verdict
 from proxnp.training.models import mlp
@@ -215,6 +216,14 @@ def test_tau_theta_is_checked_against_the_dtype():
     ]:
         with pytest.raises(ValueError, match=message):
             check_tau_theta(tau, np.float32)
+    # proxprop and fit check it against the model's dtype in their one option check
+    model = mlp([64, 10, 10], rng=np.random.default_rng(0), dtype=np.float32)
+    x, y = np.ones((4, 64), np.float32), np.zeros(4, dtype=int)
+    too_small = "tau_theta = 1e-40 is too small for float32"
+    with pytest.raises(ValueError, match=too_small):
+        pn.proxprop(model, pn.SoftmaxCrossEntropy(), x, y, tau_theta=1e-40)
+    with pytest.raises(ValueError, match=too_small):
+        fit(model, load_dataset("digits"), tau_theta=1e-40, epochs=1, batch_size=100)
 
 
 def test_a_proximal_step_float32_cannot_solve_names_tau_theta():

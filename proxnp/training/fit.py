@@ -33,7 +33,7 @@ from .. import optim
 from ..backend import get_xp, synchronize, to_device, to_numpy
 from ..fast.cpu import blas_session
 from ..losses import SoftmaxCrossEntropy
-from ..proxprop import backprop, check_proxprop_options, check_tau_theta, proxprop
+from ..proxprop import backprop, check_proxprop_options, proxprop
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import DataError, TrainingError
 
@@ -149,8 +149,7 @@ def fit(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     if method == "proxprop":
-        check_proxprop_options(tau_theta, solver, cg_iters)
-        check_tau_theta(tau_theta, model.dtype)
+        check_proxprop_options(tau_theta, solver, cg_iters, dtype=model.dtype)
     n = len(data.x_train)
     for name, v in (("batch_size", batch_size), ("epochs", epochs), ("seed", seed)):
         if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
