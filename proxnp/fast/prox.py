@@ -118,8 +118,8 @@ def range_space_cg(K, g, inv_tau_theta, iters, tol=None, variant="textbook", bas
     block CG on diag(lam + 1/tau_theta) w = lam^(1/2) Q^T g, every iteration elementwise,
     after one eigendecomposition and two products with Q.  (Components with lam = 0 do
     not reach delta = A^T u; u gets none.)  ``basis="sstep"`` computes textbook CG's
-    u as one s-step block there (:func:`sstep_cg`; columns it cannot take run the
-    eigenbasis loop in float64).  ``"auto"`` picks by cost (:func:`use_sstep`, then
+    u as one s-step block from Chebyshev moments (:func:`sstep_cg`; columns it cannot
+    take run the loop in float64).  ``"auto"`` picks by cost (:func:`use_sstep`, then
     :func:`use_eigenbasis`).
     """
     xp = get_xp(K, g)
@@ -140,20 +140,25 @@ def range_space_cg(K, g, inv_tau_theta, iters, tol=None, variant="textbook", bas
             f"the s-step CG runs textbook CG of at most {SSTEP_MAX} steps without cg_tol, "
             "on NumPy arrays"
         )
-    if basis in ("eigen", "sstep"):
-        with scipy_single_thread():
-            lam, Q64 = eigh(xp, K.astype(np.float64, copy=False))  # float64: the spectrum drives CG
-        Q = Q64.astype(g.dtype, copy=False)
     if basis == "sstep":
-        u, info, fallback = sstep_cg(lam, Q, g, inv_tau_theta, iters)
-        if fallback.size:  # these columns by the loop, in the eigenbasis
-            g_f = g[:, fallback].astype(np.float64)
-            u_f, info_f = _eigen_cg(lam, Q64, g_f, inv_tau_theta, iters, tol, variant)
+        u, info, fallback = sstep_cg(K, g, inv_tau_theta, iters)
+        if fallback.size:  # these columns by the loop, in float64
+            K64 = K.astype(np.float64, copy=False)
+            u_f, info_f = k_inner_cg(
+                lambda x, out: np.matmul(K64, x, out=out),
+                g[:, fallback].astype(np.float64),
+                inv_tau_theta,
+                iters,
+            )
             u[:, fallback] = u_f
             info.residual_norms[:, fallback] = info_f.residual_norms
         return u, info
     if basis == "eigen":
-        return _eigen_cg(lam, Q, g, inv_tau_theta, iters, tol, variant)
+        with scipy_single_thread():
+            lam, Q64 = eigh(xp, K.astype(np.float64, copy=False))  # float64: the spectrum drives CG
+        return _eigen_cg(
+            lam, Q64.astype(g.dtype, copy=False), g, inv_tau_theta, iters, tol, variant
+        )
     K_g = K.astype(g.dtype, copy=False)
     return k_inner_cg(
         lambda x, out: xp.matmul(K_g, x, out=out), g, inv_tau_theta, iters, tol, variant
@@ -207,107 +212,181 @@ def k_inner_cg(apply_K, g, inv_tau_theta, iters, tol=None, variant="textbook"):
     return X[:R], info
 
 
-# ------------------------------------------------------- s-step CG in the eigenbasis
+# ------------------------------------------------ s-step CG in a deflated Chebyshev basis
 SSTEP_MAX = 10  # the most CG steps taken as one s-step block
 SSTEP_COND = 1e8  # a column whose scaled s x s Gram matrix is worse conditioned runs the loop
+LANCZOS_STEPS = 12  # for K's top eigenpair and the top of the rest of its spectrum
+OUTLIER_RATIO = 10  # lam_1 >= this x the next Ritz value: deflate the top eigenpair
 
 
 def use_sstep(R, out, iters, xp=np, tol=None, variant="textbook"):
     """True when :func:`sstep_cg` should compute the textbook CG of ``iters`` steps.
 
-    It needs one R x R eigendecomposition (about 10 R^3 multiply-adds) and two products
-    with Q (2 R^2 out); the loop takes ``iters`` products with K plus some 30 passes over
-    R x out blocks per iteration (counted as 10 multiply-adds an element).  The s-step
-    block is also the accurate one (its small systems are float64; the loop's
-    recurrences lose up to 1e-2 in float32 on the paper's MLP, bench/RESULTS.md), so it
-    is taken up to twice the loop's count.  Only textbook CG without the early exit, on
-    the CPU (see :func:`use_eigenbasis`).
+    It takes ``iters + 1`` products with K (one for the last residual norm), some 40
+    passes over R x out blocks (counted as one multiply-add an element) and a Lanczos run
+    on K (:data:`LANCZOS_STEPS` matrix-vector products in float64, counted as 8 R^2); the
+    loop takes ``iters`` products plus some 30 passes per iteration (counted as 10
+    multiply-adds an element).  The s-step block is also the accurate one (its small
+    systems are float64; the loop's recurrences lose up to 1e-2 in float32 on the
+    paper's MLP, bench/RESULTS.md), so it is taken up to twice the loop's count.  Only
+    textbook CG without the early exit, on the CPU.
     """
     if xp is not np or tol is not None or variant != "textbook" or iters > SSTEP_MAX:
         return False
-    return 10 * R**3 + 2 * R * R * out < 2 * iters * (R * R * out + 300 * R * out)
+    sstep = (iters + 1) * R * R * out + 40 * R * out + 8 * LANCZOS_STEPS * R * R
+    return sstep < 2 * iters * (R * R * out + 300 * R * out)
 
 
-def krylov_polynomials(x, mu, s):
-    """Phi (R, s): phi_0..phi_{s-1} at the points x, orthonormal for the weights mu >= 0.
+def top_eigenpair(K):
+    """(lam_1, q_1, top): K's largest eigenpair, where it stands apart, and a bound on the
+    spectrum left beside it (float64, symmetric positive semi-definite K).
 
-    sum_i mu_i phi_a(x_i) phi_b(x_i) = [a == b]; phi_a has degree a (Stieltjes'
-    procedure with full re-orthogonalisation, float64).  Where the weights have fewer
-    than s points, the remaining columns are zero.
+    Lanczos with full re-orthogonalisation, :data:`LANCZOS_STEPS` steps from the start
+    vector (1, ..., 2) (not an eigenvector of a K with constant rows).  Inputs >= 0
+    (images, ReLU outputs) give K one eigenvalue near R m^T m, m the rows' mean, far above
+    the rest; when the top Ritz value is :data:`OUTLIER_RATIO` times the next and its
+    residual ||K q_1 - lam_1 q_1|| is below 1e-10 of the next, (lam_1, q_1) is returned
+    and ``top`` = 1.05 x the next Ritz value bounds the spectrum of
+    K - lam_1 q_1 q_1^T on the complement of q_1.  Otherwise q_1 is None and ``top`` =
+    1.05 x the top Ritz value plus its residual bounds all of K's spectrum.
     """
-    R = x.shape[0]
-    Phi = np.zeros((R, s))
-    total = mu.sum()
-    if not total > 0:
-        return Phi
-    p = np.full(R, 1 / np.sqrt(total))
-    for a in range(s):
-        Phi[:, a] = p
-        if a + 1 == s:
+    R = K.shape[0]
+    m = min(R, LANCZOS_STEPS)
+    Q = np.zeros((R, m))
+    alpha, beta = np.zeros(m), np.zeros(m)
+    q = np.linspace(1.0, 2.0, R)
+    q /= np.linalg.norm(q)
+    for k in range(m):
+        Q[:, k] = q
+        w = K @ q
+        alpha[k] = q @ w
+        for _ in range(2):  # re-orthogonalise against every Lanczos vector, twice
+            w -= Q[:, : k + 1] @ (Q[:, : k + 1].T @ w)
+        beta[k] = np.linalg.norm(w)
+        if not beta[k] > 1e-14 * np.abs(alpha[: k + 1]).max():  # an invariant subspace
+            m = k + 1
             break
-        q = (x / x.max()) * p  # x scaled to [0, 1]: the same span
-        for _ in range(2):  # Gram-Schmidt twice in the mu-inner product
-            q -= Phi[:, : a + 1] @ (Phi[:, : a + 1].T @ (mu * q))
-        norm = np.sqrt((mu * q * q).sum())
-        if not norm > 1e-14:  # the weights live on a + 1 points: the space is exhausted
-            break
-        p = q / norm
-    return Phi
+        q = w / beta[k]
+    T = np.diag(alpha[:m]) + np.diag(beta[: m - 1], 1) + np.diag(beta[: m - 1], -1)
+    theta, S = np.linalg.eigh(T)
+    q_1 = Q[:, :m] @ S[:, -1]
+    residual = np.linalg.norm(K @ q_1 - theta[-1] * q_1)
+    if m > 1 and theta[-1] >= OUTLIER_RATIO * theta[-2] and residual <= 1e-10 * theta[-2]:
+        return theta[-1], q_1, 1.05 * theta[-2]
+    top = 1.05 * theta[-1] + residual
+    return theta[-1], None, top if top > 0 else 1.0  # K = 0: any scale
 
 
-def sstep_cg(lam, Q, g, inv_tau_theta, iters):
+def chebyshev_product(a, b):
+    """Chebyshev coefficients of the product of the series sum a_i T_i and sum b_j T_j
+    (T_i T_j = (T_{i+j} + T_{abs(i-j)}) / 2)."""
+    out = np.zeros(len(a) + len(b) - 1)
+    for i, a_i in enumerate(a):
+        for j, b_j in enumerate(b):
+            out[i + j] += a_i * b_j / 2
+            out[abs(i - j)] += a_i * b_j / 2
+    return out
+
+
+def moment_table(polys, weight, n_moments):
+    """T (len(polys), len(polys), n_moments) with sum_m T[a, b, m] nu_m = w^T p_a q_b w
+    for Chebyshev series p_a and weight polynomial (all in T_m(L)), nu_m = w^T T_m(L) w."""
+    table = np.zeros((len(polys), len(polys), n_moments))
+    for a, p in enumerate(polys):
+        for b, q in enumerate(polys[: a + 1]):
+            c = chebyshev_product(chebyshev_product(p, q), weight)
+            table[a, b, : len(c)] = table[b, a, : len(c)] = c
+    return table
+
+
+def sstep_cg(K, g, inv_tau_theta, iters):
     """Textbook block CG of ``iters`` steps from u = 0 in the K-inner product, as one s-step
-    block in the eigenbasis K = Q diag(lam) Q^T; returns (u, CGInfo, fallback columns).
+    block; returns (u, CGInfo, fallback columns).
 
     After s steps CG's u is the Galerkin solution over the Krylov space
-    span{g, K~ g, ..., K~^(s-1) g}, K~ = K + I/tau_theta: with u_hat = Q^T u =
-    psi(x) g_hat, x = lam + 1/tau_theta, psi = sum_a c_a phi_a of degree < s, it
-    minimises the M-energy 1/2 delta^T M delta - delta^T A^T g, delta = A^T u, so per
-    column j (weights lam_i g_hat_ij^2, float64)
+    {p(K) g : deg p < s}: with delta = A^T u it minimises the M-energy
+    1/2 delta^T M delta - delta^T A^T g = 1/2 u^T (K^2 + K/tau_theta) u - u^T K g.  So per
+    column, for any basis p_0..p_{s-1} of the polynomials of degree < s and
+    u = sum_a y_a p_a(K) g,
 
-        G c = b,   G_ab = sum_i lam x phi_a phi_b g_hat^2,   b_a = sum_i lam phi_a g_hat^2,
+        G y = b,   G_ab = g^T p_a (K^2 + K/tau_theta) p_b g,   b_a = g^T p_a K g,
 
-    and ||A^T r_k||^2 = n0 - 2 c^T h + c^T H c after k steps (leading k x k systems) with
-    n0 = sum lam g_hat^2, h_a = sum lam x phi_a g_hat^2, H_ab = sum lam x^2 phi_a phi_b g_hat^2.
-    All of these moments are one product of g_hat^2 (out x R) with an R x (2s^2 + 2s + 1)
-    table.  The basis phi_a is orthonormal for the columns' mean weights
-    (:func:`krylov_polynomials`), so G is well conditioned unless a column's weights
-    differ much from the mean; columns whose Jacobi-scaled G has a condition number
-    above :data:`SSTEP_COND` are returned in ``fallback`` (u and norms there unset) for
-    the loop to compute.  The record comes from those moments, so a residual norm far below
-    the first one is accurate to about 1e-16 ||r_0||^2 / ||r_k|| (the directions to
-    round-off).
+    and ||A^T r_k||^2 = g^T r(K) K r(K) g, r(x) = 1 - (x + 1/tau_theta) sum_a y_a p_a(x),
+    after k steps (leading k x k systems).  The basis: K = lam_1 q_1 q_1^T + K_perp
+    with (lam_1, q_1) K's top eigenpair where it stands apart (:func:`top_eigenpair`;
+    else lam_1 = 0), g = alpha q_1 + g_perp, and
+
+        p_0 = 1,   p_a(x) = (1 - x / lam_1) T_{a-1}(L(x))   (deflated),  or  p_a = T_a(L),
+        L(x) = 2 x / top - 1,  the spectrum of K_perp in [0, top] mapped to [-1, 1],
+
+    so that p_a(lam_1) = 0 for a >= 1: the outlier drops out of every basis vector but g,
+    and every bulk term is a Chebyshev moment nu_m = g_perp^T T_m(L(K_perp)) g_perp, all
+    from the vectors w_j = T_j(L) g_perp (``iters + 1`` products with the float32 L,
+    w_{j+1} = 2 L w_j - w_{j-1}) by 2 iters + 2 column inner products
+    (nu_2j = 2 w_j^T w_j - nu_0, nu_2j+1 = 2 w_j+1^T w_j - nu_1).  The outlier's terms
+    are alpha^2 lam_1 (lam_1 + 1/tau_theta) p_a(lam_1) p_b(lam_1) and alpha^2 lam_1 p_a(lam_1).
+    The s x s systems, built from the moments by Chebyshev products, are solved in
+    float64; u = sum_j c_j w_j + y_0 alpha q_1 is one pass over the w_j.
+
+    Columns whose Jacobi-scaled G has a condition number above :data:`SSTEP_COND` are
+    returned in ``fallback`` (u and norms there unset) for the loop to compute.
     """
-    s = int(iters)
-    lam = np.maximum(np.asarray(lam, dtype=np.float64), 0)  # K is PSD; clip rounding
-    x = lam + inv_tau_theta
-    g_hat = (Q.T @ g).astype(np.float64)
-    g2 = g_hat * g_hat
-    w = lam * x  # the M-energy's weights, per unit g_hat^2
-    total = g2.T @ w  # (out,)
-    live = total > 0
-    mu = g2 @ np.where(live, 1 / np.where(live, total, 1), 0) * w  # mean normalised weights
-    Phi = krylov_polynomials(x, mu, s)
-    pairs = (Phi[:, :, None] * Phi[:, None, :]).reshape(-1, s * s)
-    table = np.concatenate(
-        [
-            w[:, None] * pairs,  # G
-            lam[:, None] * Phi,  # b
-            (w * x)[:, None] * pairs,  # H
-            w[:, None] * Phi,  # h
-            lam[:, None],  # n0
-        ],
-        axis=1,
-    )
-    m = g2.T @ table
-    n_out = g.shape[1]
-    G = m[:, : s * s].reshape(n_out, s, s)
-    b = m[:, s * s : s * s + s]
-    H = m[:, s * s + s : 2 * s * s + s].reshape(n_out, s, s)
-    h = m[:, 2 * s * s + s : 2 * s * s + 2 * s]
-    n0 = m[:, -1]
-    G = (G + G.transpose(0, 2, 1)) / 2
+    xp = get_xp(g)
+    s, c = int(iters), inv_tau_theta
+    R, n_out = g.shape
+    K = K.astype(np.float64, copy=False)
+    lam_1, q_1, top = top_eigenpair(K)
+    deflate = q_1 is not None
+    K_perp = K - lam_1 * np.outer(q_1, q_1) if deflate else K
+    L = (2 / top) * K_perp
+    L[np.diag_indices(R)] -= 1
+    L, two_L = L.astype(g.dtype), (2 * L).astype(g.dtype)
+    # w_0..w_{s+1}, one per row block (n_out, R): the column inner products run along rows
+    W = xp.empty((n_out, s + 2, R), dtype=g.dtype)
+    if deflate:
+        q_g = q_1.astype(g.dtype)
+        alpha = q_g @ g  # (n_out,)
+        W[:, 0] = g.T
+        for c0 in range(0, n_out, 256):  # g_perp = g - q_1 alpha^T, in cache-sized pieces
+            W[c0 : c0 + 256, 0] -= np.multiply.outer(alpha[c0 : c0 + 256], q_g)
+        alpha2 = alpha.astype(np.float64) ** 2
+    else:
+        W[:, 0] = g.T
+        alpha2 = np.zeros(n_out)
+    np.matmul(W[:, 0], L, out=W[:, 1])
+    for j in range(1, s + 1):
+        np.matmul(W[:, j], two_L, out=W[:, j + 1])
+        W[:, j + 1] -= W[:, j - 1]
+    nu = np.empty((n_out, 2 * s + 2))
+    for j in range(s + 1):
+        nu[:, 2 * j] = np.einsum("jr,jr->j", W[:, j], W[:, j])
+        nu[:, 2 * j + 1] = np.einsum("jr,jr->j", W[:, j + 1], W[:, j])
+    nu[:, 2:] = 2 * nu[:, 2:] - nu[:, [0, 1] * s]
+    # the basis and the weights as Chebyshev series in L
+    x = np.array([top / 2, top / 2])  # x = top (T_0 + T_1) / 2
+    unit = np.eye(s)
+    if deflate:
+        one_less = np.array([1 - top / (2 * lam_1), -top / (2 * lam_1)])  # 1 - x / lam_1
+        basis = [unit[0]] + [chebyshev_product(one_less, unit[a - 1][:a]) for a in range(1, s)]
+        at_lam_1 = unit[0]  # p_a(lam_1)
+    else:
+        basis, at_lam_1 = [unit[a][: a + 1] for a in range(s)], np.zeros(s)
+    x_c = x + np.array([c, 0])  # x + 1/tau_theta
+    energy = chebyshev_product(x, x_c)  # x^2 + x/tau_theta
+    n_m = 2 * s + 2
+    G = np.einsum("abm,jm->jab", moment_table(basis, energy, n_m), nu)
+    G += np.multiply.outer(alpha2 * lam_1 * (lam_1 + c), np.outer(at_lam_1, at_lam_1))
+    b = nu[:, :n_m] @ moment_table([unit[0][:1]] + basis, x, n_m)[0, 1:].T
+    b += np.multiply.outer(alpha2 * lam_1, at_lam_1)
+    # the residual's K-norm: r = 1 - sum_a y_a (x + 1/tau_theta) p_a, in the basis
+    # {1, (x + 1/tau_theta) p_a}; H is its Gram matrix with weight x
+    r_basis = [np.ones(1)] + [chebyshev_product(x_c, p) for p in basis]
+    H = np.einsum("abm,jm->jab", moment_table(r_basis, x, n_m), nu)
+    r_at = np.concatenate([[1.0], (lam_1 + c) * at_lam_1])
+    H += np.multiply.outer(alpha2 * lam_1, np.outer(r_at, r_at))
+
     d = np.sqrt(np.maximum(np.einsum("jaa->ja", G), 0))
+    live = d[:, 0] > 0  # a zero column stays zero
     d = np.where(d > 0, d, 1)
     Gs = G / d[:, :, None] / d[:, None, :]
     eig = np.linalg.eigvalsh(Gs)
@@ -316,19 +395,24 @@ def sstep_cg(lam, Q, g, inv_tau_theta, iters):
     fallback = live & ~(cond <= SSTEP_COND)
     good = live & ~fallback
     norms = np.zeros((s + 1, n_out))
-    norms[0] = np.sqrt(np.maximum(n0, 0))
-    c = np.zeros((n_out, s))
+    norms[0] = np.sqrt(np.maximum(H[:, 0, 0], 0))
+    y = np.zeros((n_out, s))
     if good.any():
-        Gs, bs, ds = Gs[good], (b / d)[good], d[good]
+        Gs, bs, ds, Hg = Gs[good], (b / d)[good], d[good], H[good]
         for k in range(1, s + 1):
-            ck = np.linalg.solve(Gs[:, :k, :k], bs[:, :k, None])[..., 0] / ds[:, :k]
-            Hk, hk = H[good][:, :k, :k], h[good][:, :k]
-            res2 = n0[good] - 2 * (ck * hk).sum(1) + np.einsum("ja,jab,jb->j", ck, Hk, ck)
+            y_k = np.linalg.solve(Gs[:, :k, :k], bs[:, :k, None])[..., 0] / ds[:, :k]
+            z = np.concatenate([np.ones((len(y_k), 1)), -y_k], axis=1)
+            res2 = np.einsum("ja,jab,jb->j", z, Hg[:, : k + 1, : k + 1], z)
             norms[k, good] = np.sqrt(np.maximum(res2, 0))
-        c[good] = ck
-    u_hat = g_hat * (Phi @ c.T)
-    u = Q @ u_hat.astype(g.dtype)
-    return u, CGInfo(s, norms), np.flatnonzero(fallback)
+        y[good] = y_k
+    coef = np.zeros((n_out, s))
+    for a, p in enumerate(basis):
+        coef[:, : len(p)] += y[:, a : a + 1] * p
+    if deflate:  # u = sum_j c_j w_j + y_0 alpha q_1: q_1 takes w_s's place (its moments are in)
+        W[:, s] = q_g
+        coef = np.concatenate([coef, (y[:, :1] * alpha[:, None])], axis=1)
+    u_T = np.einsum("jk,jkr->jr", coef.astype(g.dtype), W[:, : coef.shape[1]])
+    return u_T.T, CGInfo(s, norms), np.flatnonzero(fallback)
 
 
 def cg_block_width(xp, R, s, itemsize, tol=None):
@@ -377,10 +461,28 @@ def use_eigenbasis(R, out, iters, xp=np):
 def row_gram_float64(P):
     """K = A A^T (R x R) in float64 on the CPU, in P's dtype on a GPU.
 
-    On the paper's MLP a float32 K alone moves the exact direction by ~1e-5; from float32
-    P the float64 product costs about twice the float32 one (R^2 D / 2 multiply-adds).
+    On the CPU from rows centred on their mean m (so 1^T Pc = 0), Pc = P - 1 m^T:
+
+        K = P P^T + 1 1^T = Pc Pc^T + 1 h^T + h 1^T + (m^T m + 1) 1 1^T,   h = Pc m,
+
+    the product Pc Pc^T in P's dtype, the rest in float64.  Inputs >= 0 (images, ReLU
+    outputs) give K one eigenvalue near R m^T m, ~1000x the rest on the paper's MLP: a
+    float32 P P^T rounds every entry at that eigenvalue's scale, ~1e-4 of the others',
+    while Pc Pc^T rounds at the others' own scale.  From float32 P this costs about half
+    a float64 product (R^2 D / 2 multiply-adds).
     """
-    return row_gram(P.astype(np.float64, copy=False) if get_xp(P) is np else P)
+    xp = get_xp(P)
+    if xp is not np:
+        return row_gram(P)
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged run: inf/NaN go on
+        m = P.mean(axis=0, dtype=np.float64)
+        P_c = P - m.astype(P.dtype)
+        K = (P_c @ P_c.T).astype(np.float64, copy=False)
+        h = (P_c @ m.astype(P.dtype)).astype(np.float64, copy=False)
+        K += h[:, None]
+        K += h[None, :]
+        K += m @ m + 1
+    return K
 
 
 def woodbury_inverse(K_damped, dtype=None):
