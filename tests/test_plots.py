@@ -71,7 +71,11 @@ def test_points_below_the_zoom_are_marked_on_the_lower_edge():
     assert all(list(m.get_ydata()) == [lo] * len(m.get_xdata()) for m in marks)
     assert [m.get_color() for m in marks] == [c.get_color() for c in curves]
     assert not any(m.get_clip_on() for m in marks)
-    assert marks[0].get_markersize() > marks[1].get_markersize()  # nested, both visible
+    # side by side, not on one spot: the same epoch 0, drawn a few points apart
+    shifted = [m.get_transform().transform([(0, lo)])[0][0] for m in marks]
+    assert shifted[0] < shifted[1]
+    assert marks[0].get_markersize() == marks[1].get_markersize()
+    assert "off scale" in ax.get_legend().get_texts()[0].get_text()
     unzoomed = plots.history_figure(HISTORIES, layout="epochs", zoom=False)
     assert len(unzoomed.axes[1].get_lines()) == 2  # no zoom: nothing to mark
 
@@ -144,3 +148,25 @@ def test_runs_that_coincide_stay_apart_by_line_style():
     fig = plots.history_figure({"exact": same, "cg10": same}, layout="epochs")
     styles = [line.get_linestyle() for line in fig.axes[0].get_lines()[:2]]
     assert styles[0] != styles[1], styles
+
+
+def test_a_diverged_run_is_marked_on_the_upper_edge_and_in_the_legend():
+    diverged = _history([0.1, 0.5, 0.1], [2.3, 1.0, float("nan")])
+    diverged["status"] = "diverged"
+    fig = plots.history_figure(
+        {"ok": HISTORIES["BackProp"], "too large": diverged}, layout="epochs"
+    )
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["ok", "too large (diverged: ×)"]
+    top = ax.get_ylim()[1]
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [2]
+    assert list(crosses[0].get_ydata()) == [top] and not crosses[0].get_clip_on()
+
+
+def test_runs_have_their_own_markers():
+    same = _history([0.1, 0.9, 0.95], [2.3, 0.5, 0.3])
+    fig = plots.history_figure({"exact": same, "cg10": same}, layout="epochs")
+    markers = [line.get_marker() for line in fig.axes[0].get_lines()[:2]]
+    assert markers[0] != markers[1], markers

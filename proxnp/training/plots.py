@@ -41,8 +41,10 @@ LAYOUTS = {
 }  # no timings
 
 
-# one style per run, so that a curve drawn over an identical one (cg10 over exact) still shows
+# one line style and one open marker per run, so that a curve drawn over an identical one
+# (cg10 over exact) still shows
 LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "D", "^", "P", "X")
 
 
 def save_figure(fig, path):
@@ -72,33 +74,61 @@ def accuracy_limits(histories, skip=0.2, margin=0.1):
     return max(0.0, lo - pad), min(100.0, hi + pad)
 
 
-def mark_clipped(ax):
+def mark_clipped(ax, spacing=8.0):
     """Mark the points of ``ax``'s lines that lie below its lower y-limit.
 
     Each such point is drawn as an open downward triangle on the lower edge, in its
     line's colour, so a zoomed accuracy panel still shows every epoch of every run.
-    Later lines get smaller triangles, nested inside the earlier ones, so runs clipped
-    at the same epoch stay distinguishable.  Returns the number of points marked.
+    The triangles of different lines sit side by side, ``spacing`` points apart around
+    their x, so runs clipped at the same epoch do not pile up on one spot.  When any
+    point is marked, a legend on the panel says what the triangles mean.  Returns the
+    number of points marked.
     """
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import ScaledTranslation
+
     lo = ax.get_ylim()[0]
-    marked = 0
-    for k, line in enumerate(list(ax.get_lines())):
+    lines = list(ax.get_lines())
+    clipped = []
+    for line in lines:
         x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
         below = np.isfinite(y) & (y < lo)
         if below.any():
-            ax.plot(
-                x[below],
-                np.full(int(below.sum()), lo),
-                "v",
-                color=line.get_color(),
-                mfc="none",
-                mew=1.3,
-                ms=max(11 - 2 * k, 3),
-                clip_on=False,
-                zorder=3,
-            )
-            marked += int(below.sum())
-    return marked
+            clipped.append((line, x[below]))
+    for k, (line, x) in enumerate(clipped):
+        shift = spacing * (k - (len(clipped) - 1) / 2) / 72  # inches
+        ax.plot(
+            x,
+            np.full(len(x), lo),
+            "v",
+            color=line.get_color(),
+            mfc="none",
+            mew=1.3,
+            ms=7,
+            clip_on=False,
+            zorder=3,
+            transform=ax.transData + ScaledTranslation(shift, 0, ax.figure.dpi_scale_trans),
+        )
+    if clipped:
+        note = Line2D([], [], linestyle="none", marker="v", mfc="none", color="0.3", mew=1.3, ms=7)
+        ax.legend(
+            [note],
+            ["below the axis (off scale),\none per run, side by side"],
+            fontsize=8,
+            loc="best",
+        )
+    return sum(len(x) for _, x in clipped)
+
+
+def mark_diverged(ax, rows, xkey, ykey, color):
+    """An ``x`` on the upper edge of ``ax`` at the first record of ``rows`` whose ``ykey`` is
+    NaN or inf (a diverged run, whose curve ends there); returns its x or ``None``."""
+    bad = [r[xkey] for r in rows if not np.isfinite(r[ykey])]
+    if not bad:
+        return None
+    ax.set_ylim(*ax.get_ylim())  # the mark stays on the edge: no autoscaling to it
+    ax.plot(bad[0], ax.get_ylim()[1], "x", color=color, ms=9, mew=2, clip_on=False, zorder=3)
+    return bad[0]
 
 
 def history_figure(histories, layout="mlp", title=None, time_limit=None, zoom=True):
@@ -107,7 +137,9 @@ def history_figure(histories, layout="mlp", title=None, time_limit=None, zoom=Tr
     ``histories`` maps a run name (mathtext allowed) to a history of
     :func:`proxnp.training.fit.fit`.  ``time_limit`` clips the time axes (the paper clips at
     300 s); ``zoom`` narrows the accuracy axes with :func:`accuracy_limits` and marks
-    the points below the zoom on the lower edge (:func:`mark_clipped`).
+    the points below the zoom on the lower edge (:func:`mark_clipped`).  Each run has its
+    own line style and open marker; a run whose loss became NaN or inf (diverged) ends
+    there, with an ``x`` on the panel's upper edge and "diverged" in its legend entry.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
@@ -117,15 +149,22 @@ def history_figure(histories, layout="mlp", title=None, time_limit=None, zoom=Tr
     for ax, key in zip(np.atleast_1d(axes), panels):
         xkey, ykey, xlabel, ylabel, log = PANELS[key]
         scale = 100.0 if ykey == "val_acc" else 1.0
+        lines = []
         for k, (name, hist) in enumerate(histories.items()):
             rows = hist["epochs"]
-            ax.plot(
+            every = max(1, len(rows) // 15)  # about 15 markers a curve, staggered between runs
+            diverged = not all(np.isfinite(r[ykey]) for r in rows)
+            (line,) = ax.plot(
                 [r[xkey] for r in rows],
                 [scale * r[ykey] for r in rows],
-                label=name,
-                marker="." if len(rows) < 30 else None,
+                label=f"{name} (diverged: ×)" if diverged else name,
+                marker=MARKERS[k % len(MARKERS)],
+                markevery=(k % every, every),
+                ms=4,
+                mfc="none",
                 linestyle=LINE_STYLES[k % len(LINE_STYLES)],  # curves that coincide stay visible
             )
+            lines.append((line, rows))
         if log:
             ax.set_yscale("log")
         if ykey == "val_acc" and zoom:
@@ -133,6 +172,8 @@ def history_figure(histories, layout="mlp", title=None, time_limit=None, zoom=Tr
             mark_clipped(ax)
         if xkey == "time" and time_limit:
             ax.set_xlim(0, time_limit)
+        for line, rows in lines:
+            mark_diverged(ax, rows, xkey, ykey, line.get_color())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
