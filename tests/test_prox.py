@@ -192,13 +192,17 @@ def sstep_problem(kind, R=500, D=3072, out=24, seed=0):
     )
 
 
+SSTEP_BASES = ["sstep", "sstep_eigen"]
+
+
+@pytest.mark.parametrize("basis", SSTEP_BASES)
 @pytest.mark.parametrize("s", [1, 2, 3, 5])
-def test_sstep_cg_equals_block_cg_in_float64(s):
+def test_sstep_cg_equals_block_cg_in_float64(s, basis):
     """On the paper's shapes (R = 500, D = 3072): the s-step block is within 1e-12 of CG in
     exact arithmetic, and so within block_cg's own rounding (~1e-10 after 5 steps) of it."""
     P, g = sstep_problem("centred")
     K = prox.row_gram(P)
-    u, info = fast_prox.range_space_cg(K, g, 20.0, s, basis="sstep")
+    u, info = fast_prox.range_space_cg(K, g, 20.0, s, basis=basis)
     d, want = prox.apply_At(P, u), prox.apply_At(P, krylov_galerkin(K, g, 20.0, s))
     d_ref, info_ref = prox.prox_direction(P, g, 0.05, "cg", s, space="matfree")
     assert rel_error(d, want) < 1e-12
@@ -208,14 +212,15 @@ def test_sstep_cg_equals_block_cg_in_float64(s):
     assert rel_error(info.residual_norms, info_ref.residual_norms) < 1e-8
 
 
+@pytest.mark.parametrize("basis", SSTEP_BASES)
 @pytest.mark.parametrize("kind", ["outlier", "graded"])
 @pytest.mark.parametrize("s", [1, 2, 3, 5, 10])
-def test_sstep_cg_equals_exact_arithmetic_cg_on_ill_conditioned_grams(kind, s):
+def test_sstep_cg_equals_exact_arithmetic_cg_on_ill_conditioned_grams(kind, s, basis):
     """With one eigenvalue far above the rest, textbook CG itself drifts in float64 (by ~1e-6
     after 5 steps, ~1e-3 after 8, on the paper's MLP); the s-step block does not."""
     P, g = sstep_problem(kind, out=8)
     K = prox.row_gram(P)
-    u, _ = fast_prox.range_space_cg(K, g, 20.0, s, basis="sstep")
+    u, _ = fast_prox.range_space_cg(K, g, 20.0, s, basis=basis)
     want = prox.apply_At(P, krylov_galerkin(K, g, 20.0, s))
     assert rel_error(prox.apply_At(P, u), want) < 1e-10
     if s <= 3:  # here the CG loop is still exact to round-off
@@ -223,13 +228,17 @@ def test_sstep_cg_equals_exact_arithmetic_cg_on_ill_conditioned_grams(kind, s):
         assert rel_error(prox.apply_At(P, u), d_ref) < 1e-10
 
 
-@pytest.mark.parametrize("solver,iters", [("exact", 1), ("cg", 3), ("cg", 5), ("cg", 10)])
-def test_float32_directions_on_the_paper_mlp_spectrum(solver, iters):
+@pytest.mark.parametrize(
+    "solver,iters,form",
+    [("exact", 1, None)] + [("cg", s, form) for s in (3, 5, 10) for form in SSTEP_BASES],
+)
+def test_float32_directions_on_the_paper_mlp_spectrum(monkeypatch, solver, iters, form):
     """A first layer of the paper's MLP (batch 500, inputs >= 0: K's top eigenvalue ~1000x
     the rest): float32 within 1e-5 of float64 (exact: 5e-6), where CG's float32
-    recurrences lose ~1e-2."""
+    recurrences lose ~1e-2 -- with either s-step form."""
     P, g = sstep_problem("outlier", out=1000)
     d64, _ = fast_prox.prox_direction(P, g, 0.05, solver, iters)
+    monkeypatch.setattr(fast_prox, "sstep_form", lambda *args, **kw: form)
     d32, _ = fast_prox.prox_direction(
         P.astype(np.float32), g.astype(np.float32), 0.05, solver, iters
     )
@@ -238,7 +247,8 @@ def test_float32_directions_on_the_paper_mlp_spectrum(solver, iters):
     assert err <= (5e-6 if solver == "exact" else 1e-5), err
 
 
-def test_sstep_columns_that_need_the_loop_fall_back_to_it(monkeypatch):
+@pytest.mark.parametrize("basis", SSTEP_BASES)
+def test_sstep_columns_that_need_the_loop_fall_back_to_it(monkeypatch, basis):
     """A zero column, an eigenvector (its Krylov space ends after one step) and, with the
     condition limit at 1, every column: the loop's directions and records."""
     rng = np.random.default_rng(8)
@@ -246,13 +256,17 @@ def test_sstep_columns_that_need_the_loop_fall_back_to_it(monkeypatch):
     K = prox.row_gram(P)
     g = rng.standard_normal((30, 5))
     g[:, 1] = 0
-    g[:, 2] = np.linalg.eigh(K)[1][:, 7]
-    _, _, fallback = fast_prox.sstep_cg(K, g, 0.5, 4)
+    lam, Q = np.linalg.eigh(K)
+    g[:, 2] = Q[:, 7]
+    if basis == "sstep":
+        _, _, fallback = fast_prox.sstep_cg(K, g, 0.5, 4)
+    else:
+        _, _, fallback = fast_prox.eigen_sstep_cg(lam, Q, g, 0.5, 4)
     assert list(fallback) == [2]  # the zero column needs nothing, the eigenvector the loop
     u_loop, info_loop = fast_prox.range_space_cg(K, g, 0.5, 4, basis="direct")
     for limit in (fast_prox.SSTEP_COND, 1.0):
         monkeypatch.setattr(fast_prox, "SSTEP_COND", limit)
-        u, info = fast_prox.range_space_cg(K, g, 0.5, 4, basis="sstep")
+        u, info = fast_prox.range_space_cg(K, g, 0.5, 4, basis=basis)
         assert np.all(np.isfinite(u)) and np.all(u[:, 1] == 0)
         assert rel_error(prox.apply_At(P, u), prox.apply_At(P, u_loop)) < 1e-10
         assert rel_error(info.residual_norms, info_loop.residual_norms) < 1e-8
@@ -276,15 +290,19 @@ def test_a_diverged_layer_gives_nan_directions_not_an_error():
 
 def test_sstep_is_chosen_only_for_textbook_cg_without_early_exit_on_the_cpu():
     for out in (4000, 1000):  # the paper's MLP layers
-        assert fast_prox.use_sstep(500, out, 3) and fast_prox.use_sstep(500, out, 10)
-    assert not fast_prox.use_sstep(500, 4000, 3, variant="authors")
-    assert not fast_prox.use_sstep(500, 4000, 3, tol=1e-3)
-    assert not fast_prox.use_sstep(500, 4000, 3, xp=object())  # a GPU namespace
-    assert not fast_prox.use_sstep(500, 4000, fast_prox.SSTEP_MAX + 1)
-    assert not fast_prox.use_sstep(4000, 10, 3)  # eigh(K) far dearer than three products
+        for iters in (3, 10):
+            assert fast_prox.sstep_form(500, out, iters) in ("sstep", "sstep_eigen")
+    assert fast_prox.sstep_form(500, 1000, 3) == "sstep"  # eigh(K) dearer than 4 products
+    assert fast_prox.sstep_form(500, 4000, 3, variant="authors") is None
+    assert fast_prox.sstep_form(500, 4000, 3, tol=1e-3) is None
+    assert fast_prox.sstep_form(500, 4000, 3, xp=object()) is None  # a GPU namespace
+    assert fast_prox.sstep_form(500, 4000, fast_prox.SSTEP_MAX + 1) is None
     K, g = np.eye(3), np.ones((3, 2))
-    with pytest.raises(ValueError, match="s-step CG runs textbook CG"):
-        fast_prox.range_space_cg(K, g, 0.5, 3, variant="authors", basis="sstep")
+    for basis in ("sstep", "sstep_eigen"):
+        with pytest.raises(ValueError, match="s-step CG runs textbook CG"):
+            fast_prox.range_space_cg(K, g, 0.5, 3, variant="authors", basis=basis)
+    with pytest.raises(ValueError, match="unknown basis 'chebyshev'"):
+        fast_prox.range_space_cg(K, g, 0.5, 3, basis="chebyshev")
 
 
 def test_eigenbasis_cg_has_the_same_iterates():

@@ -10,13 +10,17 @@ which the fast path hands a cheaper operator and inner product.
   <A^T x, A^T y> = x^T K y and M A^T = A^T (K + I/tau_theta), K = A A^T: the *same
   iterates* at R^2 * out per iteration, A^T applied once at the end
   (:func:`range_space_cg`).
-  Textbook CG of up to :data:`SSTEP_MAX` steps runs as one s-step block in the
-  eigenbasis of K (:func:`sstep_cg`, chosen by :func:`use_sstep`): a Krylov basis, its
-  small Gram matrices from one product, s x s systems in float64 -- as accurate as CG in
-  exact arithmetic, also for float32 data.  Otherwise (the authors' variant, an early
-  exit, a GPU) the loop runs, for many iterations in the eigenbasis, where every
-  iteration is elementwise (:func:`use_eigenbasis`) and, on the CPU, the columns go in
-  cache-sized blocks (:func:`cg_block_width`).
+  Textbook CG of up to :data:`SSTEP_MAX` steps runs as one s-step block: s + 1
+  products with K give Chebyshev moments of a basis from which K's outlying top
+  eigenpair is deflated (:func:`sstep_cg`), or an eigendecomposition of K gives them
+  without products (:func:`eigen_sstep_cg`), whichever is cheaper (:func:`sstep_form`);
+  the s x s systems are float64 -- as accurate as CG in exact arithmetic, also for
+  float32 data.  Otherwise (the authors' variant, an early exit, a GPU) the loop runs,
+  for many iterations in the eigenbasis, where every iteration is elementwise
+  (:func:`use_eigenbasis`) and, on the CPU, the columns go in cache-sized blocks
+  (:func:`cg_block_width`).
+* **K from centred rows** (:func:`row_gram_float64`): float32 rounding at the scale of
+  K's bulk, not of its outlying eigenvalue.
 * **A cost model** (:func:`choose_space`) picks the cheapest of "row_gram", "col_gram"
   and "matfree" by multiply-add counts.
 * **Sums over rows on host threads**: a conv layer has R in the 100 000s and few
@@ -35,7 +39,7 @@ from .. import prox
 from ..backend import eigh, get_xp, spd_inverse, spd_solve
 from ..cg import CGInfo, block_cg, scipy_cg
 from ..prox import apply_A, row_gram
-from .cpu import blas_threads, parallel_sum, scipy_single_thread
+from .cpu import blas_threads, parallel_sum, scipy_single_thread, threads_for
 
 BLOCK_BYTES = 1 << 22  # rows of P per block of apply_AtA: about 4 MiB
 CG_BLOCK_BYTES = 1 << 23  # the range-space CG's eight work arrays per column block
@@ -102,6 +106,9 @@ def choose_space(R, D1, out, solver, cg_iters):
 
 
 # -------------------------------------------------------------------- range-space CG
+BASES = ("auto", "direct", "eigen", "sstep", "sstep_eigen")
+
+
 def range_space_cg(K, g, inv_tau_theta, iters, tol=None, variant="textbook", basis="auto"):
     """Block CG on M delta = A^T g from delta = 0, run in u with delta = A^T u.
 
@@ -118,30 +125,39 @@ def range_space_cg(K, g, inv_tau_theta, iters, tol=None, variant="textbook", bas
     block CG on diag(lam + 1/tau_theta) w = lam^(1/2) Q^T g, every iteration elementwise,
     after one eigendecomposition and two products with Q.  (Components with lam = 0 do
     not reach delta = A^T u; u gets none.)  ``basis="sstep"`` computes textbook CG's
-    u as one s-step block from Chebyshev moments (:func:`sstep_cg`; columns it cannot
-    take run the loop in float64).  ``"auto"`` picks by cost (:func:`use_sstep`, then
+    u as one s-step block from Chebyshev moments (:func:`sstep_cg`), ``"sstep_eigen"``
+    as one in the eigenbasis (:func:`eigen_sstep_cg`); columns they cannot take run the
+    loop in float64.  ``"auto"`` picks by cost (:func:`sstep_form`, then
     :func:`use_eigenbasis`).
     """
     xp = get_xp(K, g)
-    if basis not in ("auto", "direct", "eigen", "sstep"):
-        raise ValueError(f"unknown basis {basis!r}; expected 'auto', 'direct', 'eigen' or 'sstep'")
+    if basis not in BASES:
+        raise ValueError(f"unknown basis {basis!r}; expected one of {', '.join(map(repr, BASES))}")
     R, out = g.shape
     if basis == "auto" and xp is np and not (np.isfinite(K).all() and np.isfinite(g).all()):
         basis = "direct"  # a diverged run: NaN/inf flow through the loop to the fit's check
     if basis == "auto":
-        if use_sstep(R, out, iters, xp, tol, variant):
-            basis = "sstep"
-        elif use_eigenbasis(R, out, iters, xp):
-            basis = "eigen"
-    if basis == "sstep" and (
+        basis = sstep_form(R, out, iters, xp, tol, variant) or (
+            "eigen" if use_eigenbasis(R, out, iters, xp) else "direct"
+        )
+    if basis.startswith("sstep") and (
         tol is not None or variant != "textbook" or iters > SSTEP_MAX or xp is not np
     ):
         raise ValueError(
             f"the s-step CG runs textbook CG of at most {SSTEP_MAX} steps without cg_tol, "
             "on NumPy arrays"
         )
-    if basis == "sstep":
-        u, info, fallback = sstep_cg(K, g, inv_tau_theta, iters)
+    if basis in ("eigen", "sstep_eigen"):
+        with scipy_single_thread():
+            lam, Q64 = eigh(xp, K.astype(np.float64, copy=False))  # float64: the spectrum drives CG
+        Q = Q64.astype(g.dtype, copy=False)
+    if basis == "eigen":
+        return _eigen_cg(lam, Q, g, inv_tau_theta, iters, tol, variant)
+    if basis.startswith("sstep"):
+        if basis == "sstep":
+            u, info, fallback = sstep_cg(K, g, inv_tau_theta, iters)
+        else:
+            u, info, fallback = eigen_sstep_cg(lam, Q, g, inv_tau_theta, iters)
         if fallback.size:  # these columns by the loop, in float64
             K64 = K.astype(np.float64, copy=False)
             u_f, info_f = k_inner_cg(
@@ -153,12 +169,6 @@ def range_space_cg(K, g, inv_tau_theta, iters, tol=None, variant="textbook", bas
             u[:, fallback] = u_f
             info.residual_norms[:, fallback] = info_f.residual_norms
         return u, info
-    if basis == "eigen":
-        with scipy_single_thread():
-            lam, Q64 = eigh(xp, K.astype(np.float64, copy=False))  # float64: the spectrum drives CG
-        return _eigen_cg(
-            lam, Q64.astype(g.dtype, copy=False), g, inv_tau_theta, iters, tol, variant
-        )
     K_g = K.astype(g.dtype, copy=False)
     return k_inner_cg(
         lambda x, out: xp.matmul(K_g, x, out=out), g, inv_tau_theta, iters, tol, variant
@@ -219,22 +229,36 @@ LANCZOS_STEPS = 12  # for K's top eigenpair and the top of the rest of its spect
 OUTLIER_RATIO = 10  # lam_1 >= this x the next Ritz value: deflate the top eigenpair
 
 
-def use_sstep(R, out, iters, xp=np, tol=None, variant="textbook"):
-    """True when :func:`sstep_cg` should compute the textbook CG of ``iters`` steps.
+def sstep_form(R, out, iters, xp=np, tol=None, variant="textbook"):
+    """The cheapest form of textbook CG of ``iters`` steps: ``"sstep"`` (:func:`sstep_cg`),
+    ``"sstep_eigen"`` (:func:`eigen_sstep_cg`) or None (the loop).
 
-    It takes ``iters + 1`` products with K (one for the last residual norm), some 40
-    passes over R x out blocks (counted as one multiply-add an element) and a Lanczos run
-    on K (:data:`LANCZOS_STEPS` matrix-vector products in float64, counted as 8 R^2); the
-    loop takes ``iters`` products plus some 30 passes per iteration (counted as 10
-    multiply-adds an element).  The s-step block is also the accurate one (its small
-    systems are float64; the loop's recurrences lose up to 1e-2 in float32 on the
-    paper's MLP, bench/RESULTS.md), so it is taken up to twice the loop's count.  Only
-    textbook CG without the early exit, on the CPU.
+    A time model in one thread's multiply-adds, n the threads a product with K gets
+    (:func:`proxnp.fast.cpu.threads_for`), a pass over an R x out block counted as 50 R out:
+
+        loop:         iters (R^2 out / n + 30 passes)
+        sstep:        (iters + 1) R^2 out / n + (4 iters + 8) passes + Lanczos (8 R^2 a step)
+        sstep_eigen:  12 R^3 (the eigendecomposition, one thread) + 2 R^2 out / n
+                      + (2 iters^2 + 2 iters + 1) R out / n (the moments) + 12 passes
+
+    The s-step blocks are also the accurate ones (their small systems are float64; the
+    loop's recurrences lose up to 1e-2 in float32 on the paper's MLP, bench/RESULTS.md),
+    so either is taken up to twice the loop's time.  Only textbook CG without the early
+    exit, on the CPU.
     """
     if xp is not np or tol is not None or variant != "textbook" or iters > SSTEP_MAX:
-        return False
-    sstep = (iters + 1) * R * R * out + 40 * R * out + 8 * LANCZOS_STEPS * R * R
-    return sstep < 2 * iters * (R * R * out + 300 * R * out)
+        return None
+    n = threads_for(R * R * out)
+    product, passes = R * R * out / n, 50 * R * out
+    cost = {
+        None: iters * (product + 30 * passes) / 2,
+        "sstep": (iters + 1) * product + (4 * iters + 8) * passes + 8 * LANCZOS_STEPS * R * R,
+        "sstep_eigen": 12 * R**3
+        + 2 * product
+        + (2 * iters**2 + 2 * iters + 1) * R * out / n
+        + 12 * passes,
+    }
+    return min(cost, key=cost.get)
 
 
 def top_eigenpair(K):
@@ -413,6 +437,109 @@ def sstep_cg(K, g, inv_tau_theta, iters):
         coef = np.concatenate([coef, (y[:, :1] * alpha[:, None])], axis=1)
     u_T = np.einsum("jk,jkr->jr", coef.astype(g.dtype), W[:, : coef.shape[1]])
     return u_T.T, CGInfo(s, norms), np.flatnonzero(fallback)
+
+
+def krylov_polynomials(x, mu, s):
+    """Phi (R, s): phi_0..phi_{s-1} at the points x, orthonormal for the weights mu >= 0.
+
+    sum_i mu_i phi_a(x_i) phi_b(x_i) = [a == b]; phi_a has degree a (Stieltjes'
+    procedure with full re-orthogonalisation, float64).  Where the weights have fewer
+    than s points, the remaining columns are zero.
+    """
+    R = x.shape[0]
+    Phi = np.zeros((R, s))
+    total = mu.sum()
+    if not total > 0:
+        return Phi
+    p = np.full(R, 1 / np.sqrt(total))
+    for a in range(s):
+        Phi[:, a] = p
+        if a + 1 == s:
+            break
+        q = (x / x.max()) * p  # x scaled to [0, 1]: the same span
+        for _ in range(2):  # Gram-Schmidt twice in the mu-inner product
+            q -= Phi[:, : a + 1] @ (Phi[:, : a + 1].T @ (mu * q))
+        norm = np.sqrt((mu * q * q).sum())
+        if not norm > 1e-14:  # the weights live on a + 1 points: the space is exhausted
+            break
+        p = q / norm
+    return Phi
+
+
+def eigen_sstep_cg(lam, Q, g, inv_tau_theta, iters):
+    """:func:`sstep_cg` in the eigenbasis K = Q diag(lam) Q^T: no products with K, and
+    every moment from one product; returns (u, CGInfo, fallback columns).
+
+    After s steps CG's u is the Galerkin solution over the Krylov space
+    span{g, K~ g, ..., K~^(s-1) g}, K~ = K + I/tau_theta: with u_hat = Q^T u =
+    psi(x) g_hat, x = lam + 1/tau_theta, psi = sum_a c_a phi_a of degree < s, it
+    minimises the M-energy 1/2 delta^T M delta - delta^T A^T g, delta = A^T u, so per
+    column j (weights lam_i g_hat_ij^2, float64)
+
+        G c = b,   G_ab = sum_i lam x phi_a phi_b g_hat^2,   b_a = sum_i lam phi_a g_hat^2,
+
+    and ||A^T r_k||^2 = n0 - 2 c^T h + c^T H c after k steps (leading k x k systems) with
+    n0 = sum lam g_hat^2, h_a = sum lam x phi_a g_hat^2, H_ab = sum lam x^2 phi_a phi_b g_hat^2.
+    All of these moments are one product of g_hat^2 (out x R) with an R x (2s^2 + 2s + 1)
+    table.  The basis phi_a is orthonormal for the columns' mean weights
+    (:func:`krylov_polynomials`), so G is well conditioned unless a column's weights
+    differ much from the mean; columns whose Jacobi-scaled G has a condition number
+    above :data:`SSTEP_COND` are returned in ``fallback`` (u and norms there unset) for
+    the loop to compute.  The record comes from those moments, so a residual norm far below
+    the first one is accurate to about 1e-16 ||r_0||^2 / ||r_k|| (the directions to
+    round-off).
+    """
+    s = int(iters)
+    lam = np.maximum(np.asarray(lam, dtype=np.float64), 0)  # K is PSD; clip rounding
+    x = lam + inv_tau_theta
+    g_hat = (Q.T @ g).astype(np.float64)
+    g2 = g_hat * g_hat
+    w = lam * x  # the M-energy's weights, per unit g_hat^2
+    total = g2.T @ w  # (out,)
+    live = total > 0
+    mu = g2 @ np.where(live, 1 / np.where(live, total, 1), 0) * w  # mean normalised weights
+    Phi = krylov_polynomials(x, mu, s)
+    pairs = (Phi[:, :, None] * Phi[:, None, :]).reshape(-1, s * s)
+    table = np.concatenate(
+        [
+            w[:, None] * pairs,  # G
+            lam[:, None] * Phi,  # b
+            (w * x)[:, None] * pairs,  # H
+            w[:, None] * Phi,  # h
+            lam[:, None],  # n0
+        ],
+        axis=1,
+    )
+    m = g2.T @ table
+    n_out = g.shape[1]
+    G = m[:, : s * s].reshape(n_out, s, s)
+    b = m[:, s * s : s * s + s]
+    H = m[:, s * s + s : 2 * s * s + s].reshape(n_out, s, s)
+    h = m[:, 2 * s * s + s : 2 * s * s + 2 * s]
+    n0 = m[:, -1]
+    G = (G + G.transpose(0, 2, 1)) / 2
+    d = np.sqrt(np.maximum(np.einsum("jaa->ja", G), 0))
+    d = np.where(d > 0, d, 1)
+    Gs = G / d[:, :, None] / d[:, None, :]
+    eig = np.linalg.eigvalsh(Gs)
+    cond = np.full(n_out, np.inf)
+    np.divide(eig[:, -1], eig[:, 0], out=cond, where=eig[:, 0] > 0)
+    fallback = live & ~(cond <= SSTEP_COND)
+    good = live & ~fallback
+    norms = np.zeros((s + 1, n_out))
+    norms[0] = np.sqrt(np.maximum(n0, 0))
+    c = np.zeros((n_out, s))
+    if good.any():
+        Gs, bs, ds = Gs[good], (b / d)[good], d[good]
+        for k in range(1, s + 1):
+            ck = np.linalg.solve(Gs[:, :k, :k], bs[:, :k, None])[..., 0] / ds[:, :k]
+            Hk, hk = H[good][:, :k, :k], h[good][:, :k]
+            res2 = n0[good] - 2 * (ck * hk).sum(1) + np.einsum("ja,jab,jb->j", ck, Hk, ck)
+            norms[k, good] = np.sqrt(np.maximum(res2, 0))
+        c[good] = ck
+    u_hat = g_hat * (Phi @ c.T)
+    u = Q @ u_hat.astype(g.dtype)
+    return u, CGInfo(s, norms), np.flatnonzero(fallback)
 
 
 def cg_block_width(xp, R, s, itemsize, tol=None):
