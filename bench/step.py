@@ -18,9 +18,10 @@ times the solver's parts on the MLP's first layer.  ``--reference`` times the pl
 reference path (``proxnp.reference()``) instead of the fast kernels.  On
 ``--device gpu`` PyTorch runs with TF32 off, as CuPy does.
 
-On the MLP, cg3 and cg10 are also timed with the CG loop instead of the fast path's s-step
-block ("(CG loop)", :func:`cg_loop_only`), interleaved with it, so the two forms are compared
-in one process.
+On the MLP, cg3 and cg10 are also timed with each form the fast path can take for them --
+the CG loop, and the s-step block from Chebyshev moments or in the eigenbasis of K
+("(CG loop)", "(s-step, Chebyshev)", "(s-step, eigenbasis)", :func:`cg_form`) -- interleaved
+with its own choice, so the forms are compared in one process.
 
 Targets: MLP BackProp <= 1.0x PyTorch CPU; direction steps: ProxProp exact <= 1.2x,
 cg3 <= 1.35x and cg10 <= 1.8x BackProp on the MLP, cg3 <= 2x on the ConvNet.
@@ -38,32 +39,36 @@ from proxnp.backend import get_xp, synchronize, to_device
 from proxnp.fast.cpu import host_threads, reuse_host_memory
 from proxnp.training.models import PAPER_MLP, convnet, mlp
 
+FORMS = {"CG loop": None, "s-step, Chebyshev": "sstep", "s-step, eigenbasis": "sstep_eigen"}
+
 
 @contextlib.contextmanager
-def cg_loop_only():
-    """The fast path with its s-step block off: every CG runs the loop
-    (``proxnp.fast.prox.SSTEP_MAX`` set to 0 inside the block)."""
+def cg_form(form):
+    """The fast path with its CG form forced: ``None`` the loop, ``"sstep"`` or
+    ``"sstep_eigen"`` an s-step block (``proxnp.fast.prox.sstep_form`` replaced inside
+    the block)."""
     from proxnp.fast import prox as fast_prox
 
-    old, fast_prox.SSTEP_MAX = fast_prox.SSTEP_MAX, 0
+    old = fast_prox.sstep_form
+    fast_prox.sstep_form = lambda *args, **kw: form
     try:
         yield
     finally:
-        fast_prox.SSTEP_MAX = old
+        fast_prox.sstep_form = old
 
 
-def proxnp_step(model, opt, x, y, method, update=True, reference=False, loop=False, **kw):
+def proxnp_step(model, opt, x, y, method, update=True, reference=False, form="auto", **kw):
     """One direction step (update=False) or training step of proxnp, as a callable.
 
-    ``loop=True`` runs CG by the loop (:func:`cg_loop_only`), so that old and new code are
-    timed side by side in one process.
+    ``form`` other than "auto" forces the CG's form (:func:`cg_form`), so that the forms
+    are timed side by side in one process.
     """
     loss_fn = pn.SoftmaxCrossEntropy()
 
     def step():
         with (
             pn.reference() if reference else contextlib.nullcontext(),
-            cg_loop_only() if loop else contextlib.nullcontext(),
+            cg_form(form) if form != "auto" else contextlib.nullcontext(),
         ):
             if method == "backprop":
                 pn.backprop(model, loss_fn, x, y)
@@ -202,7 +207,7 @@ def bench(kind, args):
         make_opt = lambda m: pn.optim.SGD(m, lr=1e-3, momentum=0.95, nesterov=True)  # noqa: E731
         tau_theta = 0.05
         variants = [("exact", {}), ("cg", {"cg_iters": 3}), ("cg", {"cg_iters": 10})]
-        variants += [("loop", {"cg_iters": 3}), ("loop", {"cg_iters": 10})]
+        variants += [(label, {"cg_iters": it}) for it in (3, 10) for label in FORMS]
     else:
         x = rng.random((args.batch, 3, 32, 32), dtype=np.float32)
         build = lambda: convnet(rng=np.random.default_rng(1))  # noqa: E731
@@ -217,20 +222,20 @@ def bench(kind, args):
         (
             "exact"
             if solver == "exact"
-            else f"cg{kw['cg_iters']}{' (CG loop)' if solver == 'loop' else ''}",
+            else f"cg{kw['cg_iters']}{f' ({solver})' if solver in FORMS else ''}",
             "proxprop",
-            dict(solver="cg" if solver == "loop" else solver, tau_theta=tau_theta, **kw),
+            FORMS.get(solver, "auto"),
+            dict(solver="exact" if solver == "exact" else "cg", tau_theta=tau_theta, **kw),
         )
         for solver, kw in variants
     ]
     fns = {}
-    for name, method, kw in methods:
+    for name, method, form, kw in methods:
         model = build().to(args.device)
         opt = make_opt(model)
-        loop = name.endswith("(CG loop)")
         for what, update in (("direction", False), ("training step", True))[: args.kinds]:
             fns[f"{name} {what}"] = (
-                proxnp_step(model, opt, xd, yd, method, update, args.reference, loop, **kw),
+                proxnp_step(model, opt, xd, yd, method, update, args.reference, form, **kw),
                 xp,
             )
     if kind == "mlp":
@@ -294,13 +299,19 @@ def bench_pieces(args):
         "K @ g (one CG product)": lambda: K @ g,
         "A^T u (the final product)": lambda: fast_prox.apply_At(P, g),
         "eigh(K)": lambda: eigh(xp, K),
-        "K in float64 (fast path)": lambda: fast_prox.row_gram_float64(P),
+        "K in float64 from centred rows (fast path)": lambda: fast_prox.row_gram_float64(P),
         "(K + I/tau_theta)^{-1} g, fast path": lambda: fast_prox.woodbury_solve(K_damped, g),
-        "range-space cg3, s-step block": lambda: fast_prox.range_space_cg(
+        "range-space cg3, s-step (Chebyshev)": lambda: fast_prox.range_space_cg(
             K, g, 20.0, 3, basis="sstep"
         ),
-        "range-space cg10, s-step block": lambda: fast_prox.range_space_cg(
+        "range-space cg3, s-step (eigenbasis)": lambda: fast_prox.range_space_cg(
+            K, g, 20.0, 3, basis="sstep_eigen"
+        ),
+        "range-space cg10, s-step (Chebyshev)": lambda: fast_prox.range_space_cg(
             K, g, 20.0, 10, basis="sstep"
+        ),
+        "range-space cg10, s-step (eigenbasis)": lambda: fast_prox.range_space_cg(
+            K, g, 20.0, 10, basis="sstep_eigen"
         ),
         "range-space cg3, direct basis": lambda: fast_prox.range_space_cg(
             K, g, 20.0, 3, basis="direct"
