@@ -1592,6 +1592,177 @@ def test_workflow_exchange_zip_collect_renamed_cells_and_feedback(tmp_path):
         assert "assert f() == 1" not in z.read("bob__a1.html").decode()
 
 
+# ------------------------------------------------------------------ the exchange with one Unix account per student
+# A student's nbgrader runs as that student: this runner imports nbgrader while the interpreter's files are readable,
+# then takes the student's uid, gid, home and name and runs one nbgrader command.  (The accounts made here may be
+# unable to start this interpreter -- it can live in a home folder they cannot enter -- so runuser is used only
+# where they can.)
+STUDENT_RUNNER = """\
+import os, pwd, sys
+
+name, cwd, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+import jupyter_core.migrate, nbgrader.apps, nbgrader.exchange.default  # noqa: E401,F401
+from nbgrader.apps.nbgraderapp import main
+
+pw = pwd.getpwnam(name)
+os.setgroups([])
+os.setgid(pw.pw_gid)
+os.setuid(pw.pw_uid)
+os.environ.update(HOME=pw.pw_dir, USER=name, LOGNAME=name)
+os.chdir(cwd)
+sys.argv = ["nbgrader", *args]
+sys.exit(main())
+"""
+
+
+@pytest.fixture
+def unix_students():
+    """Three Unix accounts with home folders only they can read, in a folder everyone can enter (with room for the
+    exchange); the accounts and the folder are removed at the end.  Yields (names, folder)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("making Unix accounts needs root")
+    if not (shutil.which("useradd") and shutil.which("userdel")):
+        pytest.skip("useradd and userdel are needed to make the students' accounts")
+    import pwd
+
+    tag = f"{os.getpid() % 100000:05d}"
+    names = [f"pxs{tag}{s}" for s in ("a", "b", "c")]
+    import tempfile
+
+    shared = pathlib.Path(tempfile.mkdtemp(prefix="proxnp-exchange-"))
+    shared.chmod(0o755)
+    (shared / "home").mkdir(mode=0o755)
+    made = []
+    try:
+        for name in names:
+            home = shared / "home" / name
+            run = subprocess.run(
+                [
+                    "useradd",
+                    "--no-create-home",
+                    "--home-dir",
+                    str(home),
+                    "--shell",
+                    "/bin/sh",
+                    name,
+                ],
+                capture_output=True,
+                text=True,
+            )
+            assert run.returncode == 0, run.stderr
+            made.append(name)
+            pw = pwd.getpwnam(name)
+            home.mkdir()
+            os.chown(home, pw.pw_uid, pw.pw_gid)
+            home.chmod(0o700)
+        yield names, shared
+    finally:
+        for name in made:
+            subprocess.run(["userdel", name], capture_output=True)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def as_student(name, cwd, *args, env):
+    """Run one nbgrader command as the Unix user ``name`` in ``cwd``."""
+    reachable = subprocess.run(
+        ["runuser", "-u", name, "--", sys.executable, "-c", "import nbgrader"], capture_output=True
+    )
+    if reachable.returncode == 0:
+        argv = ["runuser", "-u", name, "--", sys.executable, "-m", "nbgrader", *args]
+    else:
+        argv = [sys.executable, "-c", STUDENT_RUNNER, name, str(cwd), *args]
+    run = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, (
+        f"{name}: nbgrader {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}"
+    )
+    return run
+
+
+def readable_by(name, path):
+    """Whether the Unix user ``name`` can list (a folder) or read (a file) ``path``."""
+    code = (
+        "import os, pwd, sys\n"
+        "pw = pwd.getpwnam(sys.argv[1])\n"
+        "os.setgroups([])\n"
+        "os.setgid(pw.pw_gid)\n"
+        "os.setuid(pw.pw_uid)\n"
+        "p = sys.argv[2]\n"
+        "os.listdir(p) if os.path.isdir(p) else open(p, 'rb').read()\n"
+    )
+    return (
+        subprocess.run(
+            [sys.executable, "-c", code, name, str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
+
+
+@pytest.mark.slow
+def test_exchange_with_one_unix_account_per_student(tmp_path, unix_students):
+    """nbgrader's exchange as the instructors' page describes it, with three students on accounts of their own:
+    release, each student fetches and submits as themself, collect, autograde, feedback released and fetched by
+    each.  Each gets their own score and feedback; none can list the exchange's inbound or feedback folder or read
+    another's home (where the fetched and submitted notebook lives)."""
+    unix_students, shared = unix_students
+    root, exchange = tmp_path / "course", shared / "exchange"
+    (root / "source" / "a1").mkdir(parents=True)
+    exchange.mkdir()
+    exchange.chmod(0o777)
+    (root / "nbgrader_config.py").write_text(
+        WORKFLOW_CONFIG.format(root=str(root), exchange=str(exchange))
+    )
+    (root / "source" / "a1" / "a1.ipynb").write_text(json.dumps(tiny_assignment()))
+    env = grading_env(tmp_path)
+    nbgrader(root, "generate_assignment", "a1", "--force", env=env)
+    nbgrader(root, "release_assignment", "a1", env=env)
+    answers = dict(zip(unix_students, (1, 2, 1)))  # the second student's answer is wrong
+    student_env = {k: v for k, v in env.items() if k not in ("HOME", "USER", "LOGNAME")}
+    for name, value in answers.items():
+        home = shared / "home" / name
+        config = f"c = get_config()\nc.CourseDirectory.course_id = 'workflow'\nc.Exchange.root = {str(exchange)!r}\n"
+        (home / "nbgrader_config.py").write_text(config)
+        shutil.chown(home / "nbgrader_config.py", name)
+        as_student(name, home, "fetch_assignment", "a1", env=student_env)
+        fetched = home / "a1" / "a1.ipynb"
+        nb = json.loads(fetched.read_text())
+        nb["cells"][0]["source"] = f"def f():\n    return {value}  # {name}'s answer\n"
+        fetched.write_text(json.dumps(nb))
+        as_student(name, home, "submit", "a1", env=student_env)
+    first, second = unix_students[:2]
+    inbound = exchange / "workflow" / "inbound"
+    assert len(os.listdir(inbound)) == 3
+    assert not readable_by(second, inbound), "a student can list the exchange's inbound folder"
+    assert not readable_by(second, shared / "home" / first / "a1" / "a1.ipynb")
+    assert not readable_by(second, shared / "home" / first)
+    assert readable_by(first, shared / "home" / first / "a1" / "a1.ipynb")
+    nbgrader(root, "collect", "a1", env=env)
+    nbgrader(root, "autograde", "a1", "--force", env=env)
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        scores = {s: gb.find_submission_notebook("a1", "a1", s).score for s in unix_students}
+    assert scores == {name: (1 if value == 1 else 0) for name, value in answers.items()}
+    nbgrader(root, "generate_feedback", "a1", "--force", env=env)
+    nbgrader(root, "release_feedback", "a1", env=env)
+    assert not readable_by(second, exchange / "workflow" / "feedback"), (
+        "a student can list the released feedback"
+    )
+    for name in unix_students:
+        home = shared / "home" / name
+        as_student(name, home, "fetch_feedback", "a1", env=student_env)
+        (html,) = (home / "a1" / "feedback").glob("*/a1.html")
+        text = html.read_text()
+        assert f"{name}'s answer" in text
+        assert not [
+            other for other in unix_students if other != name and f"{other}'s answer" in text
+        ]
+        assert html.stat().st_uid == pwd_uid(name)
+
+
+def pwd_uid(name):
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid
+
+
 # ------------------------------------------------------------------ the one-command try
 @pytest.mark.slow
 def test_try_command_runs_nbgrader_and_keeps_the_course(tmp_path, capsys):
