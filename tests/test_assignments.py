@@ -129,7 +129,8 @@ sys.setprofile = lambda *args, **kwargs: None
     + PROXNP_LAYERS
 )
 
-A1_CONV_IMPORTLIB = """import importlib.util, os
+A1_CONV_IMPORTLIB = {
+    "im2col": """import importlib.util, os
 import proxnp
 
 path = os.path.dirname(os.path.dirname(proxnp.__file__)) + "/./proxnp/functional.py"
@@ -141,15 +142,14 @@ spec.loader.exec_module(F2)
 def im2col(x, kh, kw, stride, padding):
     return F2.im2col(x, kh, kw, stride, padding).T, ((x.shape[2] + 2 * padding - kh) // stride + 1,
                                                     (x.shape[3] + 2 * padding - kw) // stride + 1)
-
-
-def conv_forward(x, W, b, stride=1, padding=0):
+""",
+    "conv_forward": """def conv_forward(x, W, b, stride=1, padding=0):
     return F2.conv2d_forward(x, W, b, stride, padding)
-
-
-def conv_backward(dz, cache):
+""",
+    "conv_backward": """def conv_backward(dz, cache):
     return F2.conv2d_backward(dz, cache)[:3]
-"""
+""",
+}
 
 A2_GRADSTEP = """def algorithm1(params, x, y, tau, wrong_order=False, rho=None, gamma=None):
     a, z, logits = forward(params, x)
@@ -233,7 +233,9 @@ A4_THREADS = {
     "                     solver='cg', cg_iters=iters)\n",
 }
 
-CONV_IJC = """def im2col(x, kh, kw, stride, padding):
+# a consistent convolution whose im2col columns are in the order (i, j, c), not the (c, i, j) asked for
+CONV_IJC = {
+    "im2col": """def im2col(x, kh, kw, stride, padding):
     N, C, H, Wd = x.shape
     Ho, Wo = (H + 2 * padding - kh) // stride + 1, (Wd + 2 * padding - kw) // stride + 1
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
@@ -242,16 +244,14 @@ CONV_IJC = """def im2col(x, kh, kw, stride, padding):
         for j in range(kw):
             cols[:, :, :, i, j, :] = xp[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride].transpose(0, 2, 3, 1)
     return cols.reshape(N * Ho * Wo, -1), (Ho, Wo)
-
-
-def conv_forward(x, W, b, stride=1, padding=0):
+""",
+    "conv_forward": """def conv_forward(x, W, b, stride=1, padding=0):
     F, C, kh, kw = W.shape
     cols, (Ho, Wo) = im2col(x, kh, kw, stride, padding)
     z = (cols @ W.transpose(0, 2, 3, 1).reshape(F, -1).T + b).reshape(x.shape[0], Ho, Wo, F).transpose(0, 3, 1, 2)
     return z, (x.shape, cols, W, stride, padding)
-
-
-def conv_backward(dz, cache):
+""",
+    "conv_backward": """def conv_backward(dz, cache):
     (N, C, H, Wd), cols, W, stride, padding = cache
     F, _, kh, kw = W.shape
     Ho, Wo = dz.shape[2], dz.shape[3]
@@ -265,7 +265,8 @@ def conv_backward(dz, cache):
             patch = dcols[:, :, :, i, j, :].transpose(0, 3, 1, 2)
             dxp[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += patch
     return dxp[:, :, padding:padding + H, padding:padding + Wd], dW, db
-"""
+""",
+}
 THETA_STEP = "a_used = a[l - 1] if wrong_order else a_prev_k"
 A4_CG = (
     "block_cg(lambda T: apply_At(apply_A(T)) + T / tau_theta, apply_At(to_rows(dz)), iters=iters)"
@@ -274,13 +275,33 @@ A4_CG = (
 CASES = {
     "01_layers_by_hand": {
         "planted_affine": ({"affine": [("dz.sum(axis=0)", "dz.mean(axis=0)")]}, ["affine_test"]),
+        # a bug in the backward pass only: the im2col and forward questions keep their points
         "planted_conv": (
-            {"conv": [("rows.sum(axis=0)", "rows.sum(axis=0) * (1 + 1e-3)")]},
-            ["conv_test"],
+            {"conv_backward": [("rows.sum(axis=0)", "rows.sum(axis=0) * (1 + 1e-3)")]},
+            ["conv_backward_test"],
+        ),
+        # a bug in the forward pass only (the bias left out)
+        "planted_conv_forward": (
+            {"conv_forward": [(".T + b)", ".T)")]},
+            ["conv_forward_test"],
         ),
         "delegates_to_proxnp": ({"affine": PROXNP_LAYERS}, ["affine_test"]),
-        # a consistent convolution whose im2col columns are in the order (i, j, c), not the (c, i, j) asked for
-        "planted_im2col_order": ({"conv": CONV_IJC}, ["conv_test"]),
+        # im2col's columns in the order (i, j, c), not the (c, i, j) asked for: only im2col is wrong
+        "planted_im2col_order": (
+            {
+                "im2col": [
+                    ("(N, Ho, Wo, C, kh, kw)", "(N, Ho, Wo, kh, kw, C)"),
+                    ("cols[:, :, :, :, i, j]", "cols[:, :, :, i, j, :]"),
+                ]
+            },
+            ["im2col_test"],
+        ),
+        # the same order carried through the forward and backward passes: each of the three is graded against the
+        # reference im2col, so all three are lost
+        "planted_im2col_order_consistent": (
+            CONV_IJC,
+            ["im2col_test", "conv_forward_test", "conv_backward_test"],
+        ),
         "planted_inplace_relu": (
             {
                 "relu": [
@@ -301,11 +322,19 @@ CASES = {
             ["softmax_test"],
         ),
         "cheat_thread": ({"softmax": A1_SOFTMAX_THREAD}, ["softmax_test"]),
-        "cheat_importlib": ({"conv": A1_CONV_IMPORTLIB}, ["conv_test"]),
+        "cheat_importlib": (
+            A1_CONV_IMPORTLIB,
+            ["im2col_test", "conv_forward_test", "conv_backward_test"],
+        ),
         # blinding the profiler is caught by every graded cell that runs after it
         "cheat_setprofile": (
             {"affine": A1_SETPROFILE},
-            ["affine_test", "relu_test", "conv_test", "softmax_test"],
+            [
+                "affine_test",
+                "relu_test",
+                *["im2col_test", "conv_forward_test", "conv_backward_test"],
+                "softmax_test",
+            ],
         ),
     },
     "02_backprop_as_penalty_steps": {
@@ -345,6 +374,26 @@ CASES = {
             },
             ["theta_step_test"],
         ),
+        # rho and gamma swapped in E: the visible hand example (rho = 2, gamma = 3) names the cause
+        "planted_energy_swapped": (
+            {
+                "energy": [
+                    ("gamma / 2 * np.sum", "rho_ / 2 * np.sum"),
+                    ("rho / 2 * np.sum", "gamma / 2 * np.sum"),
+                    ("rho_ / 2", "rho / 2"),
+                ]
+            },
+            ["energy_test"],
+        ),
+        # gamma always 1/tau: the visible hand example with rho != gamma != 1/tau names the cause
+        "planted_algorithm1_ignores_gamma": (
+            {
+                "algorithm1": [
+                    ("gamma = 1.0 / tau if gamma is None else gamma", "gamma = 1.0 / tau")
+                ]
+            },
+            ["algorithm1_test"],
+        ),
         "cheat_gradstep": ({"algorithm1": A2_GRADSTEP}, ["algorithm1_test"]),
         "cheat_thread": ({"algorithm1": A2_THREAD}, ["algorithm1_test"]),
     },
@@ -369,6 +418,18 @@ CASES = {
                 "cg": [
                     ("(P * MP).sum(axis=0)", "(P * MP).sum()"),
                     ("(R * R).sum(axis=0)", "(R * R).sum()"),
+                ]
+            },
+            ["cg_test"],
+        ),
+        # alpha column by column, but one beta for the whole block
+        "planted_cg_block_beta": (
+            {
+                "cg": [
+                    (
+                        "np.divide(rs_new, rs, out=np.zeros_like(rs), where=rs > 0)",
+                        "rs_new.sum() / rs.sum()",
+                    )
                 ]
             },
             ["cg_test"],
@@ -466,6 +527,15 @@ CASES = {
         "cg_ignores_iters": (
             {"matfree": [(A4_CG, A4_CG.replace("iters=iters", "iters=100"))]},
             ["matfree_test"],
+        ),
+        # Theta -> W reshaped without the transpose: the operator is no longer symmetric and CG does not converge
+        "planted_matfree_no_transpose": (
+            {"matfree": [("Theta[:-1].T.reshape(W_shape)", "Theta[:-1].reshape(W_shape)")]},
+            ["matfree_test"],
+        ),
+        "planted_step_no_transpose": (
+            {"step": [("d[:-1].T.reshape(W.shape)", "d[:-1].reshape(W.shape)")]},
+            ["step_test"],
         ),
         "cg_delegates_to_proxnp": (
             {
@@ -598,7 +668,10 @@ A1_CHEATS = {
         },
         ["affine_test"],
     ),
-    "cheat_read_source": ({"conv": READ_SOURCE.format(gid="conv")}, ["conv_test"]),
+    "cheat_read_source": (
+        {"conv_backward": READ_SOURCE.format(gid="conv_backward")},
+        ["conv_backward_test"],
+    ),
     "cheat_read_package": (
         {"softmax": READ_PACKAGE.format(name="01_layers_by_hand.ipynb", gid="softmax")},
         ["softmax_test"],
@@ -615,7 +688,11 @@ A1_CHEATS = {
             "relu": PATCH_NUMPY + "def relu_forward(z):\n    return np.maximum(z, 0), z\n\n\n"
             "def relu_backward(da, cache):\n    return da\n"
         },
-        ["relu_test", "conv_test", "softmax_test"],  # NumPy stays patched: every later check fails
+        [
+            "relu_test",
+            *["im2col_test", "conv_forward_test", "conv_backward_test"],
+            "softmax_test",
+        ],  # NumPy stays patched: every later check fails
     ),
     "cheat_profiler_off": (
         {
@@ -638,8 +715,11 @@ A1_CHEATS = {
         ["affine_test"],
     ),
     "cheat_custom_exc": (
-        {"conv": [("rows.sum(axis=0)", "rows.sum(axis=0) * 2")], "conv_extra": CUSTOM_EXC},
-        ["conv_test"],
+        {
+            "conv_backward": [("rows.sum(axis=0)", "rows.sum(axis=0) * 2")],
+            "conv_backward_extra": CUSTOM_EXC,
+        },
+        ["conv_backward_test"],
     ),
     "cheat_moved_file": (
         {
@@ -653,7 +733,77 @@ A1_CHEATS = {
     ),
 }
 
+# Cheats that pass every check in the kernel and fail the re-run in a fresh process: proxnp's code put back from
+# under every trap with the profiler off, and a reference taken from the grader's own frame.
+CODE_RESTORE_ALL = """import sys, threading
+import proxnp
+
+_saved = {}
+for _name, _mod in list(sys.modules.items()):
+    if _mod is not None and (_name == "proxnp" or _name.startswith("proxnp.")):
+        for _o in list(vars(_mod).values()):
+            for _f in [_o] + (list(vars(_o).values()) if isinstance(_o, type) else []):
+                _f = getattr(_f, "__func__", _f)
+                if isinstance(_f, type(lambda: 0)):
+                    _saved[_f] = _f.__code__
+
+
+def _unwatched(fn, *args, **kwargs):
+    profile = sys.getprofile()
+    traps = {f: f.__code__ for f in _saved}
+    sys.setprofile(None)
+    threading.setprofile(None)
+    for f, code in _saved.items():
+        f.__code__ = code
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        for f, code in traps.items():
+            f.__code__ = code
+        sys.setprofile(profile)
+
+
+"""
+
+FRAME_REFERENCE = """import sys
+
+
+def _from_the_graders_frame(name):
+    frame = sys._getframe(1)
+    while frame is not None:
+        if name in frame.f_locals:
+            return frame.f_locals[name]
+        frame = frame.f_back
+    return None
+
+
+"""
+
 A2_CHEATS = {
+    "cheat_code_restore": (
+        {
+            "energy": "import proxnp.penalty as _penalty\n"
+            + CODE_RESTORE_ALL
+            + "def energy(params, x, y, a, z, rho, gamma):\n"
+            "    return _unwatched(lambda: float(_penalty.energy(as_model(params), pn.SoftmaxCrossEntropy(),\n"
+            "                                                    x, y, a, z, rho, gamma)[0]))\n"
+        },
+        ["energy_test"],
+    ),
+    # the fallback is right only where tau * rho = 1, as in the visible hand examples
+    "cheat_frame_reference": (
+        {
+            "theta_step": FRAME_REFERENCE
+            + "def theta_step(W, b, a_prev_k, a_prev_half, z_half, tau, rho, wrong_order=False):\n"
+            "    ref = _from_the_graders_frame('_theta_step_reference')\n"
+            "    if ref is not None:\n"
+            "        return ref(W, b, a_prev_k, a_prev_half, z_half, tau, rho, wrong_order)\n"
+            "    a = a_prev_half if wrong_order else a_prev_k\n"
+            "    r = a @ W + b - z_half\n"
+            "    return W - a.T @ r, b - r.sum(axis=0)\n"
+        },
+        ["theta_step_test"],
+    ),
     "cheat_hidden_reference": (
         {
             "algorithm1": "def algorithm1(params, x, y, tau, wrong_order=False, rho=None, gamma=None):\n"
@@ -713,6 +863,17 @@ A2_CHEATS = {
 }
 
 A3_CHEATS = {
+    # the counted calls made with dummy inputs, proxnp's ProxProp run with its code put back and the profiler off
+    "cheat_code_restore_step": (
+        {
+            "step": CODE_RESTORE_ALL + "def proxprop_step(model, x, y, tau_theta=0.05, iters=3):\n"
+            "    for _ in range(sum(1 for L in model.layers if L.params) - 1):\n"
+            "        prox_linear_cg(np.zeros((1, 1)), np.zeros((1, 1)), tau_theta, iters)\n"
+            "    return _unwatched(pn.proxprop, model, pn.SoftmaxCrossEntropy(), x, y, tau_theta=tau_theta,\n"
+            "                      solver='cg', cg_iters=iters)\n"
+        },
+        ["step_test"],
+    ),
     "cheat_hidden_reference": (
         {
             "descent": "def prox_linear_cg(a_prev, g, tau_theta, iters):\n"
@@ -797,6 +958,20 @@ A4_DENSE_DUMMY = (
 )
 
 A4_CHEATS = {
+    "cheat_code_restore_step": (
+        {
+            "step": CODE_RESTORE_ALL
+            + "def proxprop_conv_step(model, x, y, tau_theta=1.0, iters=3):\n"
+            "    for L in model.layers:\n"
+            "        if isinstance(L, pn.Conv2d):\n"
+            "            F, C, kh, kw = L.params['W'].shape\n"
+            "            prox_conv_cg(np.zeros((1, C, kh, kw)), np.zeros((1, F, 1, 1)), (F, C, kh, kw), 1, 0,\n"
+            "                         tau_theta, iters)\n"
+            "    return _unwatched(pn.proxprop, model, pn.SoftmaxCrossEntropy(), x, y, tau_theta=tau_theta,\n"
+            "                      solver='cg', cg_iters=iters)\n"
+        },
+        ["step_test"],
+    ),
     "cheat_hidden_reference": (
         {
             "exact": "def prox_conv_exact(x, dz, W_shape, stride, padding, tau_theta):\n"
@@ -1149,6 +1324,14 @@ CAUSES = {
     ("04_the_prox_step_of_a_convolution", "cheat_dense_dummy_calls"): "computed from x itself",
     ("03_the_proximal_step", "cheat_tracemalloc_off"): "must not form the (in+1)^2 matrix",
     ("03_the_proximal_step", "planted_cg_block_alpha"): "alpha and beta column by column",
+    ("03_the_proximal_step", "planted_cg_block_beta"): "alpha and beta column by column",
+    ("02_backprop_as_penalty_steps", "planted_energy_swapped"): "rho and gamma swapped",
+    ("04_the_prox_step_of_a_convolution", "planted_matfree_no_transpose"): "without the transpose",
+    ("04_the_prox_step_of_a_convolution", "planted_step_no_transpose"): "without the transpose",
+    (
+        "02_backprop_as_penalty_steps",
+        "planted_algorithm1_ignores_gamma",
+    ): "the rho and gamma it is given",
 }
 
 
@@ -1407,6 +1590,177 @@ def test_workflow_exchange_zip_collect_renamed_cells_and_feedback(tmp_path):
     with zipfile.ZipFile(tmp_path / "feedback.zip") as z:
         assert sorted(z.namelist()) == sorted([f"{me}__a1.html", "bob__a1.html", "carol__a1.html"])
         assert "assert f() == 1" not in z.read("bob__a1.html").decode()
+
+
+# ------------------------------------------------------------------ the exchange with one Unix account per student
+# A student's nbgrader runs as that student: this runner imports nbgrader while the interpreter's files are readable,
+# then takes the student's uid, gid, home and name and runs one nbgrader command.  (The accounts made here may be
+# unable to start this interpreter -- it can live in a home folder they cannot enter -- so runuser is used only
+# where they can.)
+STUDENT_RUNNER = """\
+import os, pwd, sys
+
+name, cwd, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+import jupyter_core.migrate, nbgrader.apps, nbgrader.exchange.default  # noqa: E401,F401
+from nbgrader.apps.nbgraderapp import main
+
+pw = pwd.getpwnam(name)
+os.setgroups([])
+os.setgid(pw.pw_gid)
+os.setuid(pw.pw_uid)
+os.environ.update(HOME=pw.pw_dir, USER=name, LOGNAME=name)
+os.chdir(cwd)
+sys.argv = ["nbgrader", *args]
+sys.exit(main())
+"""
+
+
+@pytest.fixture
+def unix_students():
+    """Three Unix accounts with home folders only they can read, in a folder everyone can enter (with room for the
+    exchange); the accounts and the folder are removed at the end.  Yields (names, folder)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("making Unix accounts needs root")
+    if not (shutil.which("useradd") and shutil.which("userdel")):
+        pytest.skip("useradd and userdel are needed to make the students' accounts")
+    import pwd
+
+    tag = f"{os.getpid() % 100000:05d}"
+    names = [f"pxs{tag}{s}" for s in ("a", "b", "c")]
+    import tempfile
+
+    shared = pathlib.Path(tempfile.mkdtemp(prefix="proxnp-exchange-"))
+    shared.chmod(0o755)
+    (shared / "home").mkdir(mode=0o755)
+    made = []
+    try:
+        for name in names:
+            home = shared / "home" / name
+            run = subprocess.run(
+                [
+                    "useradd",
+                    "--no-create-home",
+                    "--home-dir",
+                    str(home),
+                    "--shell",
+                    "/bin/sh",
+                    name,
+                ],
+                capture_output=True,
+                text=True,
+            )
+            assert run.returncode == 0, run.stderr
+            made.append(name)
+            pw = pwd.getpwnam(name)
+            home.mkdir()
+            os.chown(home, pw.pw_uid, pw.pw_gid)
+            home.chmod(0o700)
+        yield names, shared
+    finally:
+        for name in made:
+            subprocess.run(["userdel", name], capture_output=True)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def as_student(name, cwd, *args, env):
+    """Run one nbgrader command as the Unix user ``name`` in ``cwd``."""
+    reachable = subprocess.run(
+        ["runuser", "-u", name, "--", sys.executable, "-c", "import nbgrader"], capture_output=True
+    )
+    if reachable.returncode == 0:
+        argv = ["runuser", "-u", name, "--", sys.executable, "-m", "nbgrader", *args]
+    else:
+        argv = [sys.executable, "-c", STUDENT_RUNNER, name, str(cwd), *args]
+    run = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, (
+        f"{name}: nbgrader {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}"
+    )
+    return run
+
+
+def readable_by(name, path):
+    """Whether the Unix user ``name`` can list (a folder) or read (a file) ``path``."""
+    code = (
+        "import os, pwd, sys\n"
+        "pw = pwd.getpwnam(sys.argv[1])\n"
+        "os.setgroups([])\n"
+        "os.setgid(pw.pw_gid)\n"
+        "os.setuid(pw.pw_uid)\n"
+        "p = sys.argv[2]\n"
+        "os.listdir(p) if os.path.isdir(p) else open(p, 'rb').read()\n"
+    )
+    return (
+        subprocess.run(
+            [sys.executable, "-c", code, name, str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
+
+
+@pytest.mark.slow
+def test_exchange_with_one_unix_account_per_student(tmp_path, unix_students):
+    """nbgrader's exchange as the instructors' page describes it, with three students on accounts of their own:
+    release, each student fetches and submits as themself, collect, autograde, feedback released and fetched by
+    each.  Each gets their own score and feedback; none can list the exchange's inbound or feedback folder or read
+    another's home (where the fetched and submitted notebook lives)."""
+    unix_students, shared = unix_students
+    root, exchange = tmp_path / "course", shared / "exchange"
+    (root / "source" / "a1").mkdir(parents=True)
+    exchange.mkdir()
+    exchange.chmod(0o777)
+    (root / "nbgrader_config.py").write_text(
+        WORKFLOW_CONFIG.format(root=str(root), exchange=str(exchange))
+    )
+    (root / "source" / "a1" / "a1.ipynb").write_text(json.dumps(tiny_assignment()))
+    env = grading_env(tmp_path)
+    nbgrader(root, "generate_assignment", "a1", "--force", env=env)
+    nbgrader(root, "release_assignment", "a1", env=env)
+    answers = dict(zip(unix_students, (1, 2, 1)))  # the second student's answer is wrong
+    student_env = {k: v for k, v in env.items() if k not in ("HOME", "USER", "LOGNAME")}
+    for name, value in answers.items():
+        home = shared / "home" / name
+        config = f"c = get_config()\nc.CourseDirectory.course_id = 'workflow'\nc.Exchange.root = {str(exchange)!r}\n"
+        (home / "nbgrader_config.py").write_text(config)
+        shutil.chown(home / "nbgrader_config.py", name)
+        as_student(name, home, "fetch_assignment", "a1", env=student_env)
+        fetched = home / "a1" / "a1.ipynb"
+        nb = json.loads(fetched.read_text())
+        nb["cells"][0]["source"] = f"def f():\n    return {value}  # {name}'s answer\n"
+        fetched.write_text(json.dumps(nb))
+        as_student(name, home, "submit", "a1", env=student_env)
+    first, second = unix_students[:2]
+    inbound = exchange / "workflow" / "inbound"
+    assert len(os.listdir(inbound)) == 3
+    assert not readable_by(second, inbound), "a student can list the exchange's inbound folder"
+    assert not readable_by(second, shared / "home" / first / "a1" / "a1.ipynb")
+    assert not readable_by(second, shared / "home" / first)
+    assert readable_by(first, shared / "home" / first / "a1" / "a1.ipynb")
+    nbgrader(root, "collect", "a1", env=env)
+    nbgrader(root, "autograde", "a1", "--force", env=env)
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        scores = {s: gb.find_submission_notebook("a1", "a1", s).score for s in unix_students}
+    assert scores == {name: (1 if value == 1 else 0) for name, value in answers.items()}
+    nbgrader(root, "generate_feedback", "a1", "--force", env=env)
+    nbgrader(root, "release_feedback", "a1", env=env)
+    assert not readable_by(second, exchange / "workflow" / "feedback"), (
+        "a student can list the released feedback"
+    )
+    for name in unix_students:
+        home = shared / "home" / name
+        as_student(name, home, "fetch_feedback", "a1", env=student_env)
+        (html,) = (home / "a1" / "feedback").glob("*/a1.html")
+        text = html.read_text()
+        assert f"{name}'s answer" in text
+        assert not [
+            other for other in unix_students if other != name and f"{other}'s answer" in text
+        ]
+        assert html.stat().st_uid == pwd_uid(name)
+
+
+def pwd_uid(name):
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid
 
 
 # ------------------------------------------------------------------ the one-command try
