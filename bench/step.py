@@ -217,7 +217,7 @@ def bench(kind, args):
     y = rng.integers(0, 10, args.batch)
     xd, yd = to_device(x, args.device), to_device(y, args.device)
     xp = get_xp(xd)
-    methods = [("backprop", "backprop", {})]
+    methods = [("backprop", "backprop", "auto", {})]
     methods += [
         (
             "exact"
@@ -248,7 +248,7 @@ def bench(kind, args):
     rows = []
     for what in ("direction", "training step")[: args.kinds]:
         t_bp = t[f"backprop {what}"]
-        for name, _, _ in methods:
+        for name, *_ in methods:
             sec = t[f"{name} {what}"]
             if name == "backprop":
                 rows.append((f"BackProp {what}", sec, None, None))

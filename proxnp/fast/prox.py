@@ -233,30 +233,36 @@ def sstep_form(R, out, iters, xp=np, tol=None, variant="textbook"):
     """The cheapest form of textbook CG of ``iters`` steps: ``"sstep"`` (:func:`sstep_cg`),
     ``"sstep_eigen"`` (:func:`eigen_sstep_cg`) or None (the loop).
 
-    A time model in one thread's multiply-adds, n the threads a product with K gets
-    (:func:`proxnp.fast.cpu.threads_for`), a pass over an R x out block counted as 50 R out:
+    A time model in one thread's multiply-adds, fitted to the paper's MLP layers on a
+    2-core machine (bench/RESULTS.md), n the threads a product with K gets
+    (:func:`proxnp.fast.cpu.threads_for`), a pass over an R x out block counted as
+    20 R out, the small s x s algebra as c s^2 out:
 
-        loop:         iters (R^2 out / n + 30 passes)
-        sstep:        (iters + 1) R^2 out / n + (4 iters + 8) passes + Lanczos (8 R^2 a step)
+        loop:         iters (R^2 out / n + 38 passes)
+        sstep:        (iters + 1) R^2 out / n + (6 iters + 20) passes + Lanczos + 4000 s^2 out
         sstep_eigen:  12 R^3 (the eigendecomposition, one thread) + 2 R^2 out / n
-                      + (2 iters^2 + 2 iters + 1) R out / n (the moments) + 12 passes
+                      + (2 iters^2 + 2 iters + 1) R out / n (the moments) + 30 passes
+                      + 6400 s^2 out
 
     The s-step blocks are also the accurate ones (their small systems are float64; the
-    loop's recurrences lose up to 1e-2 in float32 on the paper's MLP, bench/RESULTS.md),
-    so either is taken up to twice the loop's time.  Only textbook CG without the early
-    exit, on the CPU.
+    loop's recurrences lose up to 1e-2 in float32 on the paper's MLP), so either is taken
+    up to twice the loop's time.  Only textbook CG without the early exit, on the CPU.
     """
     if xp is not np or tol is not None or variant != "textbook" or iters > SSTEP_MAX:
         return None
     n = threads_for(R * R * out)
-    product, passes = R * R * out / n, 50 * R * out
+    product, passes, small = R * R * out / n, 20 * R * out, iters**2 * out
     cost = {
-        None: iters * (product + 30 * passes) / 2,
-        "sstep": (iters + 1) * product + (4 * iters + 8) * passes + 8 * LANCZOS_STEPS * R * R,
+        None: 2 * iters * (product + 38 * passes),  # the s-step forms up to twice its time
+        "sstep": (iters + 1) * product
+        + (6 * iters + 20) * passes
+        + 8 * LANCZOS_STEPS * R * R
+        + 4000 * small,
         "sstep_eigen": 12 * R**3
         + 2 * product
         + (2 * iters**2 + 2 * iters + 1) * R * out / n
-        + 12 * passes,
+        + 30 * passes
+        + 6400 * small,
     }
     return min(cost, key=cost.get)
 
@@ -304,12 +310,10 @@ def top_eigenpair(K):
 def chebyshev_product(a, b):
     """Chebyshev coefficients of the product of the series sum a_i T_i and sum b_j T_j
     (T_i T_j = (T_{i+j} + T_{abs(i-j)}) / 2)."""
-    out = np.zeros(len(a) + len(b) - 1)
-    for i, a_i in enumerate(a):
-        for j, b_j in enumerate(b):
-            out[i + j] += a_i * b_j / 2
-            out[abs(i - j)] += a_i * b_j / 2
-    return out
+    half = np.multiply.outer(np.asarray(a, float), np.asarray(b, float)).ravel() / 2
+    i, j = np.indices((len(a), len(b))).reshape(2, -1)
+    n = len(a) + len(b) - 1
+    return np.bincount(i + j, half, minlength=n) + np.bincount(abs(i - j), half, minlength=n)
 
 
 def moment_table(polys, weight, n_moments):
@@ -321,6 +325,52 @@ def moment_table(polys, weight, n_moments):
             c = chebyshev_product(chebyshev_product(p, q), weight)
             table[a, b, : len(c)] = table[b, a, : len(c)] = c
     return table
+
+
+def galerkin_steps(G, b, B):
+    """The small systems of an s-step block, per column, in float64.
+
+    G (n_out, s, s), b (n_out, s): the Galerkin system G y = b in some basis of the Krylov
+    space; B (n_out, s + 1, s + 1): the Gram matrix, in the K-inner product, of the
+    residual's terms {g, K~ p_0(K) g, ..., K~ p_(s-1)(K) g}, K~ = K + I/tau_theta.  Returns
+    (y, norms, fallback): y (n_out, s) solves the full system; ``norms[k]`` =
+    sqrt(z^T B z), z = (1, -y_k), with y_k the solution of the leading k x k system (CG's
+    ||A^T r_k|| after k steps); ``fallback`` the columns for the loop.
+
+    One Cholesky factor L of the Jacobi-scaled G per column and its inverse, whose
+    leading blocks invert the leading blocks.  A column whose scaled G is not positive
+    definite, or whose condition number (at most ||G||_F ||L^-1||_F^2) may exceed
+    :data:`SSTEP_COND`, falls back; a zero column (G = 0) gets y = 0.
+    """
+    n_out, s = b.shape
+    d = np.sqrt(np.maximum(np.einsum("jaa->ja", G), 0))
+    live = d[:, 0] > 0
+    d = np.where(d > 0, d, 1)
+    Gs, bs = G / d[:, :, None] / d[:, None, :], b / d
+    ok = live.copy()
+    try:
+        L = np.linalg.cholesky(Gs[ok])
+    except np.linalg.LinAlgError:  # some columns are not positive definite: leave them out
+        ok[ok] = np.linalg.eigvalsh(Gs[ok])[:, 0] > 1 / SSTEP_COND
+        try:
+            L = np.linalg.cholesky(Gs[ok])
+        except np.linalg.LinAlgError:
+            ok[:], L = False, np.zeros((0, s, s))
+    L_inv = np.linalg.inv(L) if len(L) else L
+    bound = np.linalg.norm(Gs[ok], axis=(1, 2)) * np.linalg.norm(L_inv, axis=(1, 2)) ** 2
+    keep = bound <= SSTEP_COND  # False for NaN
+    ok[ok], L_inv = keep, L_inv[keep]
+    z = np.einsum("jab,jb->ja", L_inv, bs[ok])  # L^-1 b
+    norms = np.zeros((s + 1, n_out))
+    norms[0] = np.sqrt(np.maximum(B[:, 0, 0], 0))
+    y = np.zeros((n_out, s))
+    for k in range(1, s + 1):  # y_k = L_k^-T (L^-1 b)_k, L_k^-1 the leading block of L^-1
+        y_k = np.einsum("jba,jb->ja", L_inv[:, :k, :k], z[:, :k]) / d[ok, :k]
+        z_k = np.concatenate([np.ones((len(y_k), 1)), -y_k], axis=1)
+        res2 = np.einsum("ja,jab,jb->j", z_k, B[ok, : k + 1, : k + 1], z_k)
+        norms[k, ok] = np.sqrt(np.maximum(res2, 0))
+    y[ok] = y_k
+    return y, norms, np.flatnonzero(live & ~ok)
 
 
 def sstep_cg(K, g, inv_tau_theta, iters):
@@ -361,30 +411,26 @@ def sstep_cg(K, g, inv_tau_theta, iters):
     K = K.astype(np.float64, copy=False)
     lam_1, q_1, top = top_eigenpair(K)
     deflate = q_1 is not None
-    K_perp = K - lam_1 * np.outer(q_1, q_1) if deflate else K
-    L = (2 / top) * K_perp
+    if not deflate:  # no outlier: lam_1 q_1 q_1^T = 0, g_perp = g
+        lam_1, q_1 = 0.0, np.zeros(R)
+    L = (2 / top) * (K - lam_1 * np.outer(q_1, q_1))  # K_perp mapped onto [-1, 1]
     L[np.diag_indices(R)] -= 1
     L, two_L = L.astype(g.dtype), (2 * L).astype(g.dtype)
-    # w_0..w_{s+1}, one per row block (n_out, R): the column inner products run along rows
-    W = xp.empty((n_out, s + 2, R), dtype=g.dtype)
-    if deflate:
-        q_g = q_1.astype(g.dtype)
-        alpha = q_g @ g  # (n_out,)
-        W[:, 0] = g.T
-        for c0 in range(0, n_out, 256):  # g_perp = g - q_1 alpha^T, in cache-sized pieces
-            W[c0 : c0 + 256, 0] -= np.multiply.outer(alpha[c0 : c0 + 256], q_g)
-        alpha2 = alpha.astype(np.float64) ** 2
-    else:
-        W[:, 0] = g.T
-        alpha2 = np.zeros(n_out)
-    np.matmul(W[:, 0], L, out=W[:, 1])
+    # w_0..w_{s+1}, each (R, n_out) like g
+    W = xp.empty((s + 2, R, n_out), dtype=g.dtype)
+    q_g = q_1.astype(g.dtype)
+    alpha = q_g @ g
+    for r0, r1 in _row_blocks(g):  # g_perp = g - q_1 alpha^T
+        np.subtract(g[r0:r1], np.multiply.outer(q_g[r0:r1], alpha), out=W[0, r0:r1])
+    alpha2 = alpha.astype(np.float64) ** 2
+    np.matmul(L, W[0], out=W[1])
     for j in range(1, s + 1):
-        np.matmul(W[:, j], two_L, out=W[:, j + 1])
-        W[:, j + 1] -= W[:, j - 1]
+        np.matmul(two_L, W[j], out=W[j + 1])
+        W[j + 1] -= W[j - 1]
     nu = np.empty((n_out, 2 * s + 2))
     for j in range(s + 1):
-        nu[:, 2 * j] = np.einsum("jr,jr->j", W[:, j], W[:, j])
-        nu[:, 2 * j + 1] = np.einsum("jr,jr->j", W[:, j + 1], W[:, j])
+        nu[:, 2 * j] = np.einsum("ij,ij->j", W[j], W[j])
+        nu[:, 2 * j + 1] = np.einsum("ij,ij->j", W[j + 1], W[j])
     nu[:, 2:] = 2 * nu[:, 2:] - nu[:, [0, 1] * s]
     # the basis and the weights as Chebyshev series in L
     x = np.array([top / 2, top / 2])  # x = top (T_0 + T_1) / 2
@@ -400,7 +446,7 @@ def sstep_cg(K, g, inv_tau_theta, iters):
     n_m = 2 * s + 2
     G = np.einsum("abm,jm->jab", moment_table(basis, energy, n_m), nu)
     G += np.multiply.outer(alpha2 * lam_1 * (lam_1 + c), np.outer(at_lam_1, at_lam_1))
-    b = nu[:, :n_m] @ moment_table([unit[0][:1]] + basis, x, n_m)[0, 1:].T
+    b = np.stack([nu[:, : len(px)] @ px for px in (chebyshev_product(p, x) for p in basis)], 1)
     b += np.multiply.outer(alpha2 * lam_1, at_lam_1)
     # the residual's K-norm: r = 1 - sum_a y_a (x + 1/tau_theta) p_a, in the basis
     # {1, (x + 1/tau_theta) p_a}; H is its Gram matrix with weight x
@@ -409,34 +455,26 @@ def sstep_cg(K, g, inv_tau_theta, iters):
     r_at = np.concatenate([[1.0], (lam_1 + c) * at_lam_1])
     H += np.multiply.outer(alpha2 * lam_1, np.outer(r_at, r_at))
 
-    d = np.sqrt(np.maximum(np.einsum("jaa->ja", G), 0))
-    live = d[:, 0] > 0  # a zero column stays zero
-    d = np.where(d > 0, d, 1)
-    Gs = G / d[:, :, None] / d[:, None, :]
-    eig = np.linalg.eigvalsh(Gs)
-    cond = np.full(n_out, np.inf)
-    np.divide(eig[:, -1], eig[:, 0], out=cond, where=eig[:, 0] > 0)
-    fallback = live & ~(cond <= SSTEP_COND)
-    good = live & ~fallback
-    norms = np.zeros((s + 1, n_out))
-    norms[0] = np.sqrt(np.maximum(H[:, 0, 0], 0))
-    y = np.zeros((n_out, s))
-    if good.any():
-        Gs, bs, ds, Hg = Gs[good], (b / d)[good], d[good], H[good]
-        for k in range(1, s + 1):
-            y_k = np.linalg.solve(Gs[:, :k, :k], bs[:, :k, None])[..., 0] / ds[:, :k]
-            z = np.concatenate([np.ones((len(y_k), 1)), -y_k], axis=1)
-            res2 = np.einsum("ja,jab,jb->j", z, Hg[:, : k + 1, : k + 1], z)
-            norms[k, good] = np.sqrt(np.maximum(res2, 0))
-        y[good] = y_k
+    y, norms, fallback = galerkin_steps(G, b, H)
     coef = np.zeros((n_out, s))
     for a, p in enumerate(basis):
         coef[:, : len(p)] += y[:, a : a + 1] * p
-    if deflate:  # u = sum_j c_j w_j + y_0 alpha q_1: q_1 takes w_s's place (its moments are in)
-        W[:, s] = q_g
-        coef = np.concatenate([coef, (y[:, :1] * alpha[:, None])], axis=1)
-    u_T = np.einsum("jk,jkr->jr", coef.astype(g.dtype), W[:, : coef.shape[1]])
-    return u_T.T, CGInfo(s, norms), np.flatnonzero(fallback)
+    coef, q_coef = coef.astype(g.dtype), (y[:, 0] * alpha).astype(g.dtype)
+    u = xp.empty_like(g)  # u = sum_j c_j w_j + y_0 alpha q_1, row block by row block
+    for r0, r1 in _row_blocks(g):
+        u_b = u[r0:r1]
+        np.multiply.outer(q_g[r0:r1], q_coef, out=u_b)
+        for j in range(s):
+            u_b += W[j, r0:r1] * coef[:, j]
+    return u, CGInfo(s, norms), fallback
+
+
+def _row_blocks(g, block_bytes=1 << 18):
+    """(r0, r1) over the rows of g in blocks of about 256 KiB, so that an elementwise
+    expression over a block runs in the cache."""
+    R, n_out = g.shape
+    rows = max(1, block_bytes // (g.itemsize * n_out))
+    return [(r0, min(R, r0 + rows)) for r0 in range(0, R, rows)]
 
 
 def krylov_polynomials(x, mu, s):
@@ -518,28 +556,12 @@ def eigen_sstep_cg(lam, Q, g, inv_tau_theta, iters):
     h = m[:, 2 * s * s + s : 2 * s * s + 2 * s]
     n0 = m[:, -1]
     G = (G + G.transpose(0, 2, 1)) / 2
-    d = np.sqrt(np.maximum(np.einsum("jaa->ja", G), 0))
-    d = np.where(d > 0, d, 1)
-    Gs = G / d[:, :, None] / d[:, None, :]
-    eig = np.linalg.eigvalsh(Gs)
-    cond = np.full(n_out, np.inf)
-    np.divide(eig[:, -1], eig[:, 0], out=cond, where=eig[:, 0] > 0)
-    fallback = live & ~(cond <= SSTEP_COND)
-    good = live & ~fallback
-    norms = np.zeros((s + 1, n_out))
-    norms[0] = np.sqrt(np.maximum(n0, 0))
-    c = np.zeros((n_out, s))
-    if good.any():
-        Gs, bs, ds = Gs[good], (b / d)[good], d[good]
-        for k in range(1, s + 1):
-            ck = np.linalg.solve(Gs[:, :k, :k], bs[:, :k, None])[..., 0] / ds[:, :k]
-            Hk, hk = H[good][:, :k, :k], h[good][:, :k]
-            res2 = n0[good] - 2 * (ck * hk).sum(1) + np.einsum("ja,jab,jb->j", ck, Hk, ck)
-            norms[k, good] = np.sqrt(np.maximum(res2, 0))
-        c[good] = ck
+    B = np.empty((n_out, s + 1, s + 1))  # the residual's terms g, K~ phi_a(K~) g
+    B[:, 0, 0], B[:, 0, 1:], B[:, 1:, 0], B[:, 1:, 1:] = n0, h, h, H
+    c, norms, fallback = galerkin_steps(G, b, B)
     u_hat = g_hat * (Phi @ c.T)
     u = Q @ u_hat.astype(g.dtype)
-    return u, CGInfo(s, norms), np.flatnonzero(fallback)
+    return u, CGInfo(s, norms), fallback
 
 
 def cg_block_width(xp, R, s, itemsize, tol=None):
