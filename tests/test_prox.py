@@ -293,6 +293,7 @@ def test_sstep_is_chosen_only_for_textbook_cg_without_early_exit_on_the_cpu():
         for iters in (3, 10):
             assert fast_prox.sstep_form(500, out, iters) in ("sstep", "sstep_eigen")
     assert fast_prox.sstep_form(500, 1000, 3) == "sstep"  # eigh(K) dearer than 4 products
+    assert fast_prox.sstep_form(500, 1000, fast_prox.CHEBYSHEV_MAX + 1) == "sstep_eigen"
     assert fast_prox.sstep_form(500, 4000, 3, variant="authors") is None
     assert fast_prox.sstep_form(500, 4000, 3, tol=1e-3) is None
     assert fast_prox.sstep_form(500, 4000, 3, xp=object()) is None  # a GPU namespace

@@ -226,6 +226,7 @@ def k_inner_cg(apply_K, g, inv_tau_theta, iters, tol=None, variant="textbook"):
 SSTEP_MAX = 10  # the most CG steps taken as one s-step block
 SSTEP_COND = 1e8  # a column whose scaled s x s Gram matrix is worse conditioned runs the loop
 LANCZOS_STEPS = 12  # for K's top eigenpair and the top of the rest of its spectrum
+CHEBYSHEV_MAX = 5  # beyond, the float32 recurrence of sstep_cg rounds to ~1e-5: the eigenbasis
 OUTLIER_RATIO = 10  # lam_1 >= this x the next Ritz value: deflate the top eigenpair
 
 
@@ -246,7 +247,9 @@ def sstep_form(R, out, iters, xp=np, tol=None, variant="textbook"):
 
     The s-step blocks are also the accurate ones (their small systems are float64; the
     loop's recurrences lose up to 1e-2 in float32 on the paper's MLP), so either is taken
-    up to twice the loop's time.  Only textbook CG without the early exit, on the CPU.
+    up to twice the loop's time; ``"sstep"`` up to :data:`CHEBYSHEV_MAX` steps (its
+    float32 three-term recurrence loses ~1e-6 a step there).  Only textbook CG without the
+    early exit, on the CPU.
     """
     if xp is not np or tol is not None or variant != "textbook" or iters > SSTEP_MAX:
         return None
@@ -264,6 +267,8 @@ def sstep_form(R, out, iters, xp=np, tol=None, variant="textbook"):
         + 30 * passes
         + 6400 * small,
     }
+    if iters > CHEBYSHEV_MAX:
+        del cost["sstep"]
     return min(cost, key=cost.get)
 
 
