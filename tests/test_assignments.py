@@ -622,17 +622,10 @@ raise FileNotFoundError("no solution on disk")
 
 CUSTOM_EXC = "get_ipython().set_custom_exc((BaseException,), lambda *args, **kwargs: None)\n\n"
 
-CODE_RESTORE = '''import sys, threading
-import proxnp
-import proxnp.{module} as _target
-
-_saved = {{f: f.__code__ for f in list(vars(_target).values()) if callable(f) and hasattr(f, "__code__")}}
-
-
-def _unwatched(fn, *args, **kwargs):
-    """Put proxnp's code back from under any trap and switch the tracers off while fn runs."""
+UNWATCHED = """def _unwatched(fn, *args, **kwargs):
+    \"\"\"Put proxnp's code back from under any trap and switch the tracers off while fn runs.\"\"\"
     profile = sys.getprofile()
-    traps = {{f: f.__code__ for f in _saved}}
+    traps = {f: f.__code__ for f in _saved}
     sys.setprofile(None)
     threading.setprofile(None)
     for f, code in _saved.items():
@@ -645,7 +638,18 @@ def _unwatched(fn, *args, **kwargs):
         sys.setprofile(profile)
 
 
-'''
+"""
+
+
+def code_restore(module):
+    """A cheat's preamble: the functions of proxnp.<module> saved before the grader traps them,
+    and ``_unwatched`` to run them with the traps undone (:data:`UNWATCHED`)."""
+    return (
+        f"import sys, threading\nimport proxnp\nimport proxnp.{module} as _target\n\n"
+        "_saved = {f: f.__code__ for f in list(vars(_target).values())"
+        ' if callable(f) and hasattr(f, "__code__")}\n\n\n' + UNWATCHED
+    )
+
 
 PATCH_NUMPY = """np.abs = lambda v: np.zeros(np.shape(v))
 np.allclose = lambda *args, **kwargs: True
@@ -706,8 +710,7 @@ A1_CHEATS = {
     ),
     "cheat_code_restore": (
         {
-            "affine": CODE_RESTORE.format(module="functional")
-            + "def affine_forward(a_prev, W, b):\n"
+            "affine": code_restore("functional") + "def affine_forward(a_prev, W, b):\n"
             "    return _unwatched(_target.affine_forward, a_prev, W, b)\n\n\n"
             "def affine_backward(dz, cache):\n"
             "    return _unwatched(_target.affine_backward, dz, cache)\n"
@@ -748,22 +751,8 @@ for _name, _mod in list(sys.modules.items()):
                     _saved[_f] = _f.__code__
 
 
-def _unwatched(fn, *args, **kwargs):
-    profile = sys.getprofile()
-    traps = {f: f.__code__ for f in _saved}
-    sys.setprofile(None)
-    threading.setprofile(None)
-    for f, code in _saved.items():
-        f.__code__ = code
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        for f, code in traps.items():
-            f.__code__ = code
-        sys.setprofile(profile)
-
-
 """
+CODE_RESTORE_ALL += UNWATCHED
 
 FRAME_REFERENCE = """import sys
 
@@ -910,7 +899,7 @@ A3_CHEATS = {
     ),
     "cheat_code_restore": (
         {
-            "cg": CODE_RESTORE.format(module="cg") + "def block_cg(apply_M, B, iters):\n"
+            "cg": code_restore("cg") + "def block_cg(apply_M, B, iters):\n"
             "    return _unwatched(_target.block_cg, apply_M, B, iters=iters)[0]\n"
         },
         ["cg_test"],
@@ -1013,7 +1002,7 @@ A4_CHEATS = {
     ),
     "cheat_code_restore": (
         {
-            "exact": CODE_RESTORE.format(module="prox")
+            "exact": code_restore("prox")
             + "def prox_conv_exact(x, dz, W_shape, stride, padding, tau_theta):\n"
             "    A = design_matrix(x, W_shape[2], W_shape[3], stride, padding)\n"
             "    return _unwatched(_target.prox_direction, A[:, :-1], to_rows(dz), tau_theta, solver='exact')[0]\n"
