@@ -248,8 +248,10 @@ def sstep_form(R, out, iters, xp=np, tol=None, variant="textbook"):
     The s-step blocks are also the accurate ones (their small systems are float64; the
     loop's recurrences lose up to 1e-2 in float32 on the paper's MLP), so either is taken
     up to twice the loop's time; ``"sstep"`` up to :data:`CHEBYSHEV_MAX` steps (its
-    float32 three-term recurrence loses ~1e-6 a step there).  Only textbook CG without the
-    early exit, on the CPU.
+    float32 three-term recurrence loses ~1e-6 a step there).  The model leaves out the
+    s-step blocks' fixed cost in Python, about 1 ms a call: on small layers (the digits MLP)
+    they take longer than the loop and are kept for their accuracy.  Only textbook CG without
+    the early exit, on the CPU.
     """
     if xp is not np or tol is not None or variant != "textbook" or iters > SSTEP_MAX:
         return None
