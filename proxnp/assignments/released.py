@@ -11,7 +11,7 @@ LOCKED = {
         "setup": "b9ec0087f7e6bd90",
         "affine_test": "f953333ed9cc3bc1",
         "relu_test": "ce3a2a687af2ebb3",
-        "im2col_test": "7dbbddea6ad3a289",
+        "im2col_test": "6d2b69dc2f5269c0",
         "conv_forward_test": "7c6012d9789f8ede",
         "conv_backward_test": "3af5eea785ac3db7",
         "softmax_test": "3208e298da76e19a",
