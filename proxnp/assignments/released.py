@@ -27,7 +27,7 @@ LOCKED = {
         "exact_test": "e126dde4cdd20077",
         "cg_test": "c217027b5ad71ea1",
         "descent_test": "ea45dde3c051a54a",
-        "step_test": "2389501acfe4cd0c",
+        "step_test": "2c60da5a7534b97e",
     },
     "04_the_prox_step_of_a_convolution": {
         "setup": "aa1f3ad473f88598",
