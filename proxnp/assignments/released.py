@@ -33,7 +33,7 @@ LOCKED = {
         "setup": "aa1f3ad473f88598",
         "design_test": "b3db121f980308c5",
         "exact_test": "90423ff694e2728e",
-        "matfree_test": "1ee005e145e2a211",
+        "matfree_test": "b3846fa6051becd9",
         "step_test": "52b515244fe5a54b",
     },
 }
