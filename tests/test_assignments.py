@@ -1388,8 +1388,9 @@ def test_scan_finds(src):
 
 
 def test_scan_reads_code_not_text(tmp_path, capsys):
-    """Comments, strings and NumPy's own names are not findings; locked and graded cells are not read; a cell
-    the student added is; the command prints per student and question, one clear line on a bad folder."""
+    """Comments, strings and NumPy's own names are not findings; the assignment's locked and graded cells as
+    released (``--release``) are not read; a cell the student added is, and so is a locked cell changed; the
+    command prints per student and question, one clear line on a bad folder."""
     from proxnp.assignments.course import main
     from proxnp.assignments.scan import scan_source
 
@@ -1410,22 +1411,115 @@ def test_scan_reads_code_not_text(tmp_path, capsys):
         {
             "cell_type": "code",
             "metadata": {"nbgrader": {"grade": True, "locked": True, "grade_id": "step_test"}},
-            "source": "import sys\nsys.modules",
+            "source": "import sys\nsys.modules\n### BEGIN HIDDEN TESTS\nimport gc\n### END HIDDEN TESTS\n",
         },
-        {"cell_type": "code", "metadata": {}, "source": "import subprocess"},
     ]
+    release = tmp_path / "release" / "a1"
+    release.mkdir(parents=True)
+    (release / "a1.ipynb").write_text(json.dumps({"cells": cells}))
+    submitted = copy.deepcopy(cells)
+    submitted[2]["source"] = (
+        "import sys\nsys.modules\n\n"  # as released: hidden tests gone, a blank line more
+    )
+    submitted.append({"cell_type": "code", "metadata": {}, "source": "import subprocess"})
     folder = tmp_path / "submitted" / "alice" / "a1"
     folder.mkdir(parents=True)
-    (folder / "a1.ipynb").write_text(json.dumps({"cells": cells}))
-    assert main(["scan", str(tmp_path / "submitted")]) == 0
+    (folder / "a1.ipynb").write_text(json.dumps({"cells": submitted}))
+    argv = ["scan", str(tmp_path / "submitted"), "--release", str(tmp_path / "release")]
+    assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("alice / a1") and out[1] == "  step", out
     assert "uses proxnp's proxprop (pn.proxprop)" in out[2]
     assert out[3] == "  code cell 4 (added by the student)" and "imports subprocess" in out[4], out
     assert out[-1] == "1 notebooks scanned, 1 with answers to look at"
+    submitted[0]["source"] += "\nimport shutil"  # a locked cell changed: read, all of it
+    (folder / "a1.ipynb").write_text(json.dumps({"cells": submitted}))
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert (
+        "  setup (not the released cell)" in out and "imports shutil" in out and "imports os" in out
+    )
+    # without the release the notebook's assignment is unknown: every code cell is read
+    assert main(["scan", str(tmp_path / "submitted")]) == 0
+    out = capsys.readouterr().out
+    assert "  step_test (metadata says locked or graded)" in out and "touches .modules" in out, out
     assert main(["scan", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a folder of submitted notebooks" in err[0]
+    assert main(["scan", str(tmp_path / "submitted"), "--release", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder of released notebooks" in capsys.readouterr().err
+
+
+def released_notebook(path):
+    """The source notebook at ``path`` with its hidden tests dropped, as nbgrader releases it, and the
+    instructor's solution in the answer cells (markers dropped): a right answer as submitted."""
+    from proxnp.assignments.scan import without_hidden_tests
+
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        src = without_hidden_tests(source(cell))
+        cell["source"] = re.sub(r"[ \t]*### (BEGIN|END) SOLUTION\n?", "", src)
+    return nb
+
+
+def test_the_scan_knows_the_released_cells_of_the_assignments():
+    """proxnp.assignments.released is the locked and graded cells of notebooks/assignments/."""
+    from proxnp.assignments.released import LOCKED
+    from proxnp.assignments.scan import released_cells
+
+    assert LOCKED == released_cells(SOURCES)
+
+
+SMUGGLED = "import proxnp.prox as P\n"
+
+
+@pytest.mark.parametrize("path", ASSIGNMENTS, ids=lambda p: p.stem)
+def test_scan_takes_no_cell_for_locked_on_the_students_word(tmp_path, path):
+    """An answer cell marked locked, a cell added as a locked cell of a grade_id the assignment does not have, a
+    locked cell with a known grade_id but other source, and an answer cell copied under a test cell's grade_id are
+    read (nbgrader runs them all at autograde); the solution as submitted has no findings."""
+    from proxnp.assignments.scan import scan_notebook
+
+    nb = released_notebook(path)
+    (tmp_path / path.name).write_text(json.dumps(nb))
+    assert scan_notebook(tmp_path / path.name) == {}
+    answers = [c for c in nb["cells"] if nbgrader_meta(c).get("solution")]
+    tests = [c for c in nb["cells"] if nbgrader_meta(c).get("grade")]
+    lock = {"locked": True, "grade": False, "solution": False}
+    cases = {}
+    cheat = copy.deepcopy(nb)
+    answer = next(c for c in cheat["cells"] if nbgrader_meta(c).get("solution"))
+    nbgrader_meta(answer).update(lock)
+    answer["source"] = SMUGGLED + source(answer)
+    cases["answer_locked"] = (
+        cheat,
+        nbgrader_meta(answers[0])["grade_id"] + " (metadata says locked",
+    )
+    cheat = copy.deepcopy(nb)
+    added = {"schema_version": 3, "grade_id": "extra_setup", "points": 0, **lock}
+    cheat["cells"].insert(
+        2, {"cell_type": "code", "metadata": {"nbgrader": added}, "source": SMUGGLED}
+    )
+    cases["added_locked"] = (cheat, "extra_setup (metadata says locked")
+    cheat = copy.deepcopy(nb)
+    test = next(c for c in cheat["cells"] if nbgrader_meta(c).get("grade"))
+    test["source"] = SMUGGLED + source(test)
+    cases["test_changed"] = (cheat, nbgrader_meta(tests[0])["grade_id"] + " (not the released cell")
+    cheat = copy.deepcopy(nb)
+    answer = next(c for c in cheat["cells"] if nbgrader_meta(c).get("solution"))
+    answer["metadata"]["nbgrader"] = copy.deepcopy(nbgrader_meta(tests[0]))
+    answer["source"] = SMUGGLED + source(answer)
+    cases["answer_as_test"] = (
+        cheat,
+        nbgrader_meta(tests[0])["grade_id"] + " (not the released cell",
+    )
+    for case, (cheat, question) in cases.items():
+        (tmp_path / case).mkdir()
+        (tmp_path / case / path.name).write_text(json.dumps(cheat))
+        report = scan_notebook(tmp_path / case / path.name)
+        assert [q for q in report if q.startswith(question)] == list(report), (case, report)
+        (found,) = report.values()
+        assert any("imports from proxnp: proxnp.prox" in text for _, text in found), (case, report)
 
 
 # ------------------------------------------------------------------ what ships

@@ -1,6 +1,6 @@
 """Scan submitted notebooks, and try the course assignments with nbgrader in one command.
 
-    python -m proxnp.assignments scan SUBMISSIONS_DIR
+    python -m proxnp.assignments scan SUBMISSIONS_DIR [--release DIR]
     python -m proxnp.assignments feedback-zip COURSE_DIR ASSIGNMENT OUT.zip
     python -m proxnp.assignments list [--sources DIR]
     python -m proxnp.assignments try [ASSIGNMENT ...] [--sources DIR] [--submission NOTEBOOK] [--keep DIR]
@@ -175,6 +175,12 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     p_scan = sub.add_parser("scan", help="list the answers in submitted notebooks that need a look")
     p_scan.add_argument("folder", help="a folder of submitted notebooks (nbgrader's submitted/)")
+    p_scan.add_argument(
+        "--release",
+        metavar="DIR",
+        help="the released (or source) notebooks of an assignment not in the course: their locked and "
+        "graded cells, unchanged, are skipped",
+    )
     p_zip = sub.add_parser("feedback-zip", help="pack the HTML feedback for a learning platform")
     p_zip.add_argument("course", help="the course directory (holds feedback/)")
     p_zip.add_argument("assignment", help="the assignment's name")
@@ -202,7 +208,7 @@ def main(argv=None):
         from .scan import format_report, scan
 
         try:
-            print(format_report(scan(args.folder)))
+            print(format_report(scan(args.folder, args.release)))
         except FileNotFoundError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

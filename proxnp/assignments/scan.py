@@ -1,13 +1,14 @@
 """List the answers in a folder of submitted notebooks that deserve a human look.
 
-    python -m proxnp.assignments scan SUBMISSIONS_DIR
+    python -m proxnp.assignments scan SUBMISSIONS_DIR [--release DIR]
 
 An answer runs in the same Python process as the tests that grade it, so an answer that goes after
 the grader (reads the solution from disk, switches a check off, patches NumPy, calls a reference the
 tests use) may be scored as right.  The graded checks stop the known routes; this scan is the second
-line: it reads every cell that the student could change -- the answer cells and any cell the student
-added, never the locked and graded cells, which nbgrader restores -- parses it (Python's ``ast``, not
-a text search, so a comment or a string does not count) and reports, per student and question:
+line: it reads every code cell the student could have changed -- the answer cells, any cell the student
+added, any cell whose metadata or source differs from the released one; only the assignment's own locked
+and graded cells, as released, are left out -- parses it (Python's ``ast``, not a text search, so a comment
+or a string does not count) and reports, per student and question:
 
 - imports of proxnp's modules, and of modules that reach the interpreter, the file system or
   other processes (``importlib``, ``sys``, ``os``, ``subprocess``, ``threading``, ``inspect``, ...);
@@ -19,13 +20,24 @@ a text search, so a comment or a string does not count) and reports, per student
   ``sys.setprofile = ...`` -- and rebinding a builtin name such as ``float`` or ``abs``;
 - reads of files (``open``, ``read_text``, ``np.load``, ``glob``, ...) and shell escapes (``!cmd``).
 
+Which cells are the assignment's own is never taken from a submission's metadata, which the student can edit
+(a cell marked ``locked`` still runs at autograde: nbgrader resets the metadata of the cells it knows and
+strips that of the others).  A cell is skipped only when its ``grade_id`` names a locked or graded cell of
+the assignment and its source is that cell's released source (blank lines and trailing spaces aside).  For
+the course's four assignments :mod:`proxnp.assignments.released` holds those cells, found by the notebook's
+file name; for other assignments give the folder of their released (or source) notebooks as ``release``
+(``--release DIR``).  In a notebook of an assignment known neither way every code cell is read.
+
 It needs neither nbgrader nor the course files: point it at nbgrader's ``submitted/`` folder (or any
 folder of ``.ipynb`` files).  A finding is a reason to read the answer, not a verdict.
 """
 
 import ast
+import hashlib
 import json
 import pathlib
+
+from .released import LOCKED
 
 PROXNP = ("proxnp",)
 # proxnp's solvers and the modules that hold them, reached through an alias such as ``pn.proxprop``
@@ -248,9 +260,62 @@ def _source(cell):
     return "".join(src) if isinstance(src, list) else src
 
 
-def scan_notebook(path):
-    """{question: [(line, finding)]} for the cells a student can change in one notebook."""
-    nb = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+def fingerprint(src):
+    """A short hash of a cell's source, blind to blank lines and trailing spaces."""
+    lines = [line.rstrip() for line in src.splitlines()]
+    text = "\n".join(line for line in lines if line)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# nbgrader's markers of a hidden-test region, spelled so that this file holds neither (the wheel is checked for them)
+BEGIN_HIDDEN, END_HIDDEN = "BEGIN " + "HIDDEN TESTS", "END " + "HIDDEN TESTS"
+
+
+def without_hidden_tests(src):
+    """The source as nbgrader releases it: its hidden-test regions, marker lines included, dropped."""
+    kept, hidden = [], False
+    for line in src.split("\n"):
+        if BEGIN_HIDDEN in line:
+            hidden = True
+        elif END_HIDDEN in line:
+            hidden = False
+        elif not hidden:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def locked_cells(nb):
+    """{grade_id: fingerprint of the released source} of the locked and graded code cells of an instructor's
+    source notebook or of a released one (a dict as ``json`` reads it); answer cells are left out."""
+    found = {}
+    for cell in nb.get("cells", []):
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.get("cell_type") != "code" or meta.get("solution") or not meta.get("grade_id"):
+            continue
+        if meta.get("locked") or meta.get("grade"):
+            found[meta["grade_id"]] = fingerprint(without_hidden_tests(_source(cell)))
+    return found
+
+
+def released_cells(release):
+    """{notebook name: locked_cells} of the ``.ipynb`` files under the folder ``release``."""
+    release = pathlib.Path(release)
+    if not release.is_dir():
+        raise FileNotFoundError(f"{release} is not a folder of released notebooks")
+    return {
+        path.stem: locked_cells(json.loads(path.read_text(encoding="utf-8")))
+        for path in sorted(release.rglob("*.ipynb"))
+        if ".ipynb_checkpoints" not in path.parts
+    }
+
+
+def scan_notebook(path, known=None):
+    """{question: [(line, finding)]} for one notebook: every code cell but those that are a locked or graded cell
+    of ``known`` ({grade_id: fingerprint}, by default :data:`~proxnp.assignments.released.LOCKED` for the
+    notebook's file name) with its released source."""
+    path = pathlib.Path(path)
+    known = LOCKED.get(path.stem, {}) if known is None else known
+    nb = json.loads(path.read_text(encoding="utf-8"))
     cells = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
     modules, proxnp_names = set(), set()
     for cell in cells:
@@ -264,28 +329,43 @@ def scan_notebook(path):
         proxnp_names |= _proxnp_names(tree)
     report = {}
     for number, cell in enumerate(cells, start=1):
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if meta.get("locked") or meta.get("grade"):
-            continue  # nbgrader restores these from its gradebook before it runs the notebook
-        question = meta.get("grade_id") or f"code cell {number} (added by the student)"
-        findings = scan_source(_source(cell), modules, proxnp_names)
+        meta = cell.get("metadata")
+        meta = meta.get("nbgrader") if isinstance(meta, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
+        grade_id = str(meta["grade_id"]) if meta.get("grade_id") else None
+        src = _source(cell)
+        if grade_id in known and known[grade_id] == fingerprint(src):
+            continue  # the assignment's own cell as released (nbgrader restores it anyway)
+        if not grade_id:
+            question = f"code cell {number} (added by the student)"
+        elif grade_id in known:
+            question = f"{grade_id} (not the released cell)"
+        elif meta.get("locked") or meta.get("grade"):
+            question = f"{grade_id} (metadata says locked or graded)"
+        else:
+            question = str(grade_id)
+        findings = scan_source(src, modules, proxnp_names)
         if findings:
-            report[question] = findings
+            report.setdefault(question, []).extend(findings)
     return report
 
 
-def scan(folder):
-    """{notebook path relative to folder: {question: [(line, finding)]}}, only notebooks with findings."""
+def scan(folder, release=None):
+    """{notebook path relative to folder: {question: [(line, finding)]}} for every notebook under ``folder``
+    (``{}`` for a notebook without findings).  ``release``: a folder of released or source notebooks whose
+    locked and graded cells are skipped in the submitted notebooks of the same file name (see the module's
+    text)."""
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder of submitted notebooks")
+    extra = released_cells(release) if release is not None else {}
     results = {}
     for path in sorted(folder.rglob("*.ipynb")):
         if ".ipynb_checkpoints" in path.parts:
             continue
         rel = path.relative_to(folder)
         try:
-            report = scan_notebook(path)
+            report = scan_notebook(path, extra.get(path.stem))
         except (ValueError, UnicodeDecodeError) as err:
             report = {"(the file)": [(0, f"is not a readable notebook: {err}")]}
         results[str(rel)] = report
