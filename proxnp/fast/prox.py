@@ -409,8 +409,9 @@ def sstep_cg(K, g, inv_tau_theta, iters):
     The s x s systems, built from the moments by Chebyshev products, are solved in
     float64; u = sum_j c_j w_j + y_0 alpha q_1 is one pass over the w_j.
 
-    Columns whose Jacobi-scaled G has a condition number above :data:`SSTEP_COND` are
-    returned in ``fallback`` (u and norms there unset) for the loop to compute.
+    Columns that :func:`galerkin_steps` cannot take (a scaled G not positive definite or
+    possibly worse conditioned than :data:`SSTEP_COND`) are returned in ``fallback`` (u and
+    norms there unset) for the loop to compute.
     """
     xp = get_xp(g)
     s, c = int(iters), inv_tau_theta
@@ -528,11 +529,10 @@ def eigen_sstep_cg(lam, Q, g, inv_tau_theta, iters):
     All of these moments are one product of g_hat^2 (out x R) with an R x (2s^2 + 2s + 1)
     table.  The basis phi_a is orthonormal for the columns' mean weights
     (:func:`krylov_polynomials`), so G is well conditioned unless a column's weights
-    differ much from the mean; columns whose Jacobi-scaled G has a condition number
-    above :data:`SSTEP_COND` are returned in ``fallback`` (u and norms there unset) for
-    the loop to compute.  The record comes from those moments, so a residual norm far below
-    the first one is accurate to about 1e-16 ||r_0||^2 / ||r_k|| (the directions to
-    round-off).
+    differ much from the mean; columns that :func:`galerkin_steps` cannot take are
+    returned in ``fallback`` (u and norms there unset) for the loop to compute.  The
+    record comes from those moments, so a residual norm far below the first one is
+    accurate to about 1e-16 ||r_0||^2 / ||r_k|| (the directions to round-off).
     """
     s = int(iters)
     lam = np.maximum(np.asarray(lam, dtype=np.float64), 0)  # K is PSD; clip rounding
